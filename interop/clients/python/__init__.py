@@ -1,0 +1,1 @@
+"""Drivers for the Python client libraries, sharing interop.clients.python.common."""
