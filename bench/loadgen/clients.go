@@ -1,0 +1,158 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"math/rand"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// producer publishes on its own connection.
+type producer struct {
+	conn     *amqp.Connection
+	ch       *amqp.Channel
+	confirms chan amqp.Confirmation
+	slots    chan struct{} // one per unconfirmed publish
+}
+
+func openProducer(cfg Config) (*producer, error) {
+	conn, err := dial(cfg.URL)
+	if err != nil {
+		return nil, err
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	p := &producer{conn: conn, ch: ch}
+	if cfg.Confirms > 0 {
+		if err := ch.Confirm(false); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		p.slots = make(chan struct{}, cfg.Confirms)
+		p.confirms = ch.NotifyPublish(make(chan amqp.Confirmation, cfg.Confirms))
+		go func() {
+			for range p.confirms {
+				<-p.slots
+			}
+		}()
+	}
+	return p, nil
+}
+
+// publishPlan says how much and how fast one producer publishes.
+type publishPlan struct {
+	limit     int64   // stop after this many (0: until ctx ends)
+	rate      float64 // msg/s for this producer (0: flat out)
+	maxQueued int64   // pause while stats.queued() exceeds it (0: never)
+}
+
+func (p *producer) run(ctx context.Context, cfg Config, t *topology, plan publishPlan, st *stats) error {
+	exchange, key := t.target()
+	body := make([]byte, cfg.Size)
+	msg := amqp.Publishing{Body: body}
+	if cfg.Persistent {
+		msg.DeliveryMode = amqp.Persistent
+	}
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	var interval time.Duration
+	if plan.rate > 0 {
+		interval = time.Duration(float64(time.Second) / plan.rate)
+	}
+	next := time.Now()
+	for n := int64(0); plan.limit == 0 || n < plan.limit; n++ {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if interval > 0 {
+			if d := time.Until(next); d > 0 {
+				time.Sleep(d)
+			}
+			next = next.Add(interval)
+		}
+		for plan.maxQueued > 0 && st.queued() > plan.maxQueued && ctx.Err() == nil {
+			time.Sleep(100 * time.Microsecond)
+		}
+		if p.slots != nil {
+			select {
+			case p.slots <- struct{}{}:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		if cfg.MaxPriority > 0 {
+			msg.Priority = uint8(rng.Intn(cfg.MaxPriority + 1))
+		}
+		// The body is copied into the write buffer before Publish returns,
+		// so one buffer serves every message.
+		binary.BigEndian.PutUint64(body, uint64(time.Now().UnixNano()))
+		if err := p.ch.PublishWithContext(ctx, exchange, key, false, false, msg); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		st.published.Add(1)
+	}
+	return nil
+}
+
+// consumer receives on its own connection.
+type consumer struct {
+	conn       *amqp.Connection
+	deliveries <-chan amqp.Delivery
+	latencies  []int64 // nanoseconds, recorded while stats.measuring
+}
+
+func openConsumer(cfg Config, queue string) (*consumer, error) {
+	conn, err := dial(cfg.URL)
+	if err != nil {
+		return nil, err
+	}
+	ch, err := conn.Channel()
+	if err == nil && cfg.ManualAck {
+		err = ch.Qos(cfg.Prefetch, 0, false)
+	}
+	var d <-chan amqp.Delivery
+	if err == nil {
+		d, err = ch.Consume(queue, "", !cfg.ManualAck, false, false, false, nil)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return &consumer{conn: conn, deliveries: d}, nil
+}
+
+var errClosed = errors.New("consumer channel closed by the broker")
+
+func (c *consumer) run(ctx context.Context, cfg Config, st *stats) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case d, ok := <-c.deliveries:
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return errClosed
+			}
+			if st.measuring.Load() && len(d.Body) >= 8 {
+				sent := int64(binary.BigEndian.Uint64(d.Body))
+				c.latencies = append(c.latencies, time.Now().UnixNano()-sent)
+			}
+			if cfg.ManualAck {
+				if err := d.Ack(false); err != nil {
+					return err
+				}
+			}
+			st.delivered()
+		}
+	}
+}

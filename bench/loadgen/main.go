@@ -1,0 +1,135 @@
+// Command loadgen drives one benchmark scenario against an AMQP 0-9-1 broker
+// and prints its result as one JSON object on stdout. The Python `bench`
+// package builds it and maps scenarios S1..S9 onto its modes and flags.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
+	"syscall"
+	"time"
+)
+
+// Config is one run's parameters; every field maps to a flag.
+type Config struct {
+	URL         string
+	Mode        string // throughput | backlog | idle
+	Duration    time.Duration
+	Warmup      time.Duration
+	Timeout     time.Duration
+	Producers   int
+	Consumers   int
+	Size        int
+	ManualAck   bool
+	Prefetch    int
+	Persistent  bool
+	Confirms    int
+	MaxPriority int
+	Fanout      int
+	Rate        int
+	Backlog     int
+	Conns       int
+	Burst       int
+	MaxQueued   int
+	PID         int
+	Procs       int
+	CPUProfile  string
+}
+
+// Result is what the run measured; zero fields are left out.
+type Result struct {
+	Mode        string  `json:"mode"`
+	Seconds     float64 `json:"seconds,omitempty"`
+	Published   int64   `json:"published"`
+	Consumed    int64   `json:"consumed"`
+	PublishRate float64 `json:"publish_rate,omitempty"`
+	ConsumeRate float64 `json:"consume_rate,omitempty"`
+	P50Ms       float64 `json:"p50_ms,omitempty"`
+	P99Ms       float64 `json:"p99_ms,omitempty"`
+	DrainRate   float64 `json:"drain_rate,omitempty"`
+	RSSBeforeKB int64   `json:"rss_before_kb,omitempty"`
+	RSSKB       int64   `json:"rss_kb,omitempty"`
+	PerConnKB   float64 `json:"per_conn_kb,omitempty"`
+	ConnectSec  float64 `json:"connect_seconds,omitempty"`
+	BurstMs     float64 `json:"burst_ms,omitempty"`
+	Error       string  `json:"error,omitempty"`
+}
+
+func parseFlags() Config {
+	var c Config
+	flag.StringVar(&c.URL, "url", "amqp://guest:guest@127.0.0.1:5672/", "broker URL")
+	flag.StringVar(&c.Mode, "mode", "throughput", "throughput | backlog | idle")
+	flag.DurationVar(&c.Duration, "duration", 5*time.Second, "measured time (throughput), idle time (idle)")
+	flag.DurationVar(&c.Warmup, "warmup", time.Second, "load before measuring starts")
+	flag.DurationVar(&c.Timeout, "timeout", 120*time.Second, "hard bound on the whole run")
+	flag.IntVar(&c.Producers, "producers", 1, "producer connections")
+	flag.IntVar(&c.Consumers, "consumers", 1, "consumer connections")
+	flag.IntVar(&c.Size, "size", 1024, "message body bytes (at least 8: a send timestamp)")
+	flag.BoolVar(&c.ManualAck, "ack", false, "consumers ack each message (else no-ack)")
+	flag.IntVar(&c.Prefetch, "prefetch", 100, "consumer prefetch with -ack")
+	flag.BoolVar(&c.Persistent, "persistent", false, "durable queue, persistent messages")
+	flag.IntVar(&c.Confirms, "confirms", 0, "publisher confirms with this many in flight (0: off)")
+	flag.IntVar(&c.MaxPriority, "max-priority", 0, "x-max-priority; messages get random priorities")
+	flag.IntVar(&c.Fanout, "fanout", 0, "publish to a fanout exchange bound to this many queues")
+	flag.IntVar(&c.Rate, "rate", 0, "total publish rate in msg/s (0: as fast as possible)")
+	flag.IntVar(&c.Backlog, "backlog", 1000000, "messages in the backlog (backlog mode)")
+	flag.IntVar(&c.Conns, "conns", 1000, "idle consumer connections (idle mode)")
+	flag.IntVar(&c.Burst, "burst", 10000, "messages in the burst (idle mode)")
+	flag.IntVar(&c.MaxQueued, "max-queued", 10000, "producers pause while this many messages are queued")
+	flag.IntVar(&c.PID, "pid", 0, "broker pid, to read its RSS")
+	flag.IntVar(&c.Procs, "procs", 1, "GOMAXPROCS: one thread keeps goroutine hand-offs cheap and leaves the other core to the broker")
+	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write a Go CPU profile here (to tune the load generator)")
+	flag.Parse()
+	if c.Size < 8 {
+		c.Size = 8
+	}
+	return c
+}
+
+func main() {
+	cfg := parseFlags()
+	runtime.GOMAXPROCS(cfg.Procs)
+	// Deliveries allocate; collecting less often costs memory we can spare.
+	debug.SetGCPercent(400)
+	// The run stops cleanly (queues deleted) on a signal or at the hard bound.
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	ctx, cancelT := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancelT()
+
+	if cfg.CPUProfile != "" {
+		if f, err := os.Create(cfg.CPUProfile); err == nil {
+			pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
+	var res Result
+	var err error
+	switch cfg.Mode {
+	case "throughput":
+		res, err = runThroughput(ctx, cfg)
+	case "backlog":
+		res, err = runBacklog(ctx, cfg)
+	case "idle":
+		res, err = runIdle(ctx, cfg)
+	default:
+		err = fmt.Errorf("unknown mode %q", cfg.Mode)
+	}
+	res.Mode = cfg.Mode
+	if err != nil {
+		res.Error = err.Error()
+	}
+	out, _ := json.Marshal(res)
+	fmt.Println(string(out))
+	if err != nil {
+		pprof.StopCPUProfile()
+		os.Exit(1)
+	}
+}

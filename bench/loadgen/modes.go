@@ -1,0 +1,232 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// sleep waits d unless ctx ends first; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func closeAll(conns []*amqp.Connection) {
+	forEach(len(conns), 50, func(i int) error {
+		if conns[i] != nil {
+			conns[i].Close()
+		}
+		return nil
+	})
+}
+
+// openConsumers opens n consumers spread round-robin over the queues; the
+// returned connections are to be closed even when err is set.
+func openConsumers(cfg Config, queues []string, n int) ([]*consumer, []*amqp.Connection, error) {
+	cs := make([]*consumer, n)
+	err := forEach(n, 50, func(i int) error {
+		c, err := openConsumer(cfg, queues[i%len(queues)])
+		cs[i] = c
+		return err
+	})
+	conns := make([]*amqp.Connection, 0, n)
+	for _, c := range cs {
+		if c != nil {
+			conns = append(conns, c.conn)
+		}
+	}
+	return cs, conns, err
+}
+
+// waitDelivered waits until st.target deliveries were consumed.
+func waitDelivered(g *group, st *stats) error {
+	select {
+	case <-st.reached:
+		return nil
+	case <-g.ctx.Done():
+		if err := g.Err(); err != nil {
+			return err
+		}
+		return fmt.Errorf("timed out with %d of %d delivered", st.consumed.Load(), st.target)
+	}
+}
+
+// runThroughput: producers and consumers run together; rates and latency
+// are measured over Duration after Warmup.
+func runThroughput(ctx context.Context, cfg Config) (Result, error) {
+	var res Result
+	t, err := declare(cfg)
+	if err != nil {
+		return res, err
+	}
+	defer t.cleanup()
+	consumers, conns, err := openConsumers(cfg, t.queues, cfg.Consumers)
+	defer func() { closeAll(conns) }()
+	if err != nil {
+		return res, err
+	}
+	producers := make([]*producer, cfg.Producers)
+	err = forEach(cfg.Producers, 50, func(i int) (err error) {
+		producers[i], err = openProducer(cfg)
+		return err
+	})
+	for _, p := range producers {
+		if p != nil {
+			conns = append(conns, p.conn)
+		}
+	}
+	if err != nil {
+		return res, err
+	}
+
+	st := newStats(len(t.queues), 0)
+	cg := newGroup(ctx)
+	for _, c := range consumers {
+		c := c
+		cg.Go(func(ctx context.Context) error { return c.run(ctx, cfg, st) })
+	}
+	pg := newGroup(cg.ctx)
+	plan := publishPlan{rate: float64(cfg.Rate) / float64(cfg.Producers), maxQueued: int64(cfg.MaxQueued)}
+	for _, p := range producers {
+		p := p
+		pg.Go(func(ctx context.Context) error { return p.run(ctx, cfg, t, plan, st) })
+	}
+
+	complete := sleep(pg.ctx, cfg.Warmup)
+	p0, c0, t0 := st.published.Load(), st.consumed.Load(), time.Now()
+	st.measuring.Store(true)
+	complete = complete && sleep(pg.ctx, cfg.Duration)
+	p1, c1, t1 := st.published.Load(), st.consumed.Load(), time.Now()
+	st.measuring.Store(false)
+	perr := pg.Stop()
+	cerr := cg.Stop()
+
+	secs := t1.Sub(t0).Seconds()
+	res.Seconds = secs
+	res.Published, res.Consumed = p1-p0, c1-c0
+	res.PublishRate = float64(res.Published) / secs
+	res.ConsumeRate = float64(res.Consumed) / secs
+	var all []int64
+	for _, c := range consumers {
+		all = append(all, c.latencies...)
+	}
+	res.P50Ms, res.P99Ms = percentiles(all)
+	switch {
+	case perr != nil:
+		return res, perr
+	case cerr != nil:
+		return res, cerr
+	case !complete:
+		return res, fmt.Errorf("interrupted: %v", ctx.Err())
+	}
+	return res, nil
+}
+
+// runBacklog: publish Backlog messages with no consumer, read the broker's
+// RSS once it holds them all, then drain them with one consumer.
+func runBacklog(ctx context.Context, cfg Config) (Result, error) {
+	res := Result{RSSBeforeKB: rssKB(cfg.PID)}
+	t, err := declare(cfg)
+	if err != nil {
+		return res, err
+	}
+	defer t.cleanup()
+	p, err := openProducer(cfg)
+	if err != nil {
+		return res, err
+	}
+	defer p.conn.Close()
+
+	st := newStats(1, int64(cfg.Backlog))
+	start := time.Now()
+	if err := p.run(ctx, cfg, t, publishPlan{limit: int64(cfg.Backlog)}, st); err != nil {
+		return res, err
+	}
+	// Publishing is asynchronous: the backlog is in when the queue says so.
+	for {
+		n, err := t.depth()
+		if err != nil {
+			return res, err
+		}
+		if n >= cfg.Backlog {
+			break
+		}
+		if !sleep(ctx, 20*time.Millisecond) {
+			return res, fmt.Errorf("timed out with %d of %d messages queued", n, cfg.Backlog)
+		}
+	}
+	res.Published = st.published.Load()
+	res.PublishRate = float64(res.Published) / time.Since(start).Seconds()
+	res.RSSKB = rssKB(cfg.PID)
+
+	c, err := openConsumer(cfg, t.queues[0])
+	if err != nil {
+		return res, err
+	}
+	defer c.conn.Close()
+	start = time.Now()
+	g := newGroup(ctx)
+	g.Go(func(ctx context.Context) error { return c.run(ctx, cfg, st) })
+	err = waitDelivered(g, st)
+	res.Seconds = time.Since(start).Seconds()
+	g.Stop()
+	res.Consumed = st.consumed.Load()
+	res.DrainRate = float64(res.Consumed) / res.Seconds
+	return res, err
+}
+
+// runIdle: Conns connections each with a consumer sit idle for Duration
+// (RSS per connection), then a burst of Burst messages is delivered to them.
+func runIdle(ctx context.Context, cfg Config) (Result, error) {
+	res := Result{}
+	t, err := declare(cfg)
+	if err != nil {
+		return res, err
+	}
+	defer t.cleanup()
+	res.RSSBeforeKB = rssKB(cfg.PID)
+	start := time.Now()
+	consumers, conns, err := openConsumers(cfg, t.queues, cfg.Conns)
+	defer func() { closeAll(conns) }()
+	res.ConnectSec = time.Since(start).Seconds()
+	if err != nil {
+		return res, err
+	}
+	st := newStats(1, int64(cfg.Burst))
+	g := newGroup(ctx)
+	for _, c := range consumers {
+		c := c
+		g.Go(func(ctx context.Context) error { return c.run(ctx, cfg, st) })
+	}
+	defer g.Stop()
+	if !sleep(g.ctx, cfg.Duration) {
+		return res, fmt.Errorf("interrupted while idle: %v", g.Err())
+	}
+	res.RSSKB = rssKB(cfg.PID)
+	if res.RSSBeforeKB > 0 {
+		res.PerConnKB = float64(res.RSSKB-res.RSSBeforeKB) / float64(cfg.Conns)
+	}
+
+	p, err := openProducer(cfg)
+	if err != nil {
+		return res, err
+	}
+	conns = append(conns, p.conn)
+	start = time.Now()
+	if err := p.run(g.ctx, cfg, t, publishPlan{limit: int64(cfg.Burst)}, st); err != nil {
+		return res, err
+	}
+	err = waitDelivered(g, st)
+	res.BurstMs = float64(time.Since(start).Microseconds()) / 1000
+	res.Published, res.Consumed = st.published.Load(), st.consumed.Load()
+	return res, err
+}

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bufio"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// stats are the counters shared by a run's producers and consumers.
+type stats struct {
+	published atomic.Int64
+	consumed  atomic.Int64
+	measuring atomic.Bool
+	fanout    int64 // deliveries per publish
+	target    int64 // close reached when consumed gets here (0: never)
+	reached   chan struct{}
+	once      sync.Once
+}
+
+func newStats(fanout int, target int64) *stats {
+	if fanout < 1 {
+		fanout = 1
+	}
+	return &stats{fanout: int64(fanout), target: target, reached: make(chan struct{})}
+}
+
+func (s *stats) delivered() {
+	n := s.consumed.Add(1)
+	if s.target > 0 && n >= s.target {
+		s.once.Do(func() { close(s.reached) })
+	}
+}
+
+// queued is how many deliveries are published but not yet consumed.
+func (s *stats) queued() int64 {
+	return s.published.Load()*s.fanout - s.consumed.Load()
+}
+
+// percentiles returns the p50 and p99 of nanosecond samples, in ms.
+func percentiles(samples []int64) (p50, p99 float64) {
+	if len(samples) == 0 {
+		return 0, 0
+	}
+	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
+	at := func(q float64) float64 {
+		return float64(samples[int(q*float64(len(samples)-1))]) / 1e6
+	}
+	return at(0.50), at(0.99)
+}
+
+// rssKB reads VmRSS of a process from /proc (0 when unknown).
+func rssKB(pid int) int64 {
+	if pid <= 0 {
+		return 0
+	}
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if line := sc.Text(); strings.HasPrefix(line, "VmRSS:") {
+			rest := strings.TrimSpace(strings.TrimPrefix(line, "VmRSS:"))
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(rest, " kB"), 10, 64)
+			return kb
+		}
+	}
+	return 0
+}
