@@ -1,0 +1,119 @@
+"""Running every (scenario, client) pair against one or more brokers, concurrently."""
+from __future__ import annotations
+
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .broker import Broker
+from .driver_process import run_driver
+from .outcome import FAIL, NA, NOT_INSTALLED, SKIPPED, TIMEOUT, Outcome, judge
+from .registry import Client
+from .scenarios import Ctx, Plan, Scenario
+
+Cell = tuple[str, str]  # (scenario, client)
+
+
+@dataclass
+class BrokerResult:
+    broker: Broker
+    cells: dict[Cell, Outcome] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class Suite:
+    scenarios: list[Scenario]
+    clients: list[Client]
+    short: bool
+    jobs: int = 6
+    timeout_scale: float = 1.0
+    run_id: str = field(default_factory=lambda: "interop-" + secrets.token_hex(3))
+    progress: Callable[[str], None] = lambda _msg: None
+
+    def plan(self, scenario: Scenario, client: Client, url: str) -> Plan:
+        # The same names on every broker, so the observations compare one to one.
+        return scenario.build(Ctx(f"{self.run_id}.{client.name}.{scenario.name}", url, self.short))
+
+    def applies(self, scenario: Scenario, client: Client) -> bool:
+        if scenario.only is not None:
+            return client.name in scenario.only
+        return not client.only_own_scenarios
+
+    def run(self, brokers: list[Broker]) -> list[BrokerResult]:
+        results = [BrokerResult(b) for b in brokers]
+        installed = {c.name: c.not_installed() for c in self.clients}
+        normal: list[tuple[BrokerResult, Scenario, Client]] = []
+        restarting: dict[int, list[tuple[Scenario, Client]]] = {}
+        for i, res in enumerate(results):
+            for s in self.scenarios:
+                for c in self.clients:
+                    if not self.applies(s, c):
+                        res.cells[(s.name, c.name)] = Outcome(NA, "scenario not written for this client")
+                    elif installed[c.name]:
+                        res.cells[(s.name, c.name)] = Outcome(NOT_INSTALLED, installed[c.name])
+                    elif s.needs_restart and res.broker.restart is None:
+                        res.cells[(s.name, c.name)] = Outcome(SKIPPED, res.broker.restart_missing)
+                    elif s.needs_restart:
+                        restarting.setdefault(i, []).append((s, c))
+                    else:
+                        normal.append((res, s, c))
+        started = time.monotonic()
+        # Slow scenarios first, so the long heartbeat waits overlap with everything else.
+        normal.sort(key=lambda job: -job[1].build(Ctx("x", job[0].broker.url, self.short)).timeout)
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            list(pool.map(lambda job: self._run_cell(*job), normal))
+            # Restarting a broker would break everyone's connections: those scenarios go last,
+            # all clients' "before" halves, one restart, then all "after" halves.
+            for i, jobs in restarting.items():
+                self._run_restart(pool, results[i], jobs)
+        for res in results:
+            res.seconds = time.monotonic() - started
+        return results
+
+    def _timeout(self, plan: Plan) -> float:
+        return plan.timeout * self.timeout_scale
+
+    def _run_cell(self, res: BrokerResult, s: Scenario, c: Client) -> None:
+        plan = self.plan(s, c, res.broker.url)
+        run = run_driver(c, s.name, res.broker.url, plan.steps, self._timeout(plan))
+        res.cells[(s.name, c.name)] = self._verdict(plan, run.observed, run.problem, run.seconds)
+        self.progress(f"{res.broker.label}: {s.name} x {c.name}: {res.cells[(s.name, c.name)].status}")
+
+    def _verdict(self, plan: Plan, observed: dict | None, problem: str | None, seconds: float) -> Outcome:
+        if problem == "timeout":
+            out = Outcome(TIMEOUT, f"timeout after {self._timeout(plan):.0f}s")
+        elif observed is None:
+            out = Outcome(FAIL, problem or "no report")
+        else:
+            out = judge(plan, observed)
+        out.seconds = seconds
+        return out
+
+    def _run_restart(self, pool: ThreadPoolExecutor, res: BrokerResult,
+                     jobs: list[tuple[Scenario, Client]]) -> None:
+        plans = {(s.name, c.name): self.plan(s, c, res.broker.url) for s, c in jobs}
+        first = dict(zip(plans, pool.map(
+            lambda sc: run_driver(sc[1], sc[0].name, res.broker.url, plans[(sc[0].name, sc[1].name)].steps,
+                                  self._timeout(plans[(sc[0].name, sc[1].name)])), jobs)))
+        self.progress(f"{res.broker.label}: restarting the broker")
+        try:
+            res.broker.restart()  # type: ignore[misc]
+        except Exception as e:  # noqa: BLE001 - reported in every affected cell
+            for cell in plans:
+                res.cells[cell] = Outcome(FAIL, f"broker restart failed: {e}"[:300])
+            return
+        second = dict(zip(plans, pool.map(
+            lambda sc: run_driver(sc[1], sc[0].name, res.broker.url,
+                                  plans[(sc[0].name, sc[1].name)].after_restart or [],
+                                  self._timeout(plans[(sc[0].name, sc[1].name)])), jobs)))
+        for cell, plan in plans.items():
+            a, b = first[cell], second[cell]
+            if a.observed is None or b.observed is None:
+                bad = a if a.observed is None else b
+                res.cells[cell] = self._verdict(plan, None, bad.problem, a.seconds + b.seconds)
+            else:
+                res.cells[cell] = self._verdict(plan, {**a.observed, **b.observed}, None,
+                                                a.seconds + b.seconds)
