@@ -1,0 +1,315 @@
+# cython: language_level=3
+"""AMQP 0-9-1 frame codec: cuts frames out of a byte stream and encodes the hot methods.
+
+Everything on the per-message path lives here: reading frames, decoding basic.publish,
+basic.ack and content headers, and encoding basic.deliver / get-ok / return with their
+content frames. Rarer methods go through pamqp in the Python layer.
+"""
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.string cimport memcpy
+
+DEF FRAME_METHOD = 1
+DEF FRAME_HEADER = 2
+DEF FRAME_BODY = 3
+DEF FRAME_HEARTBEAT = 8
+DEF FRAME_END = 0xCE
+
+
+class FrameError(Exception):
+    """A malformed frame: carries the AMQP connection-level reply code."""
+
+    def __init__(self, int reply_code, str text):
+        super().__init__(text)
+        self.reply_code = reply_code
+        self.text = text
+
+
+cdef inline unsigned int _u16(const unsigned char *p) noexcept:
+    return (p[0] << 8) | p[1]
+
+
+cdef inline unsigned long _u32(const unsigned char *p) noexcept:
+    return (<unsigned long>p[0] << 24) | (<unsigned long>p[1] << 16) | (<unsigned long>p[2] << 8) | p[3]
+
+
+cdef inline unsigned long long _u64(const unsigned char *p) noexcept:
+    return (<unsigned long long>_u32(p) << 32) | _u32(p + 4)
+
+
+cdef class FrameReader:
+    """Accumulates bytes and yields complete frames as (type, channel, payload)."""
+
+    cdef bytearray _buf
+    cdef Py_ssize_t _pos
+    cdef public unsigned long frame_max
+
+    def __cinit__(self, unsigned long frame_max=131072):
+        self._buf = bytearray()
+        self._pos = 0
+        self.frame_max = frame_max
+
+    def feed(self, data) -> None:
+        if self._pos:
+            # Drop consumed bytes lazily, once per feed, so a big read costs one move.
+            del self._buf[:self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def pending(self) -> int:
+        return len(self._buf) - self._pos
+
+    def take_raw(self, Py_ssize_t n):
+        """Return up to n raw unparsed bytes (the protocol header before framing)."""
+        cdef Py_ssize_t avail = len(self._buf) - self._pos
+        if avail < n:
+            return None
+        out = bytes(self._buf[self._pos:self._pos + n])
+        self._pos += n
+        return out
+
+    def frames(self) -> list:
+        """All complete frames in the buffer; raises FrameError on malformed framing."""
+        cdef list out = []
+        cdef Py_ssize_t n = len(self._buf)
+        cdef const unsigned char *p
+        cdef unsigned int ftype, channel
+        cdef unsigned long size
+        cdef bytearray buf = self._buf
+        p = <const unsigned char *><char *>buf
+        while n - self._pos >= 7:
+            ftype = p[self._pos]
+            channel = _u16(p + self._pos + 1)
+            size = _u32(p + self._pos + 3)
+            if ftype != FRAME_METHOD and ftype != FRAME_HEADER and ftype != FRAME_BODY \
+                    and ftype != FRAME_HEARTBEAT:
+                raise FrameError(501, f"FRAME_ERROR - unknown frame type {ftype}")
+            # frame_max counts the whole frame (7-byte header + payload + frame-end).
+            if self.frame_max and size + 8 > self.frame_max:
+                raise FrameError(
+                    501, f"FRAME_ERROR - frame size {size + 8} exceeds frame_max {self.frame_max}")
+            if n - self._pos < <Py_ssize_t>(size + 8):
+                break
+            if p[self._pos + 7 + size] != FRAME_END:
+                raise FrameError(501, "FRAME_ERROR - missing frame end octet 0xCE")
+            out.append((ftype, channel, PyBytes_FromStringAndSize(
+                <const char *>p + self._pos + 7, size)))
+            self._pos += size + 8
+        return out
+
+
+# ---- decoding the hot methods ------------------------------------------------------------
+
+cdef inline str _shortstr(const unsigned char *p, Py_ssize_t *off, Py_ssize_t end):
+    cdef unsigned int n
+    if off[0] >= end:
+        raise ValueError("truncated short string")
+    n = p[off[0]]
+    if off[0] + 1 + n > end:
+        raise ValueError("truncated short string")
+    s = (<const char *>p)[off[0] + 1:off[0] + 1 + n].decode("utf-8", "surrogateescape")
+    off[0] += 1 + n
+    return s
+
+
+def method_id(bytes payload) -> int:
+    """(class_id << 16) | method_id of a method frame payload."""
+    if len(payload) < 4:
+        raise ValueError("method frame shorter than its class and method ids")
+    return _u32(<const unsigned char *>PyBytes_AS_STRING(payload))
+
+
+def decode_publish(bytes payload) -> tuple:
+    """basic.publish arguments: (exchange, routing_key, mandatory, immediate)."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(payload)
+    cdef Py_ssize_t end = len(payload)
+    cdef Py_ssize_t off = 6  # class, method, reserved-1 short
+    if end < 9:
+        raise ValueError("truncated basic.publish")
+    exchange = _shortstr(p, &off, end)
+    routing_key = _shortstr(p, &off, end)
+    if off >= end:
+        raise ValueError("truncated basic.publish")
+    return exchange, routing_key, bool(p[off] & 1), bool(p[off] & 2)
+
+
+def decode_ack(bytes payload) -> tuple:
+    """basic.ack arguments: (delivery_tag, multiple)."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(payload)
+    if len(payload) < 13:
+        raise ValueError("truncated basic.ack")
+    return _u64(p + 4), bool(p[12] & 1)
+
+
+def decode_content_header(bytes payload) -> tuple:
+    """A content header frame: (class_id, body_size, raw property bytes incl. flags)."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(payload)
+    if len(payload) < 14:
+        raise ValueError("truncated content header")
+    return _u16(p), _u64(p + 4), payload[12:]
+
+
+# ---- encoding ------------------------------------------------------------------------------
+
+cdef inline void _put16(unsigned char *p, unsigned int v) noexcept:
+    p[0] = (v >> 8) & 0xFF
+    p[1] = v & 0xFF
+
+
+cdef inline void _put32(unsigned char *p, unsigned long v) noexcept:
+    p[0] = (v >> 24) & 0xFF
+    p[1] = (v >> 16) & 0xFF
+    p[2] = (v >> 8) & 0xFF
+    p[3] = v & 0xFF
+
+
+cdef inline void _put64(unsigned char *p, unsigned long long v) noexcept:
+    _put32(p, <unsigned long>(v >> 32))
+    _put32(p + 4, <unsigned long>(v & 0xFFFFFFFF))
+
+
+cdef inline Py_ssize_t _frame_head(unsigned char *p, unsigned int ftype, unsigned int channel,
+                                   unsigned long size) noexcept:
+    p[0] = ftype
+    _put16(p + 1, channel)
+    _put32(p + 3, size)
+    return 7
+
+
+def encode_frame(int ftype, int channel, bytes payload) -> bytes:
+    """Wrap a payload in a frame."""
+    cdef Py_ssize_t n = len(payload)
+    out = PyBytes_FromStringAndSize(NULL, n + 8)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+    _frame_head(p, ftype, channel, n)
+    memcpy(p + 7, PyBytes_AS_STRING(payload), n)
+    p[7 + n] = FRAME_END
+    return out
+
+
+HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+
+
+cdef inline bytes _enc(str s):
+    b = s.encode("utf-8", "surrogateescape")
+    if len(b) > 255:
+        raise ValueError("short string longer than 255 bytes")
+    return b
+
+
+cdef bytes _content(unsigned int channel, bytes props, body, unsigned long frame_max,
+                    bytes method_payload):
+    """Method frame + content header + body frames in one buffer."""
+    cdef Py_ssize_t mlen = len(method_payload)
+    cdef Py_ssize_t plen = len(props)
+    cdef const unsigned char[:] bview = body
+    cdef Py_ssize_t blen = bview.shape[0]
+    cdef Py_ssize_t chunk = frame_max - 8 if frame_max > 8 else blen
+    cdef Py_ssize_t nbody = (blen + chunk - 1) // chunk if chunk > 0 else 0
+    cdef Py_ssize_t total = (mlen + 8) + (12 + plen + 8) + blen + 8 * nbody
+    out = PyBytes_FromStringAndSize(NULL, total)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+    cdef Py_ssize_t off = 0, sent = 0, n
+    off += _frame_head(p + off, FRAME_METHOD, channel, mlen)
+    memcpy(p + off, PyBytes_AS_STRING(method_payload), mlen)
+    off += mlen
+    p[off] = FRAME_END
+    off += 1
+    off += _frame_head(p + off, FRAME_HEADER, channel, 12 + plen)
+    _put16(p + off, 60)
+    _put16(p + off + 2, 0)
+    _put64(p + off + 4, blen)
+    off += 12
+    memcpy(p + off, PyBytes_AS_STRING(props), plen)
+    off += plen
+    p[off] = FRAME_END
+    off += 1
+    while sent < blen:
+        n = blen - sent if blen - sent < chunk else chunk
+        off += _frame_head(p + off, FRAME_BODY, channel, n)
+        memcpy(p + off, &bview[sent], n)
+        off += n
+        p[off] = FRAME_END
+        off += 1
+        sent += n
+    return out
+
+
+def encode_deliver(unsigned int channel, str consumer_tag, unsigned long long delivery_tag,
+                   bint redelivered, str exchange, str routing_key, bytes props, body,
+                   unsigned long frame_max) -> bytes:
+    """basic.deliver with its content header and body frames."""
+    ctag = _enc(consumer_tag)
+    ex = _enc(exchange)
+    rk = _enc(routing_key)
+    cdef Py_ssize_t n = 4 + 1 + len(ctag) + 8 + 1 + 1 + len(ex) + 1 + len(rk)
+    payload = PyBytes_FromStringAndSize(NULL, n)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(payload)
+    cdef Py_ssize_t off = 4
+    _put32(p, (60 << 16) | 60)
+    off = _put_shortstr(p, off, ctag)
+    _put64(p + off, delivery_tag)
+    off += 8
+    p[off] = 1 if redelivered else 0
+    off += 1
+    off = _put_shortstr(p, off, ex)
+    _put_shortstr(p, off, rk)
+    return _content(channel, props, body, frame_max, payload)
+
+
+def encode_get_ok(unsigned int channel, unsigned long long delivery_tag, bint redelivered,
+                  str exchange, str routing_key, unsigned long message_count, bytes props, body,
+                  unsigned long frame_max) -> bytes:
+    """basic.get-ok with its content header and body frames."""
+    ex = _enc(exchange)
+    rk = _enc(routing_key)
+    cdef Py_ssize_t n = 4 + 8 + 1 + 1 + len(ex) + 1 + len(rk) + 4
+    payload = PyBytes_FromStringAndSize(NULL, n)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(payload)
+    cdef Py_ssize_t off = 4
+    _put32(p, (60 << 16) | 71)
+    _put64(p + off, delivery_tag)
+    off += 8
+    p[off] = 1 if redelivered else 0
+    off += 1
+    off = _put_shortstr(p, off, ex)
+    off = _put_shortstr(p, off, rk)
+    _put32(p + off, message_count)
+    return _content(channel, props, body, frame_max, payload)
+
+
+def encode_return(unsigned int channel, unsigned int reply_code, str reply_text, str exchange,
+                  str routing_key, bytes props, body, unsigned long frame_max) -> bytes:
+    """basic.return with its content header and body frames."""
+    txt = _enc(reply_text)
+    ex = _enc(exchange)
+    rk = _enc(routing_key)
+    cdef Py_ssize_t n = 4 + 2 + 1 + len(txt) + 1 + len(ex) + 1 + len(rk)
+    payload = PyBytes_FromStringAndSize(NULL, n)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(payload)
+    cdef Py_ssize_t off = 6
+    _put32(p, (60 << 16) | 50)
+    _put16(p + 4, reply_code)
+    off = _put_shortstr(p, off, txt)
+    off = _put_shortstr(p, off, ex)
+    _put_shortstr(p, off, rk)
+    return _content(channel, props, body, frame_max, payload)
+
+
+def encode_basic_ack(unsigned int channel, unsigned long long delivery_tag, bint multiple,
+                     bint nack=False) -> bytes:
+    """basic.ack / basic.nack (publisher confirms) as a whole frame."""
+    out = PyBytes_FromStringAndSize(NULL, 8 + 13)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+    _frame_head(p, FRAME_METHOD, channel, 13)
+    _put32(p + 7, (60 << 16) | (120 if nack else 80))
+    _put64(p + 11, delivery_tag)
+    p[19] = 1 if multiple else 0
+    p[20] = FRAME_END
+    return out
+
+
+cdef inline Py_ssize_t _put_shortstr(unsigned char *p, Py_ssize_t off, bytes s) noexcept:
+    cdef Py_ssize_t n = len(s)
+    p[off] = n
+    memcpy(p + off + 1, PyBytes_AS_STRING(s), n)
+    return off + 1 + n

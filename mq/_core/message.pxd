@@ -1,0 +1,18 @@
+cdef class Message:
+    cdef readonly str exchange
+    cdef readonly str routing_key
+    cdef readonly bytes props
+    cdef readonly object body
+    cdef readonly int delivery_mode
+    cdef readonly int priority
+    cdef readonly object expiration
+    cdef readonly object reply_to
+    cdef readonly object user_id
+    cdef Py_ssize_t _hdr_start
+    cdef Py_ssize_t _hdr_end
+    cdef object _headers
+    cdef public long long store_id
+
+    cdef str _shortstr(self, const unsigned char *p, Py_ssize_t *off, Py_ssize_t end)
+    cdef void _need(self, Py_ssize_t off, Py_ssize_t n, Py_ssize_t end) except *
+    cdef void _scan(self) except *

@@ -1,0 +1,165 @@
+# cython: language_level=3
+"""The ready-message structure of a queue: one FIFO per priority level.
+
+Publish is O(1); pop looks at the levels from the highest non-empty one down, so it is
+O(levels) at worst and O(1) for a plain queue (one level). A requeued message goes back to
+its level at its original place (entries carry a publish sequence number).
+"""
+from collections import deque
+
+from mq._core.message cimport Message
+
+
+cdef class Entry:
+    """A message as held by one queue: the per-queue state around a shared Message."""
+
+    def __cinit__(self, Message msg, long long seq, int level, double expires_at):
+        self.msg = msg
+        self.seq = seq
+        self.level = level
+        self.expires_at = expires_at
+        self.redelivered = False
+        self.removed = False
+        self.delivery_count = 0
+
+
+cdef class MessageQueue:
+    """Ready messages of one queue, by priority level, each level in publish order."""
+
+    def __cinit__(self, int max_priority=0):
+        if max_priority < 0 or max_priority > 255:
+            raise ValueError("max_priority must be within 0..255")
+        self.max_priority = max_priority
+        self._levels = [deque() for _ in range(max_priority + 1)]
+        self._top = 0
+        self._seq = 0
+        self.count = 0
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    cdef inline int _level_of(self, Message msg):
+        return msg.priority if msg.priority < self.max_priority else self.max_priority
+
+    cpdef Entry push(self, Message msg, double expires_at=0.0):
+        """Append a newly published message; returns its entry."""
+        cdef int level = self._level_of(msg) if self.max_priority else 0
+        self._seq += 1
+        cdef Entry e = Entry(msg, self._seq, level, expires_at)
+        (<object>self._levels[level]).append(e)
+        if level > self._top:
+            self._top = level
+        self.count += 1
+        self.bytes += len(msg.body)
+        return e
+
+    cpdef Entry pop(self):
+        """Remove and return the next message to deliver, or None."""
+        cdef Entry e
+        cdef object q
+        while self._top >= 0:
+            q = self._levels[self._top]
+            while q:
+                e = q.popleft()
+                if e.removed:
+                    continue
+                self.count -= 1
+                self.bytes -= len(e.msg.body)
+                return e
+            if self._top == 0:
+                break
+            self._top -= 1
+        return None
+
+    cpdef Entry peek(self):
+        """The next message to deliver without removing it, or None."""
+        cdef Entry e
+        cdef int level = self._top
+        cdef object q
+        while level >= 0:
+            q = self._levels[level]
+            while q:
+                e = q[0]
+                if not e.removed:
+                    return e
+                q.popleft()
+            level -= 1
+        return None
+
+    cpdef Entry pop_lowest(self):
+        """Remove and return the oldest message of the lowest non-empty level (drop-head)."""
+        cdef int level
+        cdef object q
+        cdef Entry e
+        for level in range(self.max_priority + 1):
+            q = self._levels[level]
+            while q:
+                e = q.popleft()
+                if e.removed:
+                    continue
+                self.count -= 1
+                self.bytes -= len(e.msg.body)
+                return e
+        return None
+
+    cpdef void remove(self, Entry e):
+        """Take an entry out of the ready set in O(1); its slot is skipped lazily later."""
+        if not e.removed:
+            e.removed = True
+            self.count -= 1
+            self.bytes -= len(e.msg.body)
+
+    def requeue(self, entries) -> None:
+        """Put delivered entries back at their original places, marked redelivered."""
+        cdef Entry e, head
+        cdef object q
+        cdef Py_ssize_t lo, hi, mid
+        for e in sorted(entries, key=_seq_key, reverse=True):
+            e.redelivered = True
+            e.removed = False
+            q = self._levels[e.level]
+            if not q or (<Entry>q[0]).seq > e.seq:
+                q.appendleft(e)
+            else:
+                # Rare: newer-than-head entry (e.g. requeued while older ones wait). Keep
+                # the level ordered by sequence with a binary search.
+                lo, hi = 0, len(q)
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if (<Entry>q[mid]).seq < e.seq:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                q.insert(lo, e)
+            if e.level > self._top:
+                self._top = e.level
+            self.count += 1
+            self.bytes += len(e.msg.body)
+
+    def purge(self) -> list:
+        """Remove every ready message; returns the removed entries."""
+        cdef list out = []
+        cdef Entry e
+        for q in self._levels:
+            for e in q:
+                if not e.removed:
+                    e.removed = True
+                    out.append(e)
+            q.clear()
+        self._top = 0
+        self.count = 0
+        self.bytes = 0
+        return out
+
+    def __iter__(self):
+        """Ready entries in delivery order (for inspection and persistence, not the hot path)."""
+        cdef int level
+        for level in range(self.max_priority, -1, -1):
+            for e in self._levels[level]:
+                if not (<Entry>e).removed:
+                    yield e
+
+
+def _seq_key(Entry e):
+    return e.seq

@@ -1,0 +1,553 @@
+"""An AMQP channel: method dispatch, content assembly, consumers, acks, confirms."""
+from __future__ import annotations
+
+import base64
+import os
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from pamqp import commands as spec
+
+from mq._core import frames
+from mq._core.message import Message
+from mq._core.msgqueue import Entry
+from mq.amqp.methods import decode_method
+from mq.broker.errors import (AccessRefused, ChannelError, NotAllowed, NotImplemented_,
+                              PreconditionFailed, SyntaxError_, UnexpectedFrame)
+from mq.broker.queue import Queue
+
+if TYPE_CHECKING:
+    from mq.amqp.connection import Connection
+
+M_PUBLISH = 0x003C0028
+M_ACK = 0x003C0050
+M_CHANNEL_CLOSE = 0x00140028
+M_CHANNEL_CLOSE_OK = 0x00140029
+
+
+def _ctag() -> str:
+    return "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+class ChannelConsumer:
+    """A basic.consume subscription; implements mq.broker.consumer.Consumer."""
+
+    __slots__ = ("channel", "queue", "tag", "no_ack", "exclusive", "priority", "prefetch",
+                 "unacked", "arguments")
+
+    def __init__(self, channel: Channel, queue: Queue, tag: str, no_ack: bool, exclusive: bool,
+                 priority: int, prefetch: int, arguments: dict) -> None:
+        self.channel = channel
+        self.queue = queue
+        self.tag = tag
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.priority = priority
+        self.prefetch = prefetch
+        self.unacked = 0
+        self.arguments = arguments
+
+    def has_room(self) -> bool:
+        ch = self.channel
+        if not ch.flow or not ch.conn.writable:
+            return False
+        if self.no_ack:
+            return True
+        return (not self.prefetch or self.unacked < self.prefetch) and \
+            (not ch.global_prefetch or ch.global_unacked < ch.global_prefetch)
+
+    def deliver(self, entry: Entry, queue: Queue) -> None:
+        ch = self.channel
+        ch.delivery_tag += 1
+        tag = ch.delivery_tag
+        if not self.no_ack:
+            ch.unacked[tag] = (entry, queue, self)
+            self.unacked += 1
+            ch.global_unacked += 1
+        msg = entry.msg
+        ch.conn.write(frames.encode_deliver(ch.number, self.tag, tag, entry.redelivered,
+                                            msg.exchange, msg.routing_key, msg.props, msg.body,
+                                            ch.conn.frame_max))
+
+    def cancelled_by_broker(self, queue: Queue) -> None:
+        ch = self.channel
+        if ch.consumers.pop(self.tag, None) is None:
+            return
+        if ch.conn.capabilities.get("consumer_cancel_notify") and ch.state == "open":
+            ch.send(spec.Basic.Cancel(consumer_tag=self.tag, nowait=True))
+
+
+class Channel:
+    """One channel of a connection. Errors it raises are closed by the connection."""
+
+    def __init__(self, conn: Connection, number: int) -> None:
+        self.conn = conn
+        self.number = number
+        self.state = "open"
+        self.flow = True
+        self.current_method = (0, 0)
+        self.consumers: dict[str, ChannelConsumer] = {}
+        self.delivery_tag = 0
+        self.unacked: dict[int, tuple[Entry, Queue, ChannelConsumer | None]] = {}
+        self.prefetch = 0          # for consumers created from now on (global=false)
+        self.global_prefetch = 0   # for the whole channel (global=true)
+        self.global_unacked = 0
+        self.confirm = False
+        self.publish_seq = 0
+        self._confirmed_upto = 0   # acks not yet written, coalesced per read
+        self.tx = False
+        self._tx_publishes: list[tuple[Any, Message, bool]] = []
+        self._tx_settles: list[tuple[int, bool, bool | None]] = []  # tag, multiple, requeue
+        # A publish being assembled: method, then header, then body frames.
+        self._pending: tuple[str, str, bool] | None = None
+        self._props = b""
+        self._body_size = 0
+        self._body: list[bytes] = []
+        self._received = 0
+        self._handlers: dict[str, Callable[[Any], None]] = {
+            "Channel.Close": self._channel_close, "Channel.CloseOk": self._ignore,
+            "Channel.Flow": self._flow, "Channel.FlowOk": self._ignore,
+            "Channel.Open": self._reopen,
+            "Exchange.Declare": self._exchange_declare, "Exchange.Delete": self._exchange_delete,
+            "Exchange.Bind": self._exchange_bind, "Exchange.Unbind": self._exchange_unbind,
+            "Queue.Declare": self._queue_declare, "Queue.Bind": self._queue_bind,
+            "Queue.Unbind": self._queue_unbind, "Queue.Purge": self._queue_purge,
+            "Queue.Delete": self._queue_delete,
+            "Basic.Qos": self._qos, "Basic.Consume": self._consume, "Basic.Cancel": self._cancel,
+            "Basic.Get": self._get, "Basic.Reject": self._reject, "Basic.Nack": self._nack,
+            "Basic.Recover": self._recover, "Basic.RecoverAsync": self._recover,
+            "Confirm.Select": self._confirm_select,
+            "Tx.Select": self._tx_select, "Tx.Commit": self._tx_commit,
+            "Tx.Rollback": self._tx_rollback,
+        }
+
+    @property
+    def vhost(self) -> Any:
+        return self.conn.vhost
+
+    def send(self, method: Any) -> None:
+        self.conn.send_method(self.number, method)
+
+    # ---- frames -------------------------------------------------------------------------
+
+    def frame_received(self, ftype: int, payload: bytes) -> None:
+        if self.state == "closing":
+            self._while_closing(ftype, payload)
+            return
+        if ftype == 1:
+            if self._pending is not None:
+                raise UnexpectedFrame(f"expected content header for class 60, got a method frame "
+                                      f"on channel {self.number}")
+            mid = frames.method_id(payload)
+            self.current_method = (mid >> 16, mid & 0xFFFF)
+            if mid == M_PUBLISH:
+                self._publish(payload)
+            elif mid == M_ACK:
+                try:
+                    tag, multiple = frames.decode_ack(payload)
+                except ValueError as exc:
+                    raise SyntaxError_(str(exc)) from None
+                self._ack(tag, multiple)
+            else:
+                method = decode_method(payload)
+                handler = self._handlers.get(method.name)
+                if handler is None:
+                    raise NotImplemented_(f"method {method.name} is not accepted from clients")
+                handler(method)
+        elif ftype == 2:
+            self._content_header(payload)
+        else:
+            self._content_body(payload)
+
+    def _while_closing(self, ftype: int, payload: bytes) -> None:
+        """After we sent channel.close, only close-ok (or the client's own close) counts."""
+        if ftype != 1:
+            return
+        mid = frames.method_id(payload)
+        if mid == M_CHANNEL_CLOSE:
+            self.send(spec.Channel.CloseOk())
+            self.conn.channel_closed(self.number)
+        elif mid == M_CHANNEL_CLOSE_OK:
+            self.conn.channel_closed(self.number)
+
+    def _ignore(self, method: Any) -> None:
+        pass
+
+    def _reopen(self, method: Any) -> None:
+        raise ChannelError(f"second 'channel.open' seen on channel {self.number}")
+
+    # ---- channel class ----------------------------------------------------------------
+
+    def _channel_close(self, method: Any) -> None:
+        self.release()
+        self.send(spec.Channel.CloseOk())
+        self.conn.channel_closed(self.number)
+
+    def _flow(self, method: Any) -> None:
+        self.flow = method.active
+        self.send(spec.Channel.FlowOk(active=method.active))
+        if self.flow:
+            self.resume_deliveries()
+
+    def closing(self) -> None:
+        """We are closing the channel with an error: drop its state now."""
+        self.release()
+        self.state = "closing"
+
+    def release(self) -> None:
+        """Cancel consumers and requeue unacked messages (channel or connection closed)."""
+        self._pending = None
+        self._body = []
+        for consumer in list(self.consumers.values()):
+            consumer.queue.remove_consumer(consumer)
+        self.consumers.clear()
+        self._requeue_entries(list(self.unacked.values()))
+        self.unacked.clear()
+        self.global_unacked = 0
+        self.state = "closed" if self.state != "closing" else "closing"
+
+    def resume_deliveries(self) -> None:
+        for queue in {c.queue for c in self.consumers.values()}:
+            queue.dispatch()
+
+    # ---- exchanges ----------------------------------------------------------------------
+
+    def _exchange_declare(self, m: Any) -> None:
+        self.vhost.declare_exchange(m.exchange, m.exchange_type, m.passive, m.durable,
+                                    m.auto_delete, m.internal, m.arguments)
+        if not m.nowait:
+            self.send(spec.Exchange.DeclareOk())
+
+    def _exchange_delete(self, m: Any) -> None:
+        self.vhost.delete_exchange(m.exchange, m.if_unused)
+        if not m.nowait:
+            self.send(spec.Exchange.DeleteOk())
+
+    def _exchange_bind(self, m: Any) -> None:
+        vhost = self.vhost
+        vhost.bind(vhost.get_exchange(m.source), vhost.get_exchange(m.destination),
+                   m.routing_key, m.arguments)
+        if not m.nowait:
+            self.send(spec.Exchange.BindOk())
+
+    def _exchange_unbind(self, m: Any) -> None:
+        vhost = self.vhost
+        vhost.unbind(vhost.get_exchange(m.source), vhost.get_exchange(m.destination),
+                     m.routing_key, m.arguments)
+        if not m.nowait:
+            self.send(spec.Exchange.UnbindOk())
+
+    # ---- queues -------------------------------------------------------------------------
+
+    def _queue_declare(self, m: Any) -> None:
+        queue = self.vhost.declare_queue(m.queue, m.passive, m.durable, m.exclusive,
+                                         m.auto_delete, m.arguments, owner=self.conn)
+        if not m.nowait:
+            self.send(spec.Queue.DeclareOk(queue=queue.name, message_count=queue.message_count,
+                                           consumer_count=queue.consumer_count))
+
+    def _queue_bind(self, m: Any) -> None:
+        vhost = self.vhost
+        queue = vhost.get_queue(m.queue, self.conn)
+        vhost.bind(vhost.get_exchange(m.exchange), queue, m.routing_key, m.arguments)
+        if not m.nowait:
+            self.send(spec.Queue.BindOk())
+
+    def _queue_unbind(self, m: Any) -> None:
+        vhost = self.vhost
+        queue = vhost.get_queue(m.queue, self.conn)
+        vhost.unbind(vhost.get_exchange(m.exchange), queue, m.routing_key, m.arguments)
+        self.send(spec.Queue.UnbindOk())
+
+    def _queue_purge(self, m: Any) -> None:
+        count = self.vhost.get_queue(m.queue, self.conn).purge()
+        if not m.nowait:
+            self.send(spec.Queue.PurgeOk(message_count=count))
+
+    def _queue_delete(self, m: Any) -> None:
+        count = self.vhost.delete_queue(m.queue, m.if_unused, m.if_empty, owner=self.conn)
+        if not m.nowait:
+            self.send(spec.Queue.DeleteOk(message_count=count))
+
+    # ---- publishing ---------------------------------------------------------------------
+
+    def _publish(self, payload: bytes) -> None:
+        try:
+            exchange, routing_key, mandatory, immediate = frames.decode_publish(payload)
+        except ValueError as exc:
+            raise SyntaxError_(str(exc)) from None
+        if immediate:
+            raise NotImplemented_("immediate=true")
+        self._pending = (exchange, routing_key, mandatory)
+
+    def _content_header(self, payload: bytes) -> None:
+        if self._pending is None or self._props:
+            raise UnexpectedFrame(f"content header frame without a basic.publish on channel "
+                                  f"{self.number}")
+        try:
+            class_id, body_size, props = frames.decode_content_header(payload)
+        except ValueError as exc:
+            raise SyntaxError_(str(exc)) from None
+        if class_id != 60:
+            raise UnexpectedFrame(f"content header for class {class_id}, expected 60")
+        limit = self.conn.broker.max_message_size
+        if body_size > limit:
+            self._pending = None
+            raise PreconditionFailed(f"message size {body_size} is larger than configured "
+                                     f"max size {limit}")
+        self._props = props
+        self._body_size = body_size
+        if body_size == 0:
+            self._complete(b"")
+
+    def _content_body(self, payload: bytes) -> None:
+        if self._pending is None or not self._props:
+            raise UnexpectedFrame(f"content body frame without a content header on channel "
+                                  f"{self.number}")
+        self._received += len(payload)
+        if self._received > self._body_size:
+            raise UnexpectedFrame(f"content body larger than the {self._body_size} bytes the "
+                                  "header announced")
+        if self._received == self._body_size:
+            if self._body:
+                self._body.append(payload)
+                payload = b"".join(self._body)
+                self._body = []
+            self._complete(payload)
+        else:
+            self._body.append(payload)
+
+    def _complete(self, body: bytes) -> None:
+        exchange_name, routing_key, mandatory = self._pending
+        props = self._props
+        self._pending = None
+        self._props = b""
+        self._received = 0
+        try:
+            msg = Message(exchange_name, routing_key, props, body)
+        except ValueError as exc:
+            raise SyntaxError_(f"malformed content header properties: {exc}") from None
+        self._check_message(msg)
+        vhost = self.vhost
+        exchange = vhost.get_exchange(exchange_name)
+        if exchange.internal:
+            raise AccessRefused(f"cannot publish to internal exchange '{exchange_name}' in "
+                                f"vhost '{vhost.name}'")
+        if self.tx:
+            self._tx_publishes.append((exchange, msg, mandatory))
+            return
+        if self.confirm:
+            self.publish_seq += 1
+        self._route(exchange, msg, mandatory)
+        if self.confirm:
+            self._confirmed_upto = self.publish_seq
+
+    def _route(self, exchange: Any, msg: Message, mandatory: bool) -> None:
+        queues = self.vhost.route(exchange, msg)
+        for queue in queues:
+            queue.publish(msg)
+        if not queues and mandatory:
+            self.conn.write(frames.encode_return(self.number, 312, "NO_ROUTE", msg.exchange,
+                                                 msg.routing_key, msg.props, msg.body,
+                                                 self.conn.frame_max))
+
+    def _check_message(self, msg: Message) -> None:
+        if msg.user_id is not None and msg.user_id != self.conn.user.name:
+            raise PreconditionFailed(f"user_id property set to '{msg.user_id}' but authenticated "
+                                     f"user was '{self.conn.user.name}'")
+        if msg.expiration is not None and not _valid_expiration(msg.expiration):
+            raise PreconditionFailed(f"invalid expiration '{msg.expiration}': "
+                                     "not a non-negative integer")
+
+    def flush_confirms(self) -> None:
+        """Write one basic.ack(multiple) for every publish confirmed during this read."""
+        upto = self._confirmed_upto
+        if upto:
+            self._confirmed_upto = 0
+            if self.state == "open":
+                self.conn.write(frames.encode_basic_ack(self.number, upto, True))
+
+    def _confirm_select(self, m: Any) -> None:
+        if self.tx:
+            raise PreconditionFailed("cannot switch from tx to confirm mode")
+        self.confirm = True
+        if not m.nowait:
+            self.send(spec.Confirm.SelectOk())
+
+    # ---- consuming ----------------------------------------------------------------------
+
+    def _qos(self, m: Any) -> None:
+        if m.prefetch_size:
+            raise NotImplemented_(f"prefetch_size!=0 ({m.prefetch_size})")
+        if m.global_:
+            self.global_prefetch = m.prefetch_count
+        else:
+            self.prefetch = m.prefetch_count
+        self.send(spec.Basic.QosOk())
+        self.resume_deliveries()
+
+    def _consume(self, m: Any) -> None:
+        queue = self.vhost.get_queue(m.queue, self.conn)
+        tag = m.consumer_tag or _ctag()
+        if tag in self.consumers:
+            raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")
+        if queue.has_exclusive_consumer() or (m.exclusive and queue.consumer_count):
+            raise AccessRefused(f"queue '{queue.name}' in vhost '{queue.vhost}' in exclusive use")
+        arguments = m.arguments or {}
+        priority = arguments.get("x-priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise PreconditionFailed(f"invalid x-priority argument {priority!r}: not an integer")
+        consumer = ChannelConsumer(self, queue, tag, m.no_ack, m.exclusive, priority,
+                                   self.prefetch, arguments)
+        self.consumers[tag] = consumer
+        if not m.nowait:
+            self.send(spec.Basic.ConsumeOk(consumer_tag=tag))
+        queue.add_consumer(consumer)
+
+    def _cancel(self, m: Any) -> None:
+        consumer = self.consumers.pop(m.consumer_tag, None)
+        if not m.nowait:
+            self.send(spec.Basic.CancelOk(consumer_tag=m.consumer_tag))
+        if consumer is not None:
+            consumer.queue.remove_consumer(consumer)
+
+    def _get(self, m: Any) -> None:
+        queue = self.vhost.get_queue(m.queue, self.conn)
+        entry = queue.get(m.no_ack)
+        if entry is None:
+            self.send(spec.Basic.GetEmpty())
+            return
+        self.delivery_tag += 1
+        if not m.no_ack:
+            self.unacked[self.delivery_tag] = (entry, queue, None)
+        msg = entry.msg
+        self.conn.write(frames.encode_get_ok(self.number, self.delivery_tag, entry.redelivered,
+                                             msg.exchange, msg.routing_key, queue.message_count,
+                                             msg.props, msg.body, self.conn.frame_max))
+
+    # ---- settling deliveries ------------------------------------------------------------
+
+    def _take(self, tag: int, multiple: bool) -> list[tuple[Entry, Queue, ChannelConsumer | None]]:
+        """Remove and return the deliveries an ack/nack/reject names; 406 if unknown."""
+        unacked = self.unacked
+        if (tag or not multiple) and tag not in unacked:
+            raise PreconditionFailed(f"unknown delivery tag {tag}")
+        if multiple:
+            tags = [t for t in unacked if t <= tag] if tag else list(unacked)
+        else:
+            tags = [tag]
+        taken = [unacked.pop(t) for t in tags]
+        for _, _, consumer in taken:
+            if consumer is not None:
+                consumer.unacked -= 1
+                self.global_unacked -= 1
+        return taken
+
+    def _ack(self, tag: int, multiple: bool) -> None:
+        if self.tx:
+            self._tx_defer(tag, multiple, None)
+            return
+        taken = self._take(tag, multiple)
+        for queue, entries in _by_queue(taken).items():
+            queue.settle(entries)
+        self._refill(taken)
+
+    def _reject(self, m: Any) -> None:
+        if self.tx:
+            self._tx_defer(m.delivery_tag, False, m.requeue)
+            return
+        self._settle_negative(self._take(m.delivery_tag, False), m.requeue)
+
+    def _nack(self, m: Any) -> None:
+        if self.tx:
+            self._tx_defer(m.delivery_tag, m.multiple, m.requeue)
+            return
+        self._settle_negative(self._take(m.delivery_tag, m.multiple), m.requeue)
+
+    def _settle_negative(self, taken: list, requeue: bool) -> None:
+        if requeue:
+            self._requeue_entries(taken)
+        else:
+            for queue, entries in _by_queue(taken).items():
+                queue.settle(entries)
+        self._refill(taken)
+
+    def _recover(self, m: Any) -> None:
+        if not m.requeue:
+            raise NotImplemented_("requeue=false")
+        taken = list(self.unacked.values())
+        self.unacked.clear()
+        for _, _, consumer in taken:
+            if consumer is not None:
+                consumer.unacked -= 1
+        self.global_unacked = 0
+        self._requeue_entries(taken)
+        if m.name == "Basic.Recover":
+            self.send(spec.Basic.RecoverOk())
+
+    def _requeue_entries(self, taken: list) -> None:
+        for queue, entries in _by_queue(taken).items():
+            queue.requeue(entries)
+
+    def _refill(self, taken: list) -> None:
+        """Room was freed: let the queues of the affected consumers deliver again."""
+        if self.global_prefetch:
+            self.resume_deliveries()
+            return
+        queues = {consumer.queue for _, _, consumer in taken if consumer is not None}
+        for queue in queues:
+            queue.dispatch()
+
+    # ---- transactions -------------------------------------------------------------------
+
+    def _tx_select(self, m: Any) -> None:
+        if self.confirm:
+            raise PreconditionFailed("cannot switch from confirm to tx mode")
+        self.tx = True
+        self.send(spec.Tx.SelectOk())
+
+    def _tx_defer(self, tag: int, multiple: bool, requeue: bool | None) -> None:
+        """In tx mode an ack/nack/reject is checked now and applied at commit."""
+        if (tag or not multiple) and tag not in self.unacked:
+            raise PreconditionFailed(f"unknown delivery tag {tag}")
+        self._tx_settles.append((tag, multiple, requeue))
+
+    def _tx_commit(self, m: Any) -> None:
+        if not self.tx:
+            raise PreconditionFailed("channel is not transactional")
+        publishes, settles = self._tx_publishes, self._tx_settles
+        self._tx_publishes, self._tx_settles = [], []
+        for exchange, msg, mandatory in publishes:
+            self._route(exchange, msg, mandatory)
+        for tag, multiple, requeue in settles:
+            taken = self._take_known(tag, multiple)
+            if requeue is None:
+                for queue, entries in _by_queue(taken).items():
+                    queue.settle(entries)
+                self._refill(taken)
+            else:
+                self._settle_negative(taken, requeue)
+        self.send(spec.Tx.CommitOk())
+
+    def _tx_rollback(self, m: Any) -> None:
+        if not self.tx:
+            raise PreconditionFailed("channel is not transactional")
+        self._tx_publishes, self._tx_settles = [], []
+        self.send(spec.Tx.RollbackOk())
+
+    def _take_known(self, tag: int, multiple: bool) -> list:
+        """Like _take, skipping tags settled since they were named (commit time)."""
+        if (tag or not multiple) and tag not in self.unacked:
+            return []
+        return self._take(tag, multiple)
+
+
+def _by_queue(taken: Iterable[tuple[Entry, Queue, Any]]) -> dict[Queue, list[Entry]]:
+    grouped: dict[Queue, list[Entry]] = {}
+    for entry, queue, _ in taken:
+        grouped.setdefault(queue, []).append(entry)
+    return grouped
+
+
+def _valid_expiration(value: str) -> bool:
+    return value.isdigit() and value.isascii()
+

@@ -1,0 +1,362 @@
+"""The AMQP 0-9-1 connection state machine, sans-IO: bytes in, frames out to a sink.
+
+It owns the handshake, heartbeats, channel table and the one place where typed protocol
+errors become channel.close / connection.close.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from typing import Any, Callable, Protocol
+
+from pamqp import commands as spec
+from pamqp import frame as pamqp_frame
+from pamqp.decode import field_table
+
+import mq
+from mq._core import frames
+from mq.amqp.channel import Channel
+from mq.amqp.methods import decode_method
+from mq.broker.broker import Broker
+from mq.broker.errors import (AMQPError, ChannelError, CommandInvalid, FrameError, NotAllowed,
+                              UnexpectedFrame)
+
+log = logging.getLogger("mq.connection")
+
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+CHANNEL_MAX = 2047
+FRAME_MAX = 131072
+FRAME_MIN = 4096
+HEARTBEAT = 60
+HANDSHAKE_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 3.0
+
+CAPABILITIES = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": False,
+    "consumer_priorities": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+    "direct_reply_to": False,
+}
+
+
+class Transport(Protocol):
+    """Where a connection's output goes (the server's socket, or a list in tests)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Connection:
+    """One client connection. Feed it bytes with `data_received`; call `tick` every second."""
+
+    def __init__(self, broker: Broker, transport: Transport, peer: tuple[str, int] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 heartbeat: int = HEARTBEAT, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+        self.broker = broker
+        self.transport = transport
+        self.peer = peer or ("?", 0)
+        self.clock = clock
+        self.reader = frames.FrameReader(0)  # no frame size limit until tune-ok
+        self.state = "header"
+        self.channels: dict[int, Channel] = {}
+        self.channel_max = CHANNEL_MAX
+        self.frame_max = FRAME_MAX
+        self.heartbeat = 0
+        self._proposed_heartbeat = heartbeat
+        self._handshake_timeout = handshake_timeout
+        self.user: Any = None
+        self.vhost: Any = None
+        self.client_properties: dict = {}
+        self.capabilities: dict = {}
+        self.writable = True
+        self.closed = False
+        self._opened_at = clock()
+        self._last_recv = self._last_sent = self._closing_since = self._opened_at
+        self.name = f"{self.peer[0]}:{self.peer[1]}"
+
+    # ---- output ---------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self._last_sent = self.clock()
+        self.transport.write(data)
+
+    def send_method(self, channel: int, method: Any) -> None:
+        self.write(pamqp_frame.marshal(method, channel))
+
+    # ---- input ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._last_recv = self.clock()
+        self.reader.feed(data)
+        try:
+            if self.state == "header" and not self._protocol_header():
+                return
+            for ftype, channel, payload in self.reader.frames():
+                self._frame(ftype, channel, payload)
+                if self.closed or self.state == "broken":
+                    return
+        except frames.FrameError as exc:
+            self._connection_error(FrameError(exc.text.partition(" - ")[2] or exc.text), 0, 0,
+                                   broken=True)
+        except AMQPError as exc:
+            self._connection_error(exc, 0, 0)
+        finally:
+            for ch in self.channels.values():
+                ch.flush_confirms()
+
+    def _protocol_header(self) -> bool:
+        header = self.reader.take_raw(8)
+        if header is None:
+            return False  # wait for all 8 bytes; the handshake timeout bounds the wait
+        if header != PROTOCOL_HEADER:
+            self._reject_header()
+            return False
+        self.state = "start-ok"
+        self.send_method(0, spec.Connection.Start(
+            server_properties={
+                "product": "mq", "version": mq.__version__,
+                "platform": f"Python {platform.python_version()}",
+                "copyright": "mq contributors", "information": "https://example.invalid/mq",
+                "cluster_name": "mq@" + platform.node(),
+                "capabilities": CAPABILITIES,
+            },
+            mechanisms="PLAIN AMQPLAIN", locales="en_US"))
+        return True
+
+    def _reject_header(self) -> None:
+        log.info("connection %s: bad protocol header, closing", self.name)
+        self.write(PROTOCOL_HEADER)
+        self.close_transport()
+
+    def _frame(self, ftype: int, channel: int, payload: bytes) -> None:
+        if ftype == 8:  # heartbeat
+            if channel != 0:
+                raise FrameError("heartbeat frame on a non-zero channel")
+            return
+        if self.state == "closing":
+            if ftype == 1 and channel == 0:
+                mid = frames.method_id(payload)
+                if mid == 0x000A0033:  # close-ok
+                    self.close_transport()
+                elif mid == 0x000A0032:  # close from the client too
+                    self.send_method(0, spec.Connection.CloseOk())
+                    self.close_transport()
+            return
+        if channel == 0:
+            if ftype != 1:
+                raise UnexpectedFrame(f"unexpected content frame type {ftype} on channel 0")
+            self._connection_method(decode_method(payload))
+            return
+        if self.state != "open":
+            raise CommandInvalid(f"channel {channel} used before the connection was opened")
+        if channel > self.channel_max:
+            raise ChannelError(f"channel id {channel} exceeds the negotiated channel_max "
+                               f"{self.channel_max}")
+        ch = self.channels.get(channel)
+        if ch is None:
+            if ftype != 1 or frames.method_id(payload) != 0x0014000A:
+                raise ChannelError(f"expected 'channel.open' on channel {channel}")
+            decode_method(payload)
+            self.channels[channel] = Channel(self, channel)
+            self.send_method(channel, spec.Channel.OpenOk())
+            return
+        try:
+            ch.frame_received(ftype, payload)
+        except AMQPError as exc:
+            if exc.connection_level:
+                raise
+            self.channel_error(ch, exc)
+
+    def channel_error(self, ch: Channel, exc: AMQPError) -> None:
+        """A channel-level error: channel.close with the code and the offending method."""
+        log.info("channel error on connection %s channel %d: %d %s", self.name, ch.number,
+                 exc.reply_code, exc.reply_text)
+        class_id, method_id = ch.current_method
+        ch.closing()
+        self.send_method(ch.number, spec.Channel.Close(
+            reply_code=exc.reply_code, reply_text=exc.reply_text[:255],
+            class_id=class_id, method_id=method_id))
+
+    def channel_closed(self, number: int) -> None:
+        self.channels.pop(number, None)
+
+    # ---- connection class methods -----------------------------------------------------
+
+    def _connection_method(self, method: Any) -> None:
+        name = method.name
+        if name == "Connection.StartOk" and self.state == "start-ok":
+            self._start_ok(method)
+        elif name == "Connection.TuneOk" and self.state == "tune-ok":
+            self._tune_ok(method)
+        elif name == "Connection.Open" and self.state == "open-wait":
+            self._open(method)
+        elif name == "Connection.Close":
+            self.send_method(0, spec.Connection.CloseOk())
+            log.info("connection closed by client %s user=%s", self.name,
+                     getattr(self.user, "name", None))
+            self.close_transport()
+        elif name in ("Connection.Blocked", "Connection.Unblocked", "Connection.UpdateSecret"):
+            if name == "Connection.UpdateSecret":
+                self.send_method(0, spec.Connection.UpdateSecretOk())
+        else:
+            raise CommandInvalid(f"unexpected method {name} on channel 0 in state '{self.state}'")
+
+    def _credentials(self, method: Any) -> tuple[str, str] | None:
+        response = method.response
+        raw = response.encode("latin-1") if isinstance(response, str) else bytes(response or b"")
+        if method.mechanism == "PLAIN":
+            parts = raw.split(b"\x00")
+            if len(parts) != 3:
+                return None
+            return parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
+        if method.mechanism == "AMQPLAIN":
+            try:
+                table = field_table(len(raw).to_bytes(4, "big") + raw)[1]
+            except Exception:
+                return None
+            login, password = table.get("LOGIN"), table.get("PASSWORD")
+            if login is None or password is None:
+                return None
+            return (login.decode() if isinstance(login, bytes) else str(login),
+                    password.decode() if isinstance(password, bytes) else str(password))
+        return None
+
+    def _start_ok(self, method: Any) -> None:
+        self.client_properties = method.client_properties or {}
+        self.capabilities = self.client_properties.get("capabilities") or {}
+        if method.mechanism not in ("PLAIN", "AMQPLAIN"):
+            self._refuse_login(f"unsupported authentication mechanism '{method.mechanism}'", "?")
+            return
+        creds = self._credentials(method)
+        user = self.broker.users.authenticate(*creds) if creds else None
+        if user is None:
+            self._refuse_login(
+                f"Login was refused using authentication mechanism {method.mechanism}. "
+                "For details see the broker logfile.", creds[0] if creds else "?")
+            return
+        if user.name in self.broker.loopback_users and not _is_loopback(self.peer[0]):
+            self._refuse_login(f"user '{user.name}' can only connect via localhost", user.name)
+            return
+        self.user = user
+        self.state = "tune-ok"
+        self.send_method(0, spec.Connection.Tune(channel_max=CHANNEL_MAX, frame_max=FRAME_MAX,
+                                                 heartbeat=self._proposed_heartbeat))
+
+    def _refuse_login(self, text: str, username: str) -> None:
+        log.warning("authentication failed on connection %s user=%s: %s", self.name, username, text)
+        if self.capabilities.get("authentication_failure_close"):
+            self.send_method(0, spec.Connection.Close(reply_code=403,
+                                                      reply_text=f"ACCESS_REFUSED - {text}"[:255],
+                                                      class_id=0, method_id=0))
+        self.close_transport()
+
+    def _tune_ok(self, method: Any) -> None:
+        channel_max = method.channel_max or CHANNEL_MAX
+        frame_max = method.frame_max or FRAME_MAX
+        if channel_max > CHANNEL_MAX:
+            raise NotAllowed(f"channel_max={channel_max} > {CHANNEL_MAX} max channels")
+        if frame_max > FRAME_MAX:
+            raise NotAllowed(f"frame_max={frame_max} > {FRAME_MAX} max size")
+        if frame_max < FRAME_MIN:
+            raise NotAllowed(f"frame_max={frame_max} < {FRAME_MIN} min size")
+        self.channel_max, self.frame_max = channel_max, frame_max
+        self.heartbeat = method.heartbeat
+        self.reader.frame_max = frame_max
+        self.state = "open-wait"
+
+    def _open(self, method: Any) -> None:
+        vhost = self.broker.vhosts.get(method.virtual_host)
+        if vhost is None or method.virtual_host not in self.user.permissions:
+            raise NotAllowed(f"vhost {method.virtual_host} not found"
+                             if vhost is None else
+                             f"access to vhost '{method.virtual_host}' refused for user "
+                             f"'{self.user.name}'")
+        self.vhost = vhost
+        self.state = "open"
+        self.send_method(0, spec.Connection.OpenOk())
+        log.info("connection opened %s user=%s vhost=%s", self.name, self.user.name, vhost.name)
+
+    # ---- errors, timers, teardown -----------------------------------------------------
+
+    def _connection_error(self, exc: AMQPError, class_id: int, method_id: int,
+                          broken: bool = False) -> None:
+        if self.closed or self.state == "closing":
+            return
+        log.warning("connection error on %s: %d %s", self.name, exc.reply_code, exc.reply_text)
+        self._release()
+        self.send_method(0, spec.Connection.Close(reply_code=exc.reply_code,
+                                                  reply_text=exc.reply_text[:255],
+                                                  class_id=class_id, method_id=method_id))
+        if broken or self.state in ("header", "start-ok", "tune-ok"):
+            self.close_transport()
+        else:
+            self.state = "closing"
+            self._closing_since = self.clock()
+
+    def close_with(self, exc: AMQPError) -> None:
+        """Close the connection from the broker's side (e.g. 320 on shutdown)."""
+        self._connection_error(exc, 0, 0)
+
+    def tick(self) -> None:
+        """Timers: handshake timeout, heartbeats, close-ok timeout. Call about once a second."""
+        if self.closed:
+            return
+        now = self.clock()
+        if self.state == "closing":
+            if now - self._closing_since > CLOSE_TIMEOUT:
+                self.close_transport()
+        elif self.state != "open":
+            if now - self._opened_at > self._handshake_timeout:
+                log.warning("connection %s: handshake not finished in %.0fs, dropping",
+                            self.name, self._handshake_timeout)
+                self.close_transport()
+        elif self.heartbeat:
+            if now - self._last_recv > 2 * self.heartbeat:
+                log.warning("missed heartbeats from client %s, timeout: %ds", self.name,
+                            self.heartbeat)
+                self.close_transport()
+            elif now - self._last_sent >= self.heartbeat / 2:
+                self.write(frames.HEARTBEAT_FRAME)
+
+    def set_writable(self, writable: bool) -> None:
+        """Back-pressure from the socket: consumers pause while the peer can't keep up."""
+        self.writable = writable
+        if writable:
+            for ch in list(self.channels.values()):
+                ch.resume_deliveries()
+
+    def close_transport(self) -> None:
+        if not self.closed:
+            self._release()
+            self.closed = True
+            self.state = "closed"
+            self.transport.close()
+
+    def connection_lost(self) -> None:
+        """The socket went away: same cleanup as a close."""
+        if not self.closed:
+            log.info("connection lost %s user=%s", self.name, getattr(self.user, "name", None))
+            self._release()
+            self.closed = True
+            self.state = "closed"
+
+    def _release(self) -> None:
+        for ch in list(self.channels.values()):
+            ch.release()
+        self.channels.clear()
+        if self.vhost is not None:
+            self.vhost.connection_closed(self)
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.") \
+        or host.startswith("::ffff:127.")

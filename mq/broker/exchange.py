@@ -1,0 +1,240 @@
+"""Exchanges and their routing tables (the tables themselves live in the Cython core)."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from mq._core.headers import HeadersMatcher
+from mq._core.hashring import HashRing
+from mq._core.message import Message
+from mq._core.topic import TopicTable
+from mq.broker.args import freeze
+from mq.broker.errors import PreconditionFailed
+
+
+class Binding:
+    """source --routing_key/arguments--> destination (a queue or an exchange)."""
+
+    __slots__ = ("source", "destination", "routing_key", "arguments", "key")
+
+    def __init__(self, source: Exchange, destination: Any, routing_key: str, arguments: dict) -> None:
+        self.source = source
+        self.destination = destination
+        self.routing_key = routing_key
+        self.arguments = arguments
+        self.key = (id(destination), routing_key, freeze(arguments))
+
+
+class Exchange:
+    """Common state and binding bookkeeping; subclasses keep a table fit for their type."""
+
+    type = ""
+
+    def __init__(self, vhost: str, name: str, durable: bool = False, auto_delete: bool = False,
+                 internal: bool = False, arguments: dict | None = None) -> None:
+        self.vhost = vhost
+        self.name = name
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self.internal = internal
+        self.arguments = dict(arguments or {})
+        self.bindings: dict[tuple, Binding] = {}
+        # Set by the vhost: the exchange named by the `alternate-exchange` argument.
+        self.alternate: str | None = self.arguments.get("alternate-exchange") or None
+        self.has_exchange_destinations = 0
+        self.incoming: dict[tuple, Binding] = {}  # exchange-to-exchange bindings leading here
+
+    def bind(self, destination: Any, routing_key: str, arguments: dict) -> Binding | None:
+        """Add a binding; None if it already existed."""
+        binding = Binding(self, destination, routing_key, arguments)
+        if binding.key in self.bindings:
+            return None
+        self._add(binding)
+        self.bindings[binding.key] = binding
+        if isinstance(destination, Exchange):
+            self.has_exchange_destinations += 1
+        return binding
+
+    def unbind(self, destination: Any, routing_key: str, arguments: dict) -> Binding | None:
+        """Remove a binding; None if there was none."""
+        binding = self.bindings.pop((id(destination), routing_key, freeze(arguments)), None)
+        if binding is not None:
+            self._remove(binding)
+            if isinstance(destination, Exchange):
+                self.has_exchange_destinations -= 1
+        return binding
+
+    def bindings_to(self, destination: Any) -> list[Binding]:
+        return [b for b in self.bindings.values() if b.destination is destination]
+
+    def route(self, msg: Message) -> Iterable[Any]:
+        """The destinations a message reaches directly (queues and exchanges)."""
+        raise NotImplementedError
+
+    def _add(self, binding: Binding) -> None:
+        raise NotImplementedError
+
+    def _remove(self, binding: Binding) -> None:
+        raise NotImplementedError
+
+
+class DirectExchange(Exchange):
+    type = "direct"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._table: dict[str, dict[Any, None]] = {}
+
+    def _add(self, binding: Binding) -> None:
+        dests = self._table.setdefault(binding.routing_key, {})
+        dests[binding.destination] = None
+
+    def _remove(self, binding: Binding) -> None:
+        dests = self._table[binding.routing_key]
+        # Another binding with the same key and other arguments may still point there.
+        if not any(b.destination is binding.destination and b.routing_key == binding.routing_key
+                   for b in self.bindings.values()):
+            dests.pop(binding.destination, None)
+        if not dests:
+            del self._table[binding.routing_key]
+
+    def route(self, msg: Message) -> Iterable[Any]:
+        return self._table.get(msg.routing_key, ())
+
+
+class DefaultExchange(DirectExchange):
+    """The nameless exchange: every queue is bound to it by its own name, implicitly."""
+
+    def __init__(self, vhost: str, queues: dict[str, Any]) -> None:
+        super().__init__(vhost, "", durable=True)
+        self._queues = queues
+
+    def route(self, msg: Message) -> Iterable[Any]:
+        queue = self._queues.get(msg.routing_key)
+        return () if queue is None else (queue,)
+
+
+class FanoutExchange(Exchange):
+    type = "fanout"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._dests: dict[Any, int] = {}
+
+    def _add(self, binding: Binding) -> None:
+        self._dests[binding.destination] = self._dests.get(binding.destination, 0) + 1
+
+    def _remove(self, binding: Binding) -> None:
+        left = self._dests[binding.destination] - 1
+        if left:
+            self._dests[binding.destination] = left
+        else:
+            del self._dests[binding.destination]
+
+    def route(self, msg: Message) -> Iterable[Any]:
+        return self._dests
+
+
+class TopicExchange(Exchange):
+    type = "topic"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._table = TopicTable()
+
+    def _add(self, binding: Binding) -> None:
+        self._table.bind(binding.routing_key, binding.destination)
+
+    def _remove(self, binding: Binding) -> None:
+        if not any(b.destination is binding.destination and b.routing_key == binding.routing_key
+                   for b in self.bindings.values()):
+            self._table.unbind(binding.routing_key, binding.destination)
+
+    def route(self, msg: Message) -> Iterable[Any]:
+        return self._table.match(msg.routing_key)
+
+
+class HeadersExchange(Exchange):
+    type = "headers"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._matchers: dict[tuple, tuple[HeadersMatcher, Any]] = {}
+
+    def bind(self, destination: Any, routing_key: str, arguments: dict) -> Binding | None:
+        try:
+            HeadersMatcher(arguments)
+        except ValueError as exc:
+            raise PreconditionFailed(str(exc)) from None
+        return super().bind(destination, routing_key, arguments)
+
+    def _add(self, binding: Binding) -> None:
+        self._matchers[binding.key] = (HeadersMatcher(binding.arguments), binding.destination)
+
+    def _remove(self, binding: Binding) -> None:
+        del self._matchers[binding.key]
+
+    def route(self, msg: Message) -> Iterable[Any]:
+        headers = msg.headers
+        return {dest: None for matcher, dest in self._matchers.values() if matcher.matches(headers)}
+
+
+class ConsistentHashExchange(Exchange):
+    """x-consistent-hash: the binding key is a weight; a hash of the routing key (or of the
+    header / property named by `hash-header` / `hash-property`) picks one queue."""
+
+    type = "x-consistent-hash"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ring = HashRing()
+        self._hash_header = self.arguments.get("hash-header")
+        self._hash_property = self.arguments.get("hash-property")
+        if self._hash_header is not None and self._hash_property is not None:
+            raise PreconditionFailed(
+                "hash-header and hash-property are mutually exclusive on exchange "
+                f"'{self.name}' in vhost '{self.vhost}'")
+
+    def bind(self, destination: Any, routing_key: str, arguments: dict) -> Binding | None:
+        try:
+            weight = int(routing_key)
+        except ValueError:
+            weight = 0
+        if weight <= 0:
+            raise PreconditionFailed(
+                f"binding key '{routing_key}' is not a positive integer weight "
+                f"for x-consistent-hash exchange '{self.name}'")
+        if any(b.destination is destination for b in self.bindings.values()):
+            return None  # one ring entry per destination, as RabbitMQ keeps
+        return super().bind(destination, routing_key, arguments)
+
+    def _add(self, binding: Binding) -> None:
+        self._ring.add(binding.destination, _dest_name(binding.destination), int(binding.routing_key))
+
+    def _remove(self, binding: Binding) -> None:
+        self._ring.remove(binding.destination)
+
+    def _hash_key(self, msg: Message) -> str | None:
+        if self._hash_header is not None:
+            value = (msg.headers or {}).get(self._hash_header)
+            return None if value is None else str(value)
+        if self._hash_property is not None:
+            from mq.broker.properties import property_value
+            value = property_value(msg, self._hash_property)
+            return None if value is None else str(value)
+        return msg.routing_key
+
+    def route(self, msg: Message) -> Iterable[Any]:
+        key = self._hash_key(msg)
+        dest = None if key is None else self._ring.pick(key)
+        return () if dest is None else (dest,)
+
+
+def _dest_name(destination: Any) -> str:
+    kind = "exchange" if isinstance(destination, Exchange) else "queue"
+    return f"{kind}:{destination.name}"
+
+
+EXCHANGE_TYPES: dict[str, type[Exchange]] = {
+    cls.type: cls for cls in (DirectExchange, FanoutExchange, TopicExchange, HeadersExchange,
+                              ConsistentHashExchange)
+}

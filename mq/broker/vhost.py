@@ -1,0 +1,225 @@
+"""A virtual host: its exchanges, queues and bindings, and routing between them."""
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from typing import Any
+
+from mq._core.message import Message
+from mq.broker.args import EXCHANGE_EQUIVALENCE_ARGS, QUEUE_EQUIVALENCE_ARGS, check_equivalent
+from mq.broker.errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed, ResourceLocked
+from mq.broker.exchange import EXCHANGE_TYPES, Binding, DefaultExchange, Exchange
+from mq.broker.queue import Queue
+
+log = logging.getLogger("mq.broker")
+
+# (name, type, internal) as RabbitMQ predeclares them in every vhost.
+PREDECLARED_EXCHANGES = (
+    ("amq.direct", "direct", False),
+    ("amq.fanout", "fanout", False),
+    ("amq.topic", "topic", False),
+    ("amq.headers", "headers", False),
+    ("amq.match", "headers", False),
+    ("amq.rabbitmq.trace", "topic", True),
+)
+
+
+def server_named_queue() -> str:
+    return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+class VirtualHost:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queues: dict[str, Queue] = {}
+        self.exchanges: dict[str, Exchange] = {"": DefaultExchange(name, self.queues)}
+        for ex_name, ex_type, internal in PREDECLARED_EXCHANGES:
+            self.exchanges[ex_name] = EXCHANGE_TYPES[ex_type](name, ex_name, durable=True,
+                                                             internal=internal)
+
+    def _where(self, kind: str, name: str) -> str:
+        return f"{kind} '{name}' in vhost '{self.name}'"
+
+    # ---- exchanges --------------------------------------------------------------------
+
+    def get_exchange(self, name: str) -> Exchange:
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise NotFound(f"no {self._where('exchange', name)}")
+        return exchange
+
+    def declare_exchange(self, name: str, type_: str, passive: bool = False, durable: bool = False,
+                         auto_delete: bool = False, internal: bool = False,
+                         arguments: dict | None = None) -> Exchange:
+        if passive:
+            return self.get_exchange(name)
+        if not name:
+            raise AccessRefused("operation not permitted on the default exchange")
+        if name.startswith("amq."):
+            raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        arguments = arguments or {}
+        existing = self.exchanges.get(name)
+        if existing is not None:
+            check_equivalent("exchange", name, self.name, {
+                "type": (type_, existing.type), "durable": (durable, existing.durable),
+                "auto_delete": (auto_delete, existing.auto_delete),
+                "internal": (internal, existing.internal),
+            }, arguments, existing.arguments, EXCHANGE_EQUIVALENCE_ARGS)
+            return existing
+        cls = EXCHANGE_TYPES.get(type_)
+        if cls is None:
+            raise CommandInvalid(f"unknown exchange type '{type_}'")
+        exchange = cls(self.name, name, durable, auto_delete, internal, arguments)
+        self.exchanges[name] = exchange
+        return exchange
+
+    def delete_exchange(self, name: str, if_unused: bool = False) -> None:
+        if not name:
+            raise AccessRefused("operation not permitted on the default exchange")
+        if name.startswith("amq."):
+            raise AccessRefused(f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed")
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return
+        if if_unused and exchange.bindings:
+            raise PreconditionFailed(f"{self._where('exchange', name)} in use")
+        self._remove_exchange(exchange)
+
+    def _remove_exchange(self, exchange: Exchange) -> None:
+        del self.exchanges[exchange.name]
+        for binding in list(exchange.bindings.values()):
+            self._drop_binding(binding, cascade=False)
+        for binding in list(exchange.incoming.values()):
+            self._drop_binding(binding)
+
+    # ---- queues -----------------------------------------------------------------------
+
+    def get_queue(self, name: str, owner: Any = None) -> Queue:
+        queue = self.queues.get(name)
+        if queue is None:
+            raise NotFound(f"no {self._where('queue', name)}")
+        self.check_exclusive(queue, owner)
+        return queue
+
+    def check_exclusive(self, queue: Queue, owner: Any) -> None:
+        if queue.exclusive_owner is not None and queue.exclusive_owner is not owner:
+            raise ResourceLocked(
+                f"cannot obtain exclusive access to locked {self._where('queue', queue.name)}. "
+                "It could be originally declared on another connection or the exclusive "
+                "property value does not match that of the original declaration.")
+
+    def declare_queue(self, name: str, passive: bool = False, durable: bool = False,
+                      exclusive: bool = False, auto_delete: bool = False,
+                      arguments: dict | None = None, owner: Any = None) -> Queue:
+        if passive:
+            return self.get_queue(name, owner)
+        if not name:
+            name = server_named_queue()
+        elif name.startswith("amq."):
+            raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+        arguments = arguments or {}
+        existing = self.queues.get(name)
+        if existing is not None:
+            self.check_exclusive(existing, owner)
+            if exclusive != existing.exclusive:
+                self.check_exclusive(existing, None)
+            check_equivalent("queue", name, self.name, {
+                "durable": (durable, existing.durable),
+                "auto_delete": (auto_delete, existing.auto_delete),
+            }, arguments, existing.arguments, QUEUE_EQUIVALENCE_ARGS)
+            return existing
+        queue = Queue(self.name, name, durable, owner if exclusive else None, auto_delete,
+                      arguments, on_unused=self._queue_unused)
+        self.queues[name] = queue
+        log.info("queue created vhost=%s queue=%s durable=%s exclusive=%s",
+                 self.name, name, durable, exclusive)
+        return queue
+
+    def delete_queue(self, name: str, if_unused: bool = False, if_empty: bool = False,
+                     owner: Any = None) -> int:
+        queue = self.queues.get(name)
+        if queue is None:
+            return 0
+        self.check_exclusive(queue, owner)
+        if if_unused and queue.consumer_count:
+            raise PreconditionFailed(f"{self._where('queue', name)} in use")
+        if if_empty and queue.message_count:
+            raise PreconditionFailed(f"{self._where('queue', name)} is not empty")
+        return self.remove_queue(queue)
+
+    def remove_queue(self, queue: Queue) -> int:
+        if self.queues.get(queue.name) is not queue:
+            return 0
+        del self.queues[queue.name]
+        for binding in list(queue.incoming.values()):
+            self._drop_binding(binding)
+        log.info("queue deleted vhost=%s queue=%s", self.name, queue.name)
+        return queue.delete()
+
+    def _queue_unused(self, queue: Queue) -> None:
+        self.remove_queue(queue)
+
+    # ---- bindings ---------------------------------------------------------------------
+
+    def bind(self, source: Exchange, destination: Any, routing_key: str,
+             arguments: dict | None = None) -> None:
+        if not source.name:
+            raise AccessRefused("operation not permitted on the default exchange")
+        binding = source.bind(destination, routing_key, arguments or {})
+        if binding is not None:
+            destination.incoming[(id(source),) + binding.key] = binding
+
+    def unbind(self, source: Exchange, destination: Any, routing_key: str,
+               arguments: dict | None = None) -> None:
+        if not source.name:
+            raise AccessRefused("operation not permitted on the default exchange")
+        binding = source.unbind(destination, routing_key, arguments or {})
+        if binding is not None:
+            destination.incoming.pop((id(source),) + binding.key, None)
+            self._auto_delete(source)
+
+    def _drop_binding(self, binding: Binding, cascade: bool = True) -> None:
+        source = binding.source
+        source.unbind(binding.destination, binding.routing_key, binding.arguments)
+        binding.destination.incoming.pop((id(source),) + binding.key, None)
+        if cascade:
+            self._auto_delete(source)
+
+    def _auto_delete(self, exchange: Exchange) -> None:
+        if exchange.auto_delete and not exchange.bindings \
+                and self.exchanges.get(exchange.name) is exchange:
+            self._remove_exchange(exchange)
+
+    # ---- routing ----------------------------------------------------------------------
+
+    def route(self, exchange: Exchange, msg: Message) -> list[Queue]:
+        """Every queue the message reaches, each once, through exchange-to-exchange bindings
+        and alternate exchanges."""
+        if not exchange.has_exchange_destinations and exchange.alternate is None:
+            return list(exchange.route(msg))
+        queues: dict[Queue, None] = {}
+        seen: set[int] = set()
+        pending = [exchange]
+        while pending:
+            current = pending.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            reached = False
+            for dest in current.route(msg):
+                reached = True
+                if isinstance(dest, Exchange):
+                    pending.append(dest)
+                else:
+                    queues[dest] = None
+            if not reached and current.alternate is not None:
+                alternate = self.exchanges.get(current.alternate)
+                if alternate is not None:
+                    pending.append(alternate)
+        return list(queues)
+
+    def connection_closed(self, owner: Any) -> None:
+        """Exclusive queues go with the connection that declared them."""
+        for queue in [q for q in self.queues.values() if q.exclusive_owner is owner]:
+            self.remove_queue(queue)

@@ -1,0 +1,49 @@
+"""`python -m mq` / `mq`: start the broker."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+import anyio
+
+from mq import __version__
+from mq.config import Settings, add_arguments, load
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_server(settings: Settings) -> None:
+    from mq.server import Server
+
+    server = Server(settings)
+    try:
+        import uvloop  # noqa: F401  (faster loop where installed)
+        backend_options = {"use_uvloop": True}
+    except ImportError:
+        backend_options = {}
+    try:
+        anyio.run(server.serve, backend="asyncio", backend_options=backend_options)
+    except KeyboardInterrupt:
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mq", description="mq: an AMQP 0-9-1 message broker")
+    parser.add_argument("--version", action="version", version=f"mq {__version__}")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    settings = load(args)
+    if args.print_config:
+        for key, value in dataclasses.asdict(settings).items():
+            print(f"{key} = {value!r}")
+        return
+    _setup_logging(settings.log_level)
+    run_server(settings)

@@ -1,0 +1,136 @@
+"""Sockets: one asyncio protocol object per client connection, feeding the sans-IO
+connection and batching its output into one write per loop turn."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Any
+
+import anyio
+
+from mq.amqp.connection import Connection
+from mq.broker.broker import Broker
+from mq.broker.errors import ConnectionForced
+from mq.config import Settings
+
+log = logging.getLogger("mq.server")
+
+WRITE_BUFFER_HIGH = 4 * 1024 * 1024  # pause deliveries above this much unsent output
+WRITE_BUFFER_LOW = 1024 * 1024
+
+
+class AMQPProtocol(asyncio.Protocol):
+    """Glue between an asyncio transport and a Connection (which is also its Transport)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.conn: Connection | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._in_read = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        settings = self.server.settings
+        self.conn = Connection(self.server.broker, self, (str(peer[0]), int(peer[1])),
+                               heartbeat=settings.heartbeat,
+                               handshake_timeout=settings.handshake_timeout)
+        self.server.connections.add(self.conn)
+        log.info("accepting AMQP connection %s", self.conn.name)
+
+    def data_received(self, data: bytes) -> None:
+        self._in_read = True
+        try:
+            self.conn.data_received(data)
+        finally:
+            self._in_read = False
+        self._flush()
+
+    # Transport interface used by Connection.
+    def write(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._in_read and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def close(self) -> None:
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self.transport is not None and not self.transport.is_closing():
+            out = self._out
+            self._out = []
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def pause_writing(self) -> None:
+        self.conn.set_writable(False)
+
+    def resume_writing(self) -> None:
+        self.conn.set_writable(True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._out = []
+        self.transport = None
+        if self.conn is not None:
+            self.conn.connection_lost()
+            self.server.connections.discard(self.conn)
+
+
+class Server:
+    """The broker process: listener, timers, signals."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker = Broker(max_message_size=settings.max_message_size,
+                             loopback_users=tuple(u for u in settings.loopback_users.split(",") if u))
+        self.connections: set[Connection] = set()
+        self.port = settings.port
+
+    async def serve(self, started: Any = None) -> None:
+        """Run until cancelled or SIGTERM/SIGINT."""
+        os.makedirs(self.settings.data_dir, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        listener = await loop.create_server(lambda: AMQPProtocol(self), self.settings.host,
+                                            self.settings.port, reuse_address=True, backlog=1024)
+        self.port = listener.sockets[0].getsockname()[1]
+        log.info("mq listening on amqp://%s:%d (data dir %s)", self.settings.host, self.port,
+                 self.settings.data_dir)
+        if started is not None:
+            started(self)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._ticker)
+                tg.start_soon(self._signals, tg.cancel_scope)
+        finally:
+            listener.close()
+            self.shutdown()
+
+    async def _ticker(self) -> None:
+        while True:
+            await anyio.sleep(1)
+            for conn in list(self.connections):
+                conn.tick()
+
+    async def _signals(self, scope: anyio.CancelScope) -> None:
+        try:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                    scope.cancel()
+                    return
+        except (NotImplementedError, ValueError):  # not the main thread: no signals
+            await anyio.sleep_forever()
+
+    def shutdown(self) -> None:
+        """Close every client with 320 CONNECTION_FORCED."""
+        for conn in list(self.connections):
+            conn.close_with(ConnectionForced("broker shutdown"))
+            conn.close_transport()
