@@ -168,6 +168,8 @@ def work_queue(ctx: Ctx) -> Plan:
         op("deliveries", tag="b", count=2, settle=0.3, save="b2"),
         op("ack", tag="a"),
         op("ack", tag="b"),
+        op("cancel", tag="a"),
+        op("cancel", tag="b"),
         op("queue_delete", queue=q),
         op("close"),
     ]

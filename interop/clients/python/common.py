@@ -92,7 +92,7 @@ def timestamp_of(value: Any) -> int | None:
     return int(value)
 
 
-def message(body: bytes, props: dict[str, Any], headers: dict[str, Any] | None, *,
+def message(body: bytes | str, props: dict[str, Any], headers: dict[str, Any] | None, *,
             redelivered: bool = False, exchange: str = "", routing_key: str = "") -> dict[str, Any]:
     """The common report of a received message."""
     props = {k: v for k, v in props.items() if v is not None and k in PROPERTY_NAMES}
@@ -101,6 +101,8 @@ def message(body: bytes, props: dict[str, Any], headers: dict[str, Any] | None, 
     for k in ("delivery_mode", "priority"):
         if k in props:
             props[k] = int(props[k])
+    if isinstance(body, str):  # some libraries decode text bodies themselves
+        body = body.encode(props.get("content_encoding") or "utf-8")
     return {
         "body": describe_body(bytes(body)),
         "props": props,
@@ -151,9 +153,9 @@ class ConsumerLog:
     next_ack: int = 0
     cancelled: bool = False
 
-    def add(self, delivery_tag: Any, body: bytes) -> None:
+    def add(self, delivery_tag: Any, body: bytes | str) -> None:
         self.tags.append(delivery_tag)
-        self.bodies.append(describe_body(bytes(body)))
+        self.bodies.append(describe_body(body.encode() if isinstance(body, str) else bytes(body)))
 
     def snapshot(self) -> list[Any]:
         return list(self.bodies)

@@ -38,7 +38,7 @@ class PikaBlocking(Driver):
 
     def op_connect(self, step: Step) -> None:
         params = pika.URLParameters(step.get("url", self.url))
-        params.socket_timeout = 5
+        params.socket_timeout = 15
         params.blocked_connection_timeout = 10
         if "heartbeat" in step:
             params.heartbeat = step["heartbeat"]

@@ -65,7 +65,7 @@ class PyAmqp(Driver):
         args = connection_args(step.get("url", self.url))
         until = deadline(step.get("retry_for", 0))
         while True:
-            conn = amqp.Connection(heartbeat=step.get("heartbeat", 0), connect_timeout=5, **args)
+            conn = amqp.Connection(heartbeat=step.get("heartbeat", 0), connect_timeout=15, **args)
             try:
                 conn.connect()
                 break

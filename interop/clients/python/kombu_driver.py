@@ -1,0 +1,141 @@
+"""kombu, through its own entities (Exchange, Queue, Producer, Consumer) over pyamqp."""
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import kombu
+from amqp.exceptions import ConsumerCancelled
+from kombu import Consumer, Exchange, Producer, Queue
+
+from .common import ConsumerLog, deadline, main, message, native_headers, sent
+from .py_amqp import UNSUPPORTED, PyAmqp, received
+
+Step = dict[str, Any]
+
+
+def kombu_message(m: Any) -> dict[str, Any]:
+    props = dict(m.properties)
+    props.pop("application_headers", None)
+    info = m.delivery_info
+    return message(m.body, props, m.headers, redelivered=info.get("redelivered", False),
+                   exchange=info.get("exchange", ""), routing_key=info.get("routing_key", ""))
+
+
+class Kombu(PyAmqp):
+    """Reuses py-amqp's waiting and acking; every declaration and message goes through kombu."""
+
+    def _pump(self, step: Step, seconds: float) -> None:
+        conn = self._conn(step)
+        until = time.monotonic() + seconds
+        while True:
+            conn.heartbeat_check()
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                conn.drain_events(timeout=min(left, 0.2))
+            except socket.timeout:
+                pass
+            except ConsumerCancelled as e:  # kombu has no cancel callback: it raises from drain
+                self._mark_cancelled(e)
+
+    def op_connect(self, step: Step) -> None:
+        conn = kombu.Connection(step.get("url", self.url), heartbeat=step.get("heartbeat", 0),
+                                connect_timeout=15)
+        until = deadline(step.get("retry_for", 0))
+        while True:
+            try:
+                conn.connect()
+                break
+            except (OSError, conn.recoverable_connection_errors):
+                if time.monotonic() > until:
+                    raise
+                time.sleep(0.5)
+        self.conns[step.get("conn", "c")] = conn
+
+    def op_close(self, step: Step) -> None:
+        self._conn(step).release()
+
+    def op_channel(self, step: Step) -> None:
+        ch = self._conn(step).channel()
+
+        def on_return(exc: Any, exchange: str, routing_key: str, msg: Any) -> None:
+            self.returned.append({"reply_code": exc.reply_code, "exchange": exchange,
+                                  "routing_key": routing_key, "body": received(msg)["body"]})
+
+        self.chans[step.get("ch", "ch")] = ch
+        self.producers = getattr(self, "producers", {})
+        self.producers[step.get("ch", "ch")] = Producer(ch, on_return=on_return)
+
+    def _queue(self, step: Step) -> Queue:
+        return Queue(step["queue"], durable=step.get("durable", False),
+                     exclusive=step.get("exclusive", False), auto_delete=step.get("auto_delete", False),
+                     queue_arguments=step.get("args"), channel=self._ch(step))
+
+    def op_exchange_declare(self, step: Step) -> None:
+        Exchange(step["exchange"], step.get("type", "direct"), durable=step.get("durable", False),
+                 auto_delete=step.get("auto_delete", False), passive=step.get("passive", False),
+                 channel=self._ch(step)).declare()
+
+    def op_exchange_delete(self, step: Step) -> None:
+        Exchange(step["exchange"], channel=self._ch(step)).delete()
+
+    def op_queue_declare(self, step: Step) -> dict[str, int]:
+        ok = self._queue(step).queue_declare(passive=step.get("passive", False))
+        return {"messages": ok.message_count, "consumers": ok.consumer_count}
+
+    def op_queue_bind(self, step: Step) -> None:
+        queue = Queue(step["queue"], channel=self._ch(step))
+        queue.bind_to(step["exchange"], step.get("routing_key", ""), arguments=step.get("args") or None)
+
+    def op_queue_delete(self, step: Step) -> None:
+        Queue(step["queue"], channel=self._ch(step)).delete()
+
+    def op_publish(self, step: Step) -> Any:
+        props = dict(step.get("props", {}))
+        headers, unsent = native_headers(props.pop("headers", None), UNSUPPORTED)
+        expiration = props.pop("expiration", None)
+        producer = self.producers[step.get("ch", "ch")]
+        producer.publish(
+            self.body(step), routing_key=step["routing_key"], exchange=step["exchange"],
+            mandatory=step.get("mandatory", False), headers=headers,
+            delivery_mode=props.pop("delivery_mode", None), priority=props.pop("priority", 0),
+            content_type=props.pop("content_type", None), content_encoding=props.pop("content_encoding", None),
+            # kombu takes the expiration in seconds and writes milliseconds.
+            expiration=None if expiration is None else int(expiration) / 1000, **props)
+        return sent(unsent)
+
+    def op_get(self, step: Step) -> Any:
+        ack = step.get("ack", "ack")
+        queue = Queue(step["queue"], channel=self._ch(step))
+        until = deadline(step.get("wait", 0))
+        while (m := queue.get(no_ack=(ack == "noack"))) is None:
+            if time.monotonic() > until:
+                return "empty"
+            time.sleep(0.05)
+        if ack == "ack":
+            m.ack()
+        elif ack in ("reject", "nack"):
+            m.reject(requeue=False)
+        return kombu_message(m)
+
+    def op_consume(self, step: Step) -> None:
+        ch = self._ch(step)
+        log = self.consumers[step["tag"]] = ConsumerLog(ch)
+        consumer = Consumer(ch, queues=[Queue(step["queue"], channel=ch)], no_ack=step.get("no_ack", False),
+                            auto_declare=False, tag_prefix=step["tag"],
+                            on_message=lambda m: log.add(m, m.body))
+        consumer.consume()
+        log.consumer = consumer  # type: ignore[attr-defined]
+
+    def op_ack(self, step: Step) -> None:
+        self.consumers[step["tag"]].take_unacked().ack()  # the kombu Message acks itself
+
+    def op_cancel(self, step: Step) -> None:
+        self.consumers[step["tag"]].consumer.cancel()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main(Kombu)
