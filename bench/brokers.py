@@ -1,0 +1,144 @@
+"""The brokers under test: mq started here, a local RabbitMQ started here, or one already running."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+from bench.procinfo import pid_listening_on
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # the Debian wrapper would su to rabbitmq
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+@dataclass
+class Broker:
+    name: str
+    url: str
+    pid: int | None  # the process that listens (beam.smp for RabbitMQ); RSS and CPU are read from it
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_listening(proc: subprocess.Popen, port: int, timeout: float, log: Path) -> int:
+    """Wait until something listens on port; return its pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BrokerError(f"exited with {proc.returncode} before listening:\n{_tail(log)}")
+        if _port_open(port):
+            return pid_listening_on(port) or proc.pid
+        time.sleep(0.2)
+    raise BrokerError(f"not listening on port {port} after {timeout:.0f}s:\n{_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the process group we started (its own session), politely first."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def _spawned(name: str, cmd: list[str], env: dict[str, str], port: int, workdir: Path,
+             start_timeout: float) -> Iterator[Broker]:
+    log = workdir / f"{name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        pid = _wait_listening(proc, port, start_timeout, log)
+        yield Broker(name, f"amqp://guest:guest@127.0.0.1:{port}/", pid)
+    except BrokerError as exc:
+        raise BrokerError(f"{name}: {exc}") from None
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def mq() -> Iterator[Broker]:
+    """Start `python -m mq` on a free port with a fresh data directory."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-mq-") as tmp:
+        workdir = Path(tmp)
+        cmd = [sys.executable, "-m", "mq", "--port", str(port), "--data-dir", str(workdir / "data")]
+        with _spawned("mq", cmd, dict(os.environ), port, workdir, start_timeout=30) as broker:
+            yield broker
+
+
+@contextmanager
+def rabbitmq() -> Iterator[Broker]:
+    """Start a private RabbitMQ node (own name, ports, data and config) next to any running one."""
+    if not Path(RABBITMQ_SERVER).exists():
+        raise BrokerError(f"RabbitMQ is not installed ({RABBITMQ_SERVER} missing)")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-rabbitmq-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "rabbitmq.conf").write_text("")
+        (workdir / "enabled_plugins").write_text("[].\n")
+        (workdir / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq's
+        env = dict(
+            os.environ,
+            HOME=str(workdir),  # its own Erlang cookie
+            RABBITMQ_NODENAME=f"bench{port}@localhost",
+            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_PORT=str(port),
+            RABBITMQ_DIST_PORT=str(free_port()),
+            RABBITMQ_MNESIA_BASE=str(workdir / "mnesia"),
+            RABBITMQ_LOG_BASE=str(workdir / "log"),
+            RABBITMQ_CONFIG_FILE=str(workdir / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(workdir / "advanced.config"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(workdir / "enabled_plugins"),
+            RABBITMQ_CONF_ENV_FILE=str(workdir / "rabbitmq-env.conf"),
+            RABBITMQ_PID_FILE=str(workdir / "rabbitmq.pid"),
+        )
+        with _spawned("RabbitMQ", [RABBITMQ_SERVER], env, port, workdir,
+                      start_timeout=90) as broker:
+            yield broker
+
+
+@contextmanager
+def running(name: str, url: str) -> Iterator[Broker]:
+    """A broker somebody else runs; its pid is found when it listens on this machine."""
+    parsed = urlparse(url)
+    pid = None
+    if parsed.hostname in ("127.0.0.1", "localhost", "::1"):
+        pid = pid_listening_on(parsed.port or 5672)
+    yield Broker(name, url, pid)

@@ -1,0 +1,110 @@
+"""`python -m bench`: start the brokers, run the scenarios, print the table (or JSON), plot."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench import brokers, loadgen, report
+from bench.brokers import Broker, BrokerError
+from bench.procinfo import raise_fd_limit
+from bench.progress import Progress
+from bench.runner import measure
+from bench.scenarios import Settings, moved_messages, select
+
+SMOKE = Settings(duration=1.0, warmup=0.25, backlog=2000, connections=50, idle=0.5)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--scenarios", help="comma list, e.g. S1,S3 (default: all)")
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per scenario")
+    p.add_argument("--backlog", type=int, default=1_000_000, help="S8 backlog size")
+    p.add_argument("--connections", type=int, default=1000, help="S9 idle connections")
+    p.add_argument("--smoke", action="store_true",
+                   help="1 s per scenario, tiny S8/S9, mq only: keeps the benchmark working in CI")
+    rabbit = p.add_mutually_exclusive_group()
+    rabbit.add_argument("--rabbitmq", action="store_true",
+                        help="start a private RabbitMQ node (the default when it is installed)")
+    rabbit.add_argument("--against", metavar="URL", help="compare with a RabbitMQ running at URL")
+    rabbit.add_argument("--no-rabbitmq", action="store_true", help="benchmark mq alone")
+    p.add_argument("--mq-url", metavar="URL", help="use an mq already running at URL")
+    p.add_argument("--plot", metavar="FILE.png", type=Path, help="write bar charts here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    if args.smoke:
+        return SMOKE
+    return Settings(duration=args.duration, warmup=min(1.0, args.duration / 4),
+                    backlog=args.backlog, connections=args.connections)
+
+
+def open_brokers(args: argparse.Namespace, stack: ExitStack) -> list[Broker]:
+    """The brokers to compare, mq first; each stops when the stack closes."""
+    found = [stack.enter_context(brokers.running("mq", args.mq_url) if args.mq_url else brokers.mq())]
+    if args.smoke or args.no_rabbitmq:
+        return found
+    if args.against:
+        found.append(stack.enter_context(brokers.running("RabbitMQ", args.against)))
+    elif args.rabbitmq or Path(brokers.RABBITMQ_SERVER).exists():
+        found.append(stack.enter_context(brokers.rabbitmq()))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        scenarios = select(args.scenarios)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    settings = settings_from(args)
+    raise_fd_limit()
+    try:
+        binary = loadgen.build()
+    except loadgen.LoadgenError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+    results: report.Results = {}
+    with ExitStack() as stack:
+        try:
+            running = open_brokers(args, stack)
+        except BrokerError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        progress = Progress(len(scenarios) * len(running))
+        # Scenario by scenario, each broker in turn, so both see the same machine load.
+        for sc in scenarios:
+            for broker in running:
+                with progress.step(f"{sc.id} on {broker.name}", sc.expected_seconds(settings)):
+                    results.setdefault(sc.id, {})[broker.name] = measure(binary, broker, sc, settings)
+        progress.finish()
+    names = [b.name for b in running]
+
+    rows = report.rows(scenarios, results, names)
+    if args.json:
+        meta = {"command": " ".join(["python -m bench", *(argv or sys.argv[1:])]),
+                "settings": vars(settings)}
+        print(json.dumps(report.to_json(scenarios, results, names, meta), indent=2))
+    else:
+        print(report.table(rows, names))
+        cpu = report.cpu_lines(scenarios, results)
+        if cpu:
+            print("\nCPU seconds, load generator / broker:")
+            print("\n".join("  " + line for line in cpu))
+    if args.plot:
+        from bench.plot import plot
+
+        plot(rows, names, args.plot, "mq vs RabbitMQ" if len(names) == 2 else "mq")
+    failures = report.errors(scenarios, results)
+    failures += [f"{sid} on {b}: no message was delivered"
+                 for sid, by_broker in results.items() for b, m in by_broker.items()
+                 if not m.result.get("error") and not moved_messages(m.result)]
+    for line in failures:
+        print(f"FAILED {line}", file=sys.stderr)
+    return 1 if failures else 0
