@@ -1,7 +1,7 @@
 """The hash ring of an x-consistent-hash exchange.
 
 Each dest owns weight * POINTS_PER_WEIGHT points on a 32-bit ring, placed by
-mmh3 hashes of (its name, point index); a key goes to the dest owning the
+mmh3 hashes of its name seeded with the point index; a key goes to the dest owning the
 nearest point at or below the key's hash (wrapping around), as the ring of
 RabbitMQ's original consistent-hash exchange did. Points depend only on the
 dest's own name, so adding or removing a dest moves only the keys it gains or
@@ -66,12 +66,14 @@ cdef class HashRing:
             raise MemoryError()
         self._points = points
         cdef Py_ssize_t slot = len(self._dests)
-        cdef bytes prefix = name.encode("utf-8") + b"\x00"
+        cdef bytes ident = name.encode("utf-8")
         cdef Py_ssize_t i
         cdef Point* p
+        hash64 = mmh3.hash64
         for i in range(count):
             p = &points[self._npoints + i]
-            p.pos = mmh3.hash64(prefix + str(i).encode(), signed=False)[0]
+            # The point index is the seed: no per-point string to build.
+            p.pos = hash64(ident, i, signed=False)[0]
             p.slot = slot
         self._npoints += count
         qsort(points, self._npoints, sizeof(Point), _cmp_points)

@@ -146,6 +146,8 @@ cdef class TopicTable:
         # the lowest index it can reach it with; that entry covers i..end, so
         # any later entry (at a higher index) would only repeat work.
         cdef Py_ssize_t j
+        if node.epoch == self._epoch:
+            return
         node.epoch = self._epoch
         for j in range(i, self._nwords + 1):
             self._visit(node, j)
