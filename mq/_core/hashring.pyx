@@ -1,9 +1,9 @@
 """The hash ring of an x-consistent-hash exchange.
 
 Each dest owns weight * POINTS_PER_WEIGHT points on a 32-bit ring, placed by
-mmh3 hashes of its name seeded with the point index; a key goes to the dest owning the
-nearest point at or below the key's hash (wrapping around), as the ring of
-RabbitMQ's original consistent-hash exchange did. Points depend only on the
+mmh3 hashes of its name seeded with the point index; a key goes to the dest
+owning the nearest point at or below the key's hash (wrapping around), as the
+ring of RabbitMQ's original consistent-hash exchange did. Points depend only on the
 dest's own name, so adding or removing a dest moves only the keys it gains or
 had. (RabbitMQ >= 3.8 uses jump hashing over renumbered buckets instead, which
 moves other dests' keys when a binding other than the last one goes.)
