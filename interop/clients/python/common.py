@@ -25,19 +25,22 @@ PROPERTY_NAMES = ("content_type", "content_encoding", "delivery_mode", "priority
 
 # --- header values: typed script values <-> native Python values --------------------------
 
-def to_native(value: dict[str, Any]) -> Any:
-    """The Python value the common libraries (pika, py-amqp, pamqp) encode as that field type."""
+def to_native(value: dict[str, Any], byte_array: type = bytes) -> Any:
+    """The Python value the common libraries (pika, py-amqp, pamqp) encode as that field type.
+
+    pamqp takes a byte array only as ``bytearray``, the others as ``bytes``.
+    """
     kind, inner = value["type"], value["value"]
     if kind == "decimal":
         return decimal.Decimal(inner)
     if kind == "timestamp":
         return datetime.datetime.fromtimestamp(inner, tz=datetime.timezone.utc).replace(tzinfo=None)
     if kind == "table":
-        return {k: to_native(v) for k, v in inner.items()}
+        return {k: to_native(v, byte_array) for k, v in inner.items()}
     if kind == "array":
-        return [to_native(v) for v in inner]
+        return [to_native(v, byte_array) for v in inner]
     if kind == "bytes":
-        return bytes.fromhex(inner)
+        return byte_array(bytes.fromhex(inner))
     if kind == "void":
         return None
     return inner
@@ -68,13 +71,13 @@ def from_native(value: Any) -> dict[str, Any]:
     return {"type": "str", "value": str(value)}
 
 
-def native_headers(headers: dict[str, Any] | None, unsupported: tuple[str, ...] = ()
-                   ) -> tuple[dict[str, Any] | None, list[str]]:
+def native_headers(headers: dict[str, Any] | None, unsupported: tuple[str, ...] = (),
+                   byte_array: type = bytes) -> tuple[dict[str, Any] | None, list[str]]:
     """Native header values, leaving out (and naming) the field types the library cannot send."""
     if headers is None:
         return None, []
     unsent = sorted(k for k, v in headers.items() if v["type"] in unsupported)
-    return {k: to_native(v) for k, v in headers.items() if k not in unsent}, unsent
+    return {k: to_native(v, byte_array) for k, v in headers.items() if k not in unsent}, unsent
 
 
 def sent(unsent: list[str]) -> Any:
@@ -102,7 +105,10 @@ def message(body: bytes | str, props: dict[str, Any], headers: dict[str, Any] | 
         if k in props:
             props[k] = int(props[k])
     if isinstance(body, str):  # some libraries decode text bodies themselves
-        body = body.encode(props.get("content_encoding") or "utf-8")
+        try:
+            body = body.encode(props.get("content_encoding") or "utf-8")
+        except LookupError:  # e.g. kombu's "binary"
+            body = body.encode("utf-8")
     return {
         "body": describe_body(bytes(body)),
         "props": props,
@@ -115,11 +121,18 @@ def message(body: bytes | str, props: dict[str, Any], headers: dict[str, Any] | 
 
 # --- errors -----------------------------------------------------------------------------
 
+NAMED_CODES = (("NotFound", 404), ("Locked", 405), ("ChannelAccessRefused", 403),
+               ("PreconditionFailed", 406))
+
+
 def error_code(exc: BaseException) -> Any:
     """The AMQP reply code behind an exception, looking through causes; 'auth'/'closed'/'timeout' else."""
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
         seen.add(id(current))
         for attr in ("reply_code", "code"):
             code = getattr(current, attr, None)
@@ -129,12 +142,13 @@ def error_code(exc: BaseException) -> Any:
             if isinstance(arg, int) and 300 <= arg < 600:
                 return arg
             if isinstance(arg, BaseException):
-                code = error_code(arg)
-                if isinstance(code, int):
-                    return code
-        current = current.__cause__ or current.__context__
+                pending.append(arg)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
     name = type(exc).__name__
-    if "Auth" in name or "AccessRefused" in name:
+    for part, code in NAMED_CODES:  # libraries that map the code to a class and drop it (aiormq)
+        if part in name:
+            return code
+    if "Auth" in name:
         return "auth"
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return "timeout"
