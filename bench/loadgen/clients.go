@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"math/rand"
 	"time"
 
@@ -100,59 +99,4 @@ func (p *producer) run(ctx context.Context, cfg Config, t *topology, plan publis
 		st.published.Add(1)
 	}
 	return nil
-}
-
-// consumer receives on its own connection.
-type consumer struct {
-	conn       *amqp.Connection
-	deliveries <-chan amqp.Delivery
-	latencies  []int64 // nanoseconds, recorded while stats.measuring
-}
-
-func openConsumer(cfg Config, queue string) (*consumer, error) {
-	conn, err := dial(cfg.URL)
-	if err != nil {
-		return nil, err
-	}
-	ch, err := conn.Channel()
-	if err == nil && cfg.ManualAck {
-		err = ch.Qos(cfg.Prefetch, 0, false)
-	}
-	var d <-chan amqp.Delivery
-	if err == nil {
-		d, err = ch.Consume(queue, "", !cfg.ManualAck, false, false, false, nil)
-	}
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return &consumer{conn: conn, deliveries: d}, nil
-}
-
-var errClosed = errors.New("consumer channel closed by the broker")
-
-func (c *consumer) run(ctx context.Context, cfg Config, st *stats) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case d, ok := <-c.deliveries:
-			if !ok {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return errClosed
-			}
-			if st.measuring.Load() && len(d.Body) >= 8 {
-				sent := int64(binary.BigEndian.Uint64(d.Body))
-				c.latencies = append(c.latencies, time.Now().UnixNano()-sent)
-			}
-			if cfg.ManualAck {
-				if err := d.Ack(false); err != nil {
-					return err
-				}
-			}
-			st.delivered()
-		}
-	}
 }

@@ -56,7 +56,7 @@ type Result struct {
 	DrainRate   float64 `json:"drain_rate,omitempty"`
 	RSSBeforeKB int64   `json:"rss_before_kb,omitempty"`
 	RSSKB       int64   `json:"rss_kb,omitempty"`
-	PerConnKB   float64 `json:"per_conn_kb,omitempty"`
+	PerConnKB   float64 `json:"per_conn_kb"`
 	ConnectSec  float64 `json:"connect_seconds,omitempty"`
 	BurstMs     float64 `json:"burst_ms,omitempty"`
 	Error       string  `json:"error,omitempty"`

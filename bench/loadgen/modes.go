@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // sleep waits d unless ctx ends first; it reports whether d passed.
@@ -20,28 +18,26 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-func closeAll(conns []*amqp.Connection) {
-	forEach(len(conns), 50, func(i int) error {
-		if conns[i] != nil {
-			conns[i].Close()
-		}
-		return nil
-	})
+// closer is a connection of either client: amqp091-go's or the fast consumer.
+type closer interface{ Close() error }
+
+func closeAll(conns []closer) {
+	forEach(len(conns), 50, func(i int) error { return conns[i].Close() })
 }
 
 // openConsumers opens n consumers spread round-robin over the queues; the
 // returned connections are to be closed even when err is set.
-func openConsumers(cfg Config, queues []string, n int) ([]*consumer, []*amqp.Connection, error) {
+func openConsumers(cfg Config, queues []string, n int) ([]*consumer, []closer, error) {
 	cs := make([]*consumer, n)
 	err := forEach(n, 50, func(i int) error {
 		c, err := openConsumer(cfg, queues[i%len(queues)])
 		cs[i] = c
 		return err
 	})
-	conns := make([]*amqp.Connection, 0, n)
+	conns := make([]closer, 0, n)
 	for _, c := range cs {
 		if c != nil {
-			conns = append(conns, c.conn)
+			conns = append(conns, c)
 		}
 	}
 	return cs, conns, err
@@ -172,7 +168,7 @@ func runBacklog(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	defer c.conn.Close()
+	defer c.Close()
 	start = time.Now()
 	g := newGroup(ctx)
 	g.Go(func(ctx context.Context) error { return c.run(ctx, cfg, st) })

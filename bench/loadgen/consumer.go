@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// consumer reads deliveries straight off its socket. amqp091-go hands every
+// delivery through two goroutines and several allocations, which made the
+// load generator cost as much CPU as the broker it measures; this loop parses
+// frames in place and writes the acks of one read batch with one syscall.
+type consumer struct {
+	conn      net.Conn
+	fr        frameReader
+	out       enc // acks not yet written
+	manualAck bool
+	latencies []int64 // nanoseconds, recorded while stats.measuring
+}
+
+func openConsumer(cfg Config, queue string) (*consumer, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil {
+		return nil, err
+	}
+	host := u.Host
+	if u.Port() == "" {
+		host = net.JoinHostPort(u.Hostname(), "5672")
+	}
+	conn, err := net.DialTimeout("tcp", host, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	c := &consumer{conn: conn, fr: frameReader{r: bufio.NewReaderSize(conn, 256<<10)}, manualAck: cfg.ManualAck}
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := c.handshake(u, cfg, queue); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("consumer setup: %w", err)
+	}
+	conn.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func (c *consumer) handshake(u *url.URL, cfg Config, queue string) error {
+	if _, err := c.conn.Write([]byte("AMQP\x00\x00\x09\x01")); err != nil {
+		return err
+	}
+	if _, err := c.expect(10, 10); err != nil { // connection.start
+		return err
+	}
+	pass, _ := u.User.Password()
+	c.out.method(0, 10, 11, func(e *enc) { // start-ok
+		e.u32(0) // no client properties
+		e.short("PLAIN")
+		e.long("\x00" + u.User.Username() + "\x00" + pass)
+		e.short("en_US")
+	})
+	if err := c.flush(); err != nil {
+		return err
+	}
+	tune, err := c.expect(10, 30)
+	if err != nil {
+		return err
+	}
+	frameMax := binary.BigEndian.Uint32(tune[2:])
+	if frameMax == 0 {
+		frameMax = 131072
+	}
+	vhost := strings.TrimPrefix(u.Path, "/")
+	if vhost == "" {
+		vhost = "/"
+	}
+	c.out.method(0, 10, 31, func(e *enc) { e.u16(1); e.u32(frameMax); e.u16(0) })  // tune-ok, no heartbeats
+	c.out.method(0, 10, 40, func(e *enc) { e.short(vhost); e.short(""); e.u8(0) }) // connection.open
+	c.out.method(1, 20, 10, func(e *enc) { e.short("") })                          // channel.open
+	steps := [][2]uint16{{10, 41}, {20, 11}}
+	if c.manualAck {
+		c.out.method(1, 60, 10, func(e *enc) { e.u32(0); e.u16(uint16(cfg.Prefetch)); e.u8(0) }) // basic.qos
+		steps = append(steps, [2]uint16{60, 11})
+	}
+	flags := byte(0)
+	if !c.manualAck {
+		flags = 2 // no-ack
+	}
+	c.out.method(1, 60, 20, func(e *enc) { e.u16(0); e.short(queue); e.short(""); e.u8(flags); e.u32(0) })
+	steps = append(steps, [2]uint16{60, 21})
+	if err := c.flush(); err != nil {
+		return err
+	}
+	for _, s := range steps {
+		if _, err := c.expect(s[0], s[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// expect reads until the next method and returns its arguments if it is
+// class.id; a close from the broker becomes an error carrying its reason.
+func (c *consumer) expect(class, id uint16) ([]byte, error) {
+	for {
+		f, err := c.fr.read()
+		if err != nil {
+			return nil, err
+		}
+		if f.typ != frameMethod {
+			continue
+		}
+		gotClass, gotID := methodID(f.payload)
+		if gotClass == class && gotID == id {
+			return f.payload[4:], nil
+		}
+		if err := closeError(f.payload); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("expected method %d.%d, got %d.%d", class, id, gotClass, gotID)
+	}
+}
+
+// closeError turns connection.close or channel.close into an error.
+func closeError(p []byte) error {
+	class, id := methodID(p)
+	if (class == 10 && id == 50) || (class == 20 && id == 40) {
+		code := binary.BigEndian.Uint16(p[4:])
+		text := p[7 : 7+int(p[6])]
+		return fmt.Errorf("closed by the broker: %d %s", code, text)
+	}
+	return nil
+}
+
+func (c *consumer) flush() error {
+	if len(c.out.b) == 0 {
+		return nil
+	}
+	_, err := c.conn.Write(c.out.b)
+	c.out.b = c.out.b[:0]
+	return err
+}
+
+// ack appends basic.ack for one delivery tag without building a closure.
+func (c *consumer) ack(tag uint64) {
+	e := &c.out
+	e.u8(frameMethod)
+	e.u16(1)
+	e.u32(13)
+	e.u16(60)
+	e.u16(80)
+	e.u64(tag)
+	e.u8(0)
+	e.u8(frameEnd)
+}
+
+func (c *consumer) run(ctx context.Context, cfg Config, st *stats) error {
+	// A read deadline in the past is how a blocked read learns the run is over.
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-ctx.Done():
+			c.conn.SetReadDeadline(time.Now())
+		case <-done:
+		}
+	}()
+	var tag, remaining uint64
+	first := false
+	for {
+		// Acks go out when everything read so far is handled: one write per batch.
+		if c.fr.r.Buffered() == 0 {
+			if err := c.flush(); err != nil {
+				return err
+			}
+		}
+		f, err := c.fr.read()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		switch f.typ {
+		case frameMethod:
+			if class, id := methodID(f.payload); class == 60 && id == 60 { // basic.deliver
+				tag = binary.BigEndian.Uint64(skipShort(f.payload[4:]))
+				continue
+			}
+			if err := closeError(f.payload); err != nil {
+				return err
+			}
+		case frameHeader:
+			remaining = binary.BigEndian.Uint64(f.payload[4:])
+			first = true
+		case frameBody:
+			if first && st.measuring.Load() && len(f.payload) >= 8 {
+				sent := int64(binary.BigEndian.Uint64(f.payload))
+				c.latencies = append(c.latencies, time.Now().UnixNano()-sent)
+			}
+			first = false
+			remaining -= uint64(len(f.payload))
+		default:
+			continue // heartbeats
+		}
+		if f.typ != frameMethod && remaining == 0 {
+			if c.manualAck {
+				c.ack(tag)
+			}
+			st.delivered()
+		}
+	}
+}
+
+// Close says goodbye properly (brokers log a dropped socket as an error).
+func (c *consumer) Close() error {
+	c.conn.SetDeadline(time.Now().Add(2 * time.Second))
+	c.out.b = c.out.b[:0]
+	c.out.method(0, 10, 50, func(e *enc) { e.u16(200); e.short(""); e.u16(0); e.u16(0) })
+	if c.flush() == nil {
+		c.expect(10, 51)
+	}
+	return c.conn.Close()
+}
