@@ -1,0 +1,203 @@
+"""aio-pika, the high-level asyncio client (Exchange/Queue/Message objects)."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aio_pika
+from aio_pika.exceptions import DeliveryError
+
+from .aiormq_driver import with_query
+from .common import ConsumerLog, Driver, deadline, main, message, native_headers, sent, timestamp_of
+
+Step = dict[str, Any]
+
+
+def received(m: aio_pika.abc.AbstractIncomingMessage) -> dict[str, Any]:
+    props = {k: getattr(m, k) for k in ("content_type", "content_encoding", "priority", "correlation_id",
+                                        "reply_to", "message_id", "type", "user_id", "app_id")}
+    props["delivery_mode"] = int(m.delivery_mode) if m.delivery_mode else None
+    props["timestamp"] = timestamp_of(m.timestamp)
+    # aio-pika turns the expiration into float seconds; report it in the wire's milliseconds.
+    props["expiration"] = None if m.expiration is None else str(round(m.expiration * 1000))
+    return message(m.body, props, m.headers, redelivered=bool(m.redelivered),
+                   exchange=m.exchange or "", routing_key=m.routing_key or "")
+
+
+class AioPika(Driver):
+    def _ch(self, step: Step) -> aio_pika.abc.AbstractChannel:
+        name = step.get("ch", "ch")
+        if name in self.close_reasons:
+            raise self.close_reasons[name]  # the broker's close (e.g. 404), as the callback saw it
+        return self.chans[name]
+
+    close_reasons: dict[str, BaseException]
+
+    async def op_connect(self, step: Step) -> None:
+        url = step.get("url", self.url)
+        if "heartbeat" in step:
+            url = with_query(url, heartbeat=step["heartbeat"])
+        until = deadline(step.get("retry_for", 0))
+        while True:
+            try:
+                conn = await aio_pika.connect(url, timeout=15)
+                break
+            except (OSError, aio_pika.exceptions.AMQPConnectionError):
+                if time.monotonic() > until:
+                    raise
+                await asyncio.sleep(0.5)
+        self.conns[step.get("conn", "c")] = conn
+
+    async def op_close(self, step: Step) -> None:
+        await self.conns[step.get("conn", "c")].close()
+
+    async def op_channel(self, step: Step) -> None:
+        # The default channel confirms publishes; a mandatory publish that comes back raises.
+        ch = await self.conns[step.get("conn", "c")].channel(on_return_raises=True)
+
+        def on_cancel(frame: Any) -> None:
+            if frame.consumer_tag in self.consumers:
+                self.consumers[frame.consumer_tag].cancelled = True
+
+        # aio-pika has no public hook for the broker's basic.cancel; the aiormq channel has.
+        (await ch.get_underlay_channel()).on_consumer_cancel_callbacks.add(on_cancel)
+        name = step.get("ch", "ch")
+        self.close_reasons = getattr(self, "close_reasons", {})
+
+        def on_close(_ch: Any, exc: BaseException | None = None) -> None:
+            if isinstance(exc, Exception):
+                self.close_reasons[name] = exc
+
+        ch.close_callbacks.add(on_close)
+        self.chans[name] = ch
+
+    async def op_exchange_declare(self, step: Step) -> None:
+        await self._ch(step).declare_exchange(step["exchange"], step.get("type", "direct"),
+                                              passive=step.get("passive", False),
+                                              durable=step.get("durable", False),
+                                              auto_delete=step.get("auto_delete", False))
+
+    async def op_exchange_delete(self, step: Step) -> None:
+        await self._ch(step).exchange_delete(step["exchange"])
+
+    async def op_queue_declare(self, step: Step) -> dict[str, int]:
+        q = await self._ch(step).declare_queue(step["queue"], passive=step.get("passive", False),
+                                               durable=step.get("durable", False),
+                                               exclusive=step.get("exclusive", False),
+                                               auto_delete=step.get("auto_delete", False),
+                                               arguments=step.get("args"))
+        ok = q.declaration_result
+        return {"messages": ok.message_count, "consumers": ok.consumer_count}
+
+    async def _queue(self, step: Step) -> aio_pika.abc.AbstractQueue:
+        return await self._ch(step).get_queue(step["queue"], ensure=False)
+
+    async def op_queue_bind(self, step: Step) -> None:
+        await (await self._queue(step)).bind(step["exchange"], step.get("routing_key", ""),
+                                             arguments=step.get("args") or None)
+
+    async def op_queue_delete(self, step: Step) -> None:
+        await self._ch(step).queue_delete(step["queue"])
+
+    async def op_qos(self, step: Step) -> None:
+        await self._ch(step).set_qos(prefetch_count=step["prefetch"])
+
+    async def op_confirm(self, step: Step) -> None:
+        return None  # aio-pika channels confirm by default
+
+    async def op_publish(self, step: Step) -> Any:
+        props = dict(step.get("props", {}))
+        headers, unsent = native_headers(props.pop("headers", None), byte_array=bytearray)
+        if "expiration" in props:
+            props["expiration"] = int(props["expiration"]) / 1000  # aio-pika takes seconds
+        if "timestamp" in props:
+            props["timestamp"] = float(props["timestamp"])
+        ch = self._ch(step)
+        exchange = (ch.default_exchange if step["exchange"] == ""
+                    else await ch.get_exchange(step["exchange"], ensure=False))
+        msg = aio_pika.Message(self.body(step), headers=headers, **props)
+        try:
+            await exchange.publish(msg, step["routing_key"], mandatory=step.get("mandatory", False))
+        except DeliveryError as e:  # how aio-pika reports a basic.return
+            self.returned.append({"reply_code": e.frame.reply_code, "exchange": e.frame.exchange,
+                                  "routing_key": e.frame.routing_key,
+                                  "body": message(e.message.body, {}, None)["body"]})
+        return sent(unsent)
+
+    async def op_wait_confirms(self, step: Step) -> str:
+        return "ok"  # each publish awaited its confirm
+
+    async def op_returns(self, step: Step) -> list[dict[str, Any]]:
+        until = deadline(step.get("timeout", 5))
+        while len(self.returned) < step["count"] and time.monotonic() < until:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(step.get("settle", 0))
+        return list(self.returned)
+
+    async def op_get(self, step: Step) -> Any:
+        queue = await self._queue(step)
+        ack = step.get("ack", "ack")
+        until = deadline(step.get("wait", 0))
+        while (m := await queue.get(no_ack=(ack == "noack"), fail=False)) is None:
+            if time.monotonic() > until:
+                return "empty"
+            await asyncio.sleep(0.05)
+        if ack == "ack":
+            await m.ack()
+        elif ack == "reject":
+            await m.reject(requeue=False)
+        elif ack == "nack":
+            await m.nack(requeue=False)
+        return received(m)
+
+    async def op_get_all(self, step: Step) -> list[Any]:
+        out = []
+        while (msg := await self.op_get({**step, "wait": 0})) != "empty":
+            out.append(msg["body"])
+        return out
+
+    async def op_consume(self, step: Step) -> None:
+        queue = await self._queue(step)
+        log = self.consumers[step["tag"]] = ConsumerLog(queue)
+
+        async def on_message(m: aio_pika.abc.AbstractIncomingMessage) -> None:
+            log.add(m, m.body)
+
+        await queue.consume(on_message, no_ack=step.get("no_ack", False), consumer_tag=step["tag"])
+
+    async def op_deliveries(self, step: Step) -> list[Any]:
+        log = self.consumers[step["tag"]]
+        until = deadline(step.get("timeout", 5))
+        while len(log.bodies) < step["count"] and time.monotonic() < until:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(step.get("settle", 0))
+        return log.snapshot()
+
+    async def op_ack(self, step: Step) -> None:
+        await self.consumers[step["tag"]].take_unacked().ack()
+
+    async def op_cancel(self, step: Step) -> None:
+        await self.consumers[step["tag"]].channel.cancel(step["tag"])  # channel holds the queue
+
+    async def op_cancelled(self, step: Step) -> bool:
+        log = self.consumers[step["tag"]]
+        until = deadline(step.get("timeout", 5))
+        while not log.cancelled and time.monotonic() < until:
+            await asyncio.sleep(0.05)
+        return log.cancelled
+
+    async def op_sleep(self, step: Step) -> None:
+        await asyncio.sleep(step["seconds"])
+
+    async def op_sync(self, step: Step) -> None:
+        try:
+            await self._ch(step).declare_exchange("amq.direct", "direct", passive=True)
+        except aio_pika.exceptions.ChannelInvalidStateError:
+            await asyncio.sleep(0.1)  # close callbacks run as a task; let them report the reason
+            self._ch(step)
+            raise
+
+
+if __name__ == "__main__":
+    main(AioPika)
