@@ -261,7 +261,7 @@ def main(make_driver: Any) -> None:
     steps = json.load(sys.stdin)["steps"]
     driver = make_driver(url)
     try:
-        if inspect.iscoroutinefunction(getattr(driver, "op_connect")):
+        if inspect.iscoroutinefunction(getattr(driver, "op_connect", None)):
             observed = asyncio.run(run_async(driver, steps))
         else:
             observed = run_sync(driver, steps)
