@@ -189,7 +189,7 @@ func runIdle(ctx context.Context, cfg Config) (Result, error) {
 		return res, err
 	}
 	defer t.cleanup()
-	res.RSSBeforeKB = rssKB(cfg.PID)
+	res.RSSBeforeKB = settledRSS(ctx, cfg.PID)
 	start := time.Now()
 	consumers, conns, err := openConsumers(cfg, t.queues, cfg.Conns)
 	defer func() { closeAll(conns) }()

@@ -2,12 +2,14 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // stats are the counters shared by a run's producers and consumers.
@@ -50,6 +52,23 @@ func percentiles(samples []int64) (p50, p99 float64) {
 		return float64(samples[int(q*float64(len(samples)-1))]) / 1e6
 	}
 	return at(0.50), at(0.99)
+}
+
+// settledRSS waits (up to 3 s) until the broker's RSS stops moving, so memory
+// still being freed after an earlier scenario does not blur a baseline.
+func settledRSS(ctx context.Context, pid int) int64 {
+	last := rssKB(pid)
+	for i := 0; i < 15 && last > 0; i++ {
+		if !sleep(ctx, 200*time.Millisecond) {
+			break
+		}
+		now := rssKB(pid)
+		if d := now - last; d < last/200 && -d < last/200 {
+			return now
+		}
+		last = now
+	}
+	return last
 }
 
 // rssKB reads VmRSS of a process from /proc (0 when unknown).
