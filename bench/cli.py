@@ -32,7 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rabbit.add_argument("--no-rabbitmq", action="store_true", help="benchmark mq alone")
     p.add_argument("--mq-url", metavar="URL", help="use an mq already running at URL")
     p.add_argument("--plot", metavar="FILE.png", type=Path, help="write bar charts here")
-    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="print JSON instead of the table, or with FILE write it there as well")
     return p.parse_args(argv)
 
 
@@ -90,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         meta = {"command": " ".join(["python -m bench", *(argv or sys.argv[1:])]),
                 "settings": vars(settings)}
-        print(json.dumps(report.to_json(scenarios, results, names, meta), indent=2))
-    else:
+        text = json.dumps(report.to_json(scenarios, results, names, meta), indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    if args.json != "-":
         print(report.table(rows, names))
         cpu = report.cpu_lines(scenarios, results)
         if cpu:

@@ -45,21 +45,21 @@ type Config struct {
 
 // Result is what the run measured; zero fields are left out.
 type Result struct {
-	Mode        string  `json:"mode"`
-	Seconds     float64 `json:"seconds,omitempty"`
-	Published   int64   `json:"published"`
-	Consumed    int64   `json:"consumed"`
-	PublishRate float64 `json:"publish_rate,omitempty"`
-	ConsumeRate float64 `json:"consume_rate,omitempty"`
-	P50Ms       float64 `json:"p50_ms,omitempty"`
-	P99Ms       float64 `json:"p99_ms,omitempty"`
-	DrainRate   float64 `json:"drain_rate,omitempty"`
-	RSSBeforeKB int64   `json:"rss_before_kb,omitempty"`
-	RSSKB       int64   `json:"rss_kb,omitempty"`
-	PerConnKB   float64 `json:"per_conn_kb"`
-	ConnectSec  float64 `json:"connect_seconds,omitempty"`
-	BurstMs     float64 `json:"burst_ms,omitempty"`
-	Error       string  `json:"error,omitempty"`
+	Mode        string   `json:"mode"`
+	Seconds     float64  `json:"seconds,omitempty"`
+	Published   int64    `json:"published"`
+	Consumed    int64    `json:"consumed"`
+	PublishRate float64  `json:"publish_rate,omitempty"`
+	ConsumeRate float64  `json:"consume_rate,omitempty"`
+	P50Ms       float64  `json:"p50_ms,omitempty"`
+	P99Ms       float64  `json:"p99_ms,omitempty"`
+	DrainRate   float64  `json:"drain_rate,omitempty"`
+	RSSBeforeKB int64    `json:"rss_before_kb,omitempty"`
+	RSSKB       int64    `json:"rss_kb,omitempty"`
+	PerConnKB   *float64 `json:"per_conn_kb,omitempty"` // 0 is a result here
+	ConnectSec  float64  `json:"connect_seconds,omitempty"`
+	BurstMs     float64  `json:"burst_ms,omitempty"`
+	Error       string   `json:"error,omitempty"`
 }
 
 func parseFlags() Config {

@@ -209,7 +209,8 @@ func runIdle(ctx context.Context, cfg Config) (Result, error) {
 	}
 	res.RSSKB = rssKB(cfg.PID)
 	if res.RSSBeforeKB > 0 {
-		res.PerConnKB = float64(res.RSSKB-res.RSSBeforeKB) / float64(cfg.Conns)
+		perConn := float64(res.RSSKB-res.RSSBeforeKB) / float64(cfg.Conns)
+		res.PerConnKB = &perConn
 	}
 
 	p, err := openProducer(cfg)
