@@ -1,0 +1,143 @@
+// Shared by the node drivers: the script loop, bodies, and the typed report of header values.
+// Same protocol as the Python drivers (see ../PROTOCOL.md).
+'use strict';
+const crypto = require('node:crypto');
+
+function makeBody(spec) {
+  if (spec !== null && typeof spec === 'object') {
+    const buf = Buffer.alloc(spec.size);
+    for (let i = 0; i < spec.size; i++) buf[i] = i % 251;
+    return buf;
+  }
+  return Buffer.from(String(spec ?? ''), 'utf8');
+}
+
+function describeBody(body) {
+  const buf = Buffer.from(body);
+  if (buf.length <= 200) {
+    const text = buf.toString('utf8');
+    if (Buffer.from(text, 'utf8').equals(buf)) return text;
+  }
+  return { len: buf.length, sha256: crypto.createHash('sha256').update(buf).digest('hex') };
+}
+
+function typed(type, value) { return { type, value }; }
+
+// A received header value as typed JSON. `special` lets a driver handle library-specific shapes.
+function fromNative(v, special) {
+  const s = special && special(v);
+  if (s) return s;
+  if (v === null || v === undefined) return typed('void', null);
+  if (typeof v === 'boolean') return typed('bool', v);
+  if (typeof v === 'bigint') return typed('int', Number(v));
+  if (typeof v === 'number') return Number.isInteger(v) ? typed('int', v) : typed('float', v);
+  if (typeof v === 'string') return typed('str', v);
+  if (v instanceof Date) return typed('timestamp', Math.floor(v.getTime() / 1000));
+  if (Buffer.isBuffer(v) || v instanceof Uint8Array) return typed('bytes', Buffer.from(v).toString('hex'));
+  if (Array.isArray(v)) return typed('array', v.map((x) => fromNative(x, special)));
+  const out = {};
+  for (const [k, x] of Object.entries(v)) out[k] = fromNative(x, special);
+  return typed('table', out);
+}
+
+// Decimal digits with `places` decimals, as Python's str(Decimal) writes them.
+function decimalString(digits, places) {
+  const neg = digits < 0;
+  let s = String(Math.abs(digits)).padStart(places + 1, '0');
+  if (places > 0) s = s.slice(0, s.length - places) + '.' + s.slice(s.length - places);
+  return (neg ? '-' : '') + s;
+}
+
+function parseDecimal(text) {
+  const [whole, frac = ''] = text.split('.');
+  return { places: frac.length, digits: parseInt(whole + frac, 10) };
+}
+
+function message(body, props, headers, fields, special) {
+  const clean = {};
+  for (const [k, v] of Object.entries(props)) if (v !== undefined && v !== null) clean[k] = v;
+  const hs = {};
+  for (const [k, v] of Object.entries(headers || {})) hs[k] = fromNative(v, special);
+  return {
+    body: describeBody(body), props: clean, headers: hs, redelivered: !!fields.redelivered,
+    exchange: fields.exchange || '', routing_key: fields.routingKey || '',
+  };
+}
+
+function errorCode(err) {
+  for (const key of ['code', 'replyCode']) {
+    if (Number.isInteger(err?.[key]) && err[key] >= 300 && err[key] < 600) return err[key];
+  }
+  const text = String(err?.message ?? err);
+  if (/ACCESS[-_]REFUSED/.test(text) && /login|auth|PLAIN/i.test(text)) return 403;
+  const m = text.match(/\b([345]\d\d)\b/);
+  if (m) return parseInt(m[1], 10);
+  if (/auth/i.test(text)) return 'auth';
+  if (/timeout|timed out/i.test(text)) return 'timeout';
+  return 'closed';
+}
+
+function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
+
+async function waitFor(pred, seconds) {
+  const until = Date.now() + seconds * 1000;
+  while (!pred() && Date.now() < until) await sleep(20);
+}
+
+function withQuery(url, key, value) {
+  const u = new URL(url);
+  u.searchParams.set(key, String(value));
+  return u.toString();
+}
+
+class Unsupported extends Error {}
+
+async function runSteps(driver, steps) {
+  const observed = {};
+  for (let i = 0; i < steps.length; i++) {
+    const step = steps[i];
+    const fn = driver['op_' + step.op];
+    try {
+      if (!fn) throw new Unsupported(step.op);
+      const value = await fn.call(driver, step);
+      if ('save' in step) observed[step.save] = value === undefined ? 'ok' : value;
+    } catch (err) {
+      if (err instanceof Unsupported) {
+        observed._unsupported = `${step.op} not supported by this client`;
+        break;
+      }
+      const e = { error: errorCode(err), detail: String(err?.message ?? err).slice(0, 300) };
+      if ('save' in step) {
+        observed[step.save] = e;
+      } else {
+        observed._abort = { step: i, op: step.op, ...e };
+        break;
+      }
+    }
+  }
+  return observed;
+}
+
+// Entry point: node DRIVER.js SCENARIO URL, with the script as JSON on stdin.
+function main(makeDriver) {
+  const [scenario, url] = process.argv.slice(2);
+  let input = '';
+  process.stdin.on('data', (d) => { input += d; });
+  process.stdin.on('end', async () => {
+    let observed;
+    // Stray errors from library internals must not crash the report.
+    process.on('unhandledRejection', () => {});
+    process.on('uncaughtException', () => {});
+    try {
+      observed = await runSteps(makeDriver(url), JSON.parse(input).steps);
+    } catch (err) {
+      observed = { _crash: String(err?.stack ?? err).slice(-2000) };
+    }
+    process.stdout.write(JSON.stringify({ scenario, observed }) + '\n', () => process.exit(0));
+  });
+}
+
+module.exports = {
+  makeBody, describeBody, fromNative, decimalString, parseDecimal, message, errorCode, sleep, waitFor,
+  withQuery, Unsupported, main, typed,
+};
