@@ -58,10 +58,12 @@ def files(*paths: Path, tools: tuple[str, ...] = ()) -> Callable[[], str | None]
     return check
 
 
-def ruby_gem(gem: str) -> Callable[[], str | None]:
+def ruby_gem(gem: str, driver: Path) -> Callable[[], str | None]:
     def check() -> str | None:
         if not shutil.which("ruby"):
             return "ruby missing"
+        if not driver.exists():
+            return f"{driver} missing"
         for base in ("/usr/lib/ruby/vendor_ruby", "/usr/share/rubygems-integration"):
             if any(Path(base).glob(f"**/{gem}.rb")) or any(Path(base).glob(f"**/{gem}-*")):
                 return None
@@ -95,12 +97,12 @@ CLIENTS: list[Client] = [
             "Driver"),
            files(JAVA_JAR, CLIENTS_DIR / "java" / "classes" / "Driver.class", tools=("java",))),
     Client("bunny", "ruby", "bunny (Debian ruby-bunny)", ("ruby", str(CLIENTS_DIR / "ruby" / "driver.rb")),
-           ruby_gem("bunny")),
+           ruby_gem("bunny", CLIENTS_DIR / "ruby" / "driver.rb")),
     Client("php-amqplib", "php", "php-amqplib (Debian)", ("php", str(CLIENTS_DIR / "php" / "driver.php")),
-           files(PHP_AMQPLIB, tools=("php",))),
+           files(PHP_AMQPLIB, CLIENTS_DIR / "php" / "driver.php", tools=("php",))),
     Client("amqp-tools", "c", "rabbitmq-c amqp-tools (Debian)",
            (sys.executable, str(CLIENTS_DIR / "amqp-tools" / "driver.py")),
-           files(tools=("amqp-publish", "amqp-get", "amqp-declare-queue"))),
+           files(CLIENTS_DIR / "amqp-tools" / "driver.py", tools=("amqp-publish", "amqp-get", "amqp-declare-queue"))),
 ]
 
 BY_NAME = {c.name: c for c in CLIENTS}
