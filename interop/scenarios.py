@@ -245,9 +245,9 @@ HEADER_VALUES = {
     "decimal": typed("decimal", "12.345"),
     "timestamp": typed("timestamp", 1700000000),
     "table": typed("table", {"inner": typed("str", "x"), "n": typed("int", 7)}),
-    # true, not false, in the array: bunny's amq-protocol 2.3.2 drops a false array element
-    # (a client bug; a top-level false would still be worth a scenario of its own).
-    "array": typed("array", [typed("int", 1), typed("str", "two"), typed("bool", True)]),
+    # The boolean is not last: bunny's amq-protocol 2.3.2 decoder drops a boolean that ends an
+    # array (a client bug, see README), which would hide everything else this checks.
+    "array": typed("array", [typed("int", 1), typed("bool", False), typed("str", "two")]),
     "void": typed("void", None),
     "bytes": typed("bytes", "00ff10"),  # hex of the raw bytes
 }
