@@ -4,15 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 
 from bench import brokers, loadgen, report
-from bench.brokers import Broker, BrokerError
+from bench.brokers import BrokerError, Managed
 from bench.procinfo import raise_fd_limit
 from bench.progress import Progress
 from bench.runner import measure
-from bench.scenarios import Settings, moved_messages, select
+from bench.scenarios import Scenario, Settings, moved_messages, select
 
 SMOKE = Settings(duration=1.0, warmup=0.25, backlog=2000, connections=50, idle=0.5)
 
@@ -44,53 +43,49 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     backlog=args.backlog, connections=args.connections)
 
 
-def open_brokers(args: argparse.Namespace, stack: ExitStack) -> list[Broker]:
-    """The brokers to compare, mq first; each stops when the stack closes."""
-    found = [stack.enter_context(brokers.running("mq", args.mq_url) if args.mq_url else brokers.mq())]
+def chosen_brokers(args: argparse.Namespace) -> list[Managed]:
+    """The brokers to compare, mq first."""
+    if args.mq_url:
+        found = [Managed("mq", lambda: brokers.running("mq", args.mq_url), restartable=False)]
+    else:
+        found = [Managed("mq", brokers.mq, restartable=True)]
     if args.smoke or args.no_rabbitmq:
         return found
     if args.against:
-        found.append(stack.enter_context(brokers.running("RabbitMQ", args.against)))
+        found.append(Managed("RabbitMQ", lambda: brokers.running("RabbitMQ", args.against),
+                             restartable=False))
     elif args.rabbitmq or Path(brokers.RABBITMQ_SERVER).exists():
-        found.append(stack.enter_context(brokers.rabbitmq()))
+        found.append(Managed("RabbitMQ", brokers.rabbitmq, restartable=True))
     return found
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        scenarios = select(args.scenarios)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    settings = settings_from(args)
-    raise_fd_limit()
-    try:
-        binary = loadgen.build()
-    except loadgen.LoadgenError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-
+def run_all(args: argparse.Namespace, settings: Settings, scenarios: list[Scenario],
+            binary: Path) -> tuple[list[str], report.Results]:
+    """Start the brokers, run every scenario on each, stop them; raises BrokerError."""
     results: report.Results = {}
-    with ExitStack() as stack:
-        try:
-            running = open_brokers(args, stack)
-        except BrokerError as exc:
-            print(exc, file=sys.stderr)
-            return 2
-        progress = Progress(len(scenarios) * len(running))
+    managed = chosen_brokers(args)
+    try:
+        for m in managed:
+            m.start()
+        progress = Progress(len(scenarios) * len(managed))
         # Scenario by scenario, each broker in turn, so both see the same machine load.
         for sc in scenarios:
-            for broker in running:
-                with progress.step(f"{sc.id} on {broker.name}", sc.expected_seconds(settings)):
-                    results.setdefault(sc.id, {})[broker.name] = measure(binary, broker, sc, settings)
+            for m in managed:
+                broker = m.fresh() if sc.fresh_broker else m.broker
+                with progress.step(f"{sc.id} on {m.name}", sc.expected_seconds(settings)):
+                    results.setdefault(sc.id, {})[m.name] = measure(binary, broker, sc, settings)
         progress.finish()
-    names = [b.name for b in running]
+    finally:
+        for m in managed:
+            m.stop()
+    return [m.name for m in managed], results
 
+
+def write_outputs(args: argparse.Namespace, settings: Settings, scenarios: list[Scenario],
+                  names: list[str], results: report.Results, argv: list[str]) -> None:
     rows = report.rows(scenarios, results, names)
     if args.json:
-        meta = {"command": " ".join(["python -m bench", *(argv or sys.argv[1:])]),
-                "settings": vars(settings)}
+        meta = {"command": " ".join(["python -m bench", *argv]), "settings": vars(settings)}
         text = json.dumps(report.to_json(scenarios, results, names, meta), indent=2)
         if args.json == "-":
             print(text)
@@ -103,13 +98,36 @@ def main(argv: list[str] | None = None) -> int:
             print("\nCPU seconds, load generator / broker:")
             print("\n".join("  " + line for line in cpu))
     if args.plot:
-        from bench.plot import plot
+        from bench.plot import plot  # matplotlib only when asked for
 
         plot(rows, names, args.plot, "mq vs RabbitMQ" if len(names) == 2 else "mq")
-    failures = report.errors(scenarios, results)
-    failures += [f"{sid} on {b}: no message was delivered"
-                 for sid, by_broker in results.items() for b, m in by_broker.items()
-                 if not m.result.get("error") and not moved_messages(m.result)]
-    for line in failures:
+
+
+def failures(results: report.Results) -> list[str]:
+    """Runs that failed or moved no message."""
+    return [f"{sid} on {broker}: {m.result.get('error') or 'no message was delivered'}"
+            for sid, by_broker in results.items() for broker, m in by_broker.items()
+            if not moved_messages(m.result)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    try:
+        scenarios = select(args.scenarios)
+        binary = loadgen.build()
+    except (ValueError, loadgen.LoadgenError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    settings = settings_from(args)
+    raise_fd_limit()
+    try:
+        names, results = run_all(args, settings, scenarios, binary)
+    except BrokerError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    write_outputs(args, settings, scenarios, names, results, argv)
+    failed = failures(results)
+    for line in failed:
         print(f"FAILED {line}", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if failed else 0

@@ -63,15 +63,6 @@ def table(rows_: list[Row], brokers: list[str]) -> str:
     return "\n".join([fmt_line(head), rule, *map(fmt_line, body)])
 
 
-def errors(scenarios: list[Scenario], results: Results) -> list[str]:
-    out = []
-    for sc in scenarios:
-        for broker, m in results.get(sc.id, {}).items():
-            if m.result.get("error"):
-                out.append(f"{sc.id} on {broker}: {m.result['error']}")
-    return out
-
-
 def cpu_lines(scenarios: list[Scenario], results: Results) -> list[str]:
     """How much CPU the load generator used against what the broker used."""
     out = []

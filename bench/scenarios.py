@@ -35,6 +35,8 @@ class Scenario:
     mode: str  # throughput | backlog | idle
     flags: tuple[str, ...] = ()
     metrics: tuple[Metric, ...] = field(default_factory=tuple)
+    # Memory figures need a broker with no history: restart the brokers we started.
+    fresh_broker: bool = False
 
     def loadgen_flags(self, s: Settings) -> list[str]:
         common = ["-mode", self.mode, *self.flags]
@@ -90,11 +92,11 @@ SCENARIOS: tuple[Scenario, ...] = (
              ("-size", "1024", *_ACK),
              (Metric("publish_rate", "publish into backlog", "msg/s", True),
               Metric("rss_kb", "broker RSS at full backlog", "MB", False, 1 / 1024),
-              Metric("drain_rate", "drain", "msg/s", True))),
+              Metric("drain_rate", "drain", "msg/s", True)), fresh_broker=True),
     Scenario("S9", "idle connections with a consumer each, then a burst", "idle",
              ("-size", "1024", *_ACK),
              (Metric("per_conn_kb", "RSS per connection", "kB", False),
-              Metric("burst_ms", "deliver the burst", "ms", False))),
+              Metric("burst_ms", "deliver the burst", "ms", False)), fresh_broker=True),
 )
 
 BY_ID = {s.id: s for s in SCENARIOS}
