@@ -219,7 +219,18 @@ func (c *consumer) Close() error {
 	c.out.b = c.out.b[:0]
 	c.out.method(0, 10, 50, func(e *enc) { e.u16(200); e.short(""); e.u16(0); e.u16(0) })
 	if c.flush() == nil {
-		c.expect(10, 51)
+		// Deliveries already on their way come first; skip them until close-ok.
+		for {
+			f, err := c.fr.read()
+			if err != nil {
+				break
+			}
+			if f.typ == frameMethod {
+				if class, id := methodID(f.payload); class == 10 && id == 51 {
+					break
+				}
+			}
+		}
 	}
 	return c.conn.Close()
 }
