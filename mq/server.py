@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 from typing import Any
 
 import anyio
@@ -120,14 +121,13 @@ class Server:
                 conn.tick()
 
     async def _signals(self, scope: anyio.CancelScope) -> None:
-        try:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    log.info("received %s, shutting down", signal.Signals(signum).name)
-                    scope.cancel()
-                    return
-        except (NotImplementedError, ValueError):  # not the main thread: no signals
-            await anyio.sleep_forever()
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded in a thread: the host program owns the signals
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                scope.cancel()
+                return
 
     def shutdown(self) -> None:
         """Close every client with 320 CONNECTION_FORCED."""

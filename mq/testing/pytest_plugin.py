@@ -1,0 +1,28 @@
+"""pytest plugin: the `mq_broker` fixture (a real broker process for the test session) and
+`mq_url`. Installed with mq through the `pytest11` entry point."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from mq.testing import BrokerProcess, run_broker
+
+
+@pytest.fixture(scope="session")
+def mq_broker() -> Iterator[BrokerProcess]:
+    """One broker subprocess shared by the session; use unique names per test."""
+    with run_broker() as broker:
+        yield broker
+
+
+@pytest.fixture
+def mq_url(mq_broker: BrokerProcess) -> str:
+    return mq_broker.url
+
+
+@pytest.fixture
+def mq_fresh_broker() -> Iterator[BrokerProcess]:
+    """A broker of the test's own, for tests that restart, kill or exhaust it."""
+    with run_broker() as broker:
+        yield broker
