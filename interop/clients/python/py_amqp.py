@@ -116,7 +116,11 @@ class PyAmqp(Driver):
         self._ch(step).basic_qos(0, step["prefetch"], False)
 
     def op_confirm(self, step: Step) -> None:
-        self._ch(step).confirm_select()  # from now on basic_publish waits for the ack
+        # What amqp.Channel does for a Connection(confirm_publish=True), for this channel only:
+        # basic_publish becomes basic_publish_confirm, which selects confirms on first use and
+        # waits for each ack (a bare confirm_select() would leave publishes unwaited).
+        ch = self._ch(step)
+        ch.basic_publish = ch.basic_publish_confirm
 
     def op_publish(self, step: Step) -> Any:
         props = dict(step.get("props", {}))
