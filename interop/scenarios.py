@@ -45,6 +45,7 @@ class Scenario:
     build: Callable[[Ctx], Plan]
     only: frozenset[str] | None = None  # clients the scenario is written for (None: all but `excluded_by_default`)
     needs_restart: bool = False
+    idle: bool = False  # mostly waits (heartbeat): runs beside the worker pool, not in it
 
     def applies_to(self, client: str, exclusive_clients: frozenset[str]) -> bool:
         if self.only is not None:
@@ -501,7 +502,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("exclusive", "exclusive queue locked, gone with owner", ("B-Q-4",), exclusive),
     Scenario("auto-delete", "auto-delete after last consumer", ("B-Q-5",), auto_delete),
     Scenario("cancel-notify", "consumer cancelled on queue delete", ("B-Q-8",), cancel_notify),
-    Scenario("heartbeat", "idle connection kept by heartbeats", ("B-CONN-6",), heartbeat),
+    Scenario("heartbeat", "idle connection kept by heartbeats", ("B-CONN-6",), heartbeat, idle=True),
     Scenario("channel-error", "404 closes the channel, new channel works", ("B-CHAN-1", "B-PUB-1"),
              channel_error),
     Scenario("restart", "durable messages survive a restart", ("B-DUR-1", "B-DUR-2"), restart,

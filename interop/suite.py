@@ -61,10 +61,17 @@ class Suite:
                     else:
                         normal.append((res, s, c))
         started = time.monotonic()
-        # Slow scenarios first, so the long heartbeat waits overlap with everything else.
-        normal.sort(key=lambda job: -job[1].build(Ctx("x", job[0].broker.url, self.short)).timeout)
-        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            list(pool.map(lambda job: self._run_cell(*job), normal))
+        # Idle scenarios (a minute of heartbeats) each get a thread of their own, so they wait
+        # side by side instead of holding the worker slots; slow ones first in the pool.
+        idle = [job for job in normal if job[1].idle]
+        busy = sorted((job for job in normal if not job[1].idle),
+                      key=lambda job: -job[1].build(Ctx("x", job[0].broker.url, self.short)).timeout)
+        with ThreadPoolExecutor(max_workers=max(1, len(idle))) as waiting, \
+                ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            idle_done = [waiting.submit(self._run_cell, *job) for job in idle]
+            list(pool.map(lambda job: self._run_cell(*job), busy))
+            for future in idle_done:
+                future.result()
             # Restarting a broker would break everyone's connections: those scenarios go last,
             # all clients' "before" halves, one restart, then all "after" halves.
             for i, jobs in restarting.items():
