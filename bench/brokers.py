@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,8 @@ from urllib.parse import urlparse
 from bench.procinfo import pid_listening_on
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Broker logs outlive the brokers' temp dirs, so a failure can be looked into afterwards.
+LOG_DIR = Path(tempfile.gettempdir()) / "mq-bench-logs"
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # the Debian wrapper would su to rabbitmq
 
 
@@ -29,6 +32,13 @@ class Broker:
     name: str
     url: str
     pid: int | None  # the process that listens (beam.smp for RabbitMQ); RSS and CPU are read from it
+    exited: Callable[[], str | None] = lambda: None  # why it stopped, if it did; None while alive
+
+
+def reset_logs() -> None:
+    """Start a run with an empty log folder (only the last run's logs are kept)."""
+    shutil.rmtree(LOG_DIR, ignore_errors=True)
+    LOG_DIR.mkdir(parents=True)
 
 
 def free_port() -> int:
@@ -77,15 +87,22 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def _spawned(name: str, cmd: list[str], env: dict[str, str], port: int, workdir: Path,
+def _spawned(name: str, cmd: list[str], env: dict[str, str], port: int,
              start_timeout: float) -> Iterator[Broker]:
-    log = workdir / f"{name}.log"
+    log = LOG_DIR / f"{name}-{port}.log"
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         pid = _wait_listening(proc, port, start_timeout, log)
-        yield Broker(name, f"amqp://guest:guest@127.0.0.1:{port}/", pid)
+
+        def exited() -> str | None:
+            if proc.poll() is None:
+                return None
+            return f"exited with code {proc.returncode} (log {log}):\n{_tail(log)}"
+
+        yield Broker(name, f"amqp://guest:guest@127.0.0.1:{port}/", pid, exited)
     except BrokerError as exc:
         raise BrokerError(f"{name}: {exc}") from None
     finally:
@@ -99,7 +116,7 @@ def mq() -> Iterator[Broker]:
     with tempfile.TemporaryDirectory(prefix="bench-mq-") as tmp:
         workdir = Path(tmp)
         cmd = [sys.executable, "-m", "mq", "--port", str(port), "--data-dir", str(workdir / "data")]
-        with _spawned("mq", cmd, dict(os.environ), port, workdir, start_timeout=30) as broker:
+        with _spawned("mq", cmd, dict(os.environ), port, start_timeout=30) as broker:
             yield broker
 
 
@@ -122,15 +139,14 @@ def rabbitmq() -> Iterator[Broker]:
             RABBITMQ_NODE_PORT=str(port),
             RABBITMQ_DIST_PORT=str(free_port()),
             RABBITMQ_MNESIA_BASE=str(workdir / "mnesia"),
-            RABBITMQ_LOG_BASE=str(workdir / "log"),
+            RABBITMQ_LOG_BASE=str(LOG_DIR / f"rabbitmq-{port}"),
             RABBITMQ_CONFIG_FILE=str(workdir / "rabbitmq.conf"),
             RABBITMQ_ADVANCED_CONFIG_FILE=str(workdir / "advanced.config"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(workdir / "enabled_plugins"),
             RABBITMQ_CONF_ENV_FILE=str(workdir / "rabbitmq-env.conf"),
             RABBITMQ_PID_FILE=str(workdir / "rabbitmq.pid"),
         )
-        with _spawned("RabbitMQ", [RABBITMQ_SERVER], env, port, workdir,
-                      start_timeout=90) as broker:
+        with _spawned("RabbitMQ", [RABBITMQ_SERVER], env, port, start_timeout=90) as broker:
             yield broker
 
 
@@ -165,8 +181,10 @@ class Managed:
         self._stack.close()
         self.broker = None
 
-    def fresh(self) -> Broker:
-        if self.restartable or self.broker is None:
+    def ready(self, fresh: bool) -> Broker:
+        """The broker for the next scenario: restarted when asked to, or when it died."""
+        died = self.broker is None or self.broker.exited() is not None
+        if self.restartable and (fresh or died):
             self.stop()
             return self.start()
         return self.broker

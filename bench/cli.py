@@ -64,6 +64,7 @@ def run_all(args: argparse.Namespace, settings: Settings, scenarios: list[Scenar
     """Start the brokers, run every scenario on each, stop them; raises BrokerError."""
     results: report.Results = {}
     managed = chosen_brokers(args)
+    brokers.reset_logs()
     try:
         for m in managed:
             m.start()
@@ -71,7 +72,7 @@ def run_all(args: argparse.Namespace, settings: Settings, scenarios: list[Scenar
         # Scenario by scenario, each broker in turn, so both see the same machine load.
         for sc in scenarios:
             for m in managed:
-                broker = m.fresh() if sc.fresh_broker else m.broker
+                broker = m.ready(fresh=sc.fresh_broker)
                 with progress.step(f"{sc.id} on {m.name}", sc.expected_seconds(settings)):
                     results.setdefault(sc.id, {})[m.name] = measure(binary, broker, sc, settings)
         progress.finish()

@@ -30,6 +30,9 @@ def measure(binary: Path, broker: Broker, scenario: Scenario, settings: Settings
                       scenario.timeout(settings))
     after = cpu_seconds(broker.pid) if broker.pid else None
     used = None if before is None or after is None else after - before
+    death = broker.exited()
+    if death:
+        run.result["error"] = f"{run.result.get('error', 'failed')}; the broker {death}"
     return Measurement(run.result, run.cpu_seconds, used)
 
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"math/rand"
 	"time"
 
@@ -15,6 +16,7 @@ type producer struct {
 	ch       *amqp.Channel
 	confirms chan amqp.Confirmation
 	slots    chan struct{} // one per unconfirmed publish
+	closed   chan *amqp.Error
 }
 
 func openProducer(cfg Config) (*producer, error) {
@@ -27,7 +29,7 @@ func openProducer(cfg Config) (*producer, error) {
 		conn.Close()
 		return nil, err
 	}
-	p := &producer{conn: conn, ch: ch}
+	p := &producer{conn: conn, ch: ch, closed: conn.NotifyClose(make(chan *amqp.Error, 1))}
 	if cfg.Confirms > 0 {
 		if err := ch.Confirm(false); err != nil {
 			conn.Close()
@@ -94,9 +96,22 @@ func (p *producer) run(ctx context.Context, cfg Config, t *topology, plan publis
 			if ctx.Err() != nil {
 				return nil
 			}
-			return err
+			return p.why(err)
 		}
 		st.published.Add(1)
 	}
 	return nil
+}
+
+// why adds the broker's reason for closing the connection to a publish error
+// (amqp091-go reports only that the connection is not open).
+func (p *producer) why(err error) error {
+	select {
+	case reason, ok := <-p.closed:
+		if ok && reason != nil {
+			return fmt.Errorf("%v (connection closed: %v)", err, reason)
+		}
+	case <-time.After(100 * time.Millisecond):
+	}
+	return err
 }
