@@ -99,6 +99,7 @@ class Server:
         """Run until cancelled or SIGTERM/SIGINT."""
         os.makedirs(self.settings.data_dir, exist_ok=True)
         loop = asyncio.get_running_loop()
+        self.broker.timers.attach(loop)
         listener = await loop.create_server(lambda: AMQPProtocol(self), self.settings.host,
                                             self.settings.port, reuse_address=True, backlog=1024)
         self.port = listener.sockets[0].getsockname()[1]

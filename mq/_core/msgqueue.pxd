@@ -13,6 +13,7 @@ cdef class MessageQueue:
     cdef list _levels
     cdef int _top
     cdef long long _seq
+    cdef list _deadlines
     cdef readonly int max_priority
     cdef readonly Py_ssize_t count
     cdef readonly Py_ssize_t bytes

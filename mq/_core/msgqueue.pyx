@@ -6,6 +6,7 @@ O(levels) at worst and O(1) for a plain queue (one level). A requeued message go
 its level at its original place (entries carry a publish sequence number).
 """
 from collections import deque
+from heapq import heappop, heappush
 
 from mq._core.message cimport Message
 
@@ -33,6 +34,7 @@ cdef class MessageQueue:
         self._levels = [deque() for _ in range(max_priority + 1)]
         self._top = 0
         self._seq = 0
+        self._deadlines = []
         self.count = 0
         self.bytes = 0
 
@@ -52,6 +54,8 @@ cdef class MessageQueue:
             self._top = level
         self.count += 1
         self.bytes += len(msg.body)
+        if expires_at:
+            heappush(self._deadlines, (expires_at, e.seq, e))
         return e
 
     cpdef Entry pop(self):
@@ -64,6 +68,7 @@ cdef class MessageQueue:
                 e = q.popleft()
                 if e.removed:
                     continue
+                e.removed = True
                 self.count -= 1
                 self.bytes -= len(e.msg.body)
                 return e
@@ -98,6 +103,7 @@ cdef class MessageQueue:
                 e = q.popleft()
                 if e.removed:
                     continue
+                e.removed = True
                 self.count -= 1
                 self.bytes -= len(e.msg.body)
                 return e
@@ -136,6 +142,8 @@ cdef class MessageQueue:
                 self._top = e.level
             self.count += 1
             self.bytes += len(e.msg.body)
+            if e.expires_at:
+                heappush(self._deadlines, (e.expires_at, e.seq, e))
 
     def purge(self) -> list:
         """Remove every ready message; returns the removed entries."""
@@ -147,10 +155,28 @@ cdef class MessageQueue:
                     e.removed = True
                     out.append(e)
             q.clear()
+        self._deadlines = []
         self._top = 0
         self.count = 0
         self.bytes = 0
         return out
+
+    def expire_due(self, double now) -> list:
+        """Remove and return every ready entry whose deadline is at or before now."""
+        cdef list out = []
+        cdef Entry e
+        while self._deadlines and self._deadlines[0][0] <= now:
+            e = heappop(self._deadlines)[2]
+            if not e.removed:
+                self.remove(e)
+                out.append(e)
+        return out
+
+    def next_deadline(self) -> float:
+        """The earliest deadline of a ready entry, or 0.0 when none has one."""
+        while self._deadlines and (<Entry>self._deadlines[0][2]).removed:
+            heappop(self._deadlines)
+        return self._deadlines[0][0] if self._deadlines else 0.0
 
     def __iter__(self):
         """Ready entries in delivery order (for inspection and persistence, not the hot path)."""

@@ -164,8 +164,8 @@ class Channel:
             return
         mid = frames.method_id(payload)
         if mid == M_CHANNEL_CLOSE:
+            # The closes crossed: answer, but the client still owes us its close-ok.
             self.send(spec.Channel.CloseOk())
-            self.conn.channel_closed(self.number)
         elif mid == M_CHANNEL_CLOSE_OK:
             self.conn.channel_closed(self.number)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from mq.broker.auth import Permission, UserStore
+from mq.broker.timers import Timers
 from mq.broker.vhost import VirtualHost
 
 
@@ -10,6 +11,7 @@ class Broker:
                  loopback_users: tuple[str, ...] = ("guest",)) -> None:
         self.max_message_size = max_message_size
         self.loopback_users = loopback_users
+        self.timers = Timers()
         self.vhosts: dict[str, VirtualHost] = {}
         self.users = UserStore()
         self.add_vhost("/")
@@ -19,5 +21,5 @@ class Broker:
     def add_vhost(self, name: str) -> VirtualHost:
         vhost = self.vhosts.get(name)
         if vhost is None:
-            vhost = self.vhosts[name] = VirtualHost(name)
+            vhost = self.vhosts[name] = VirtualHost(name, self.timers)
         return vhost

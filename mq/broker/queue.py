@@ -1,37 +1,69 @@
-"""A queue: ready messages (Cython structure), its consumers, and delivery to them."""
+"""A queue: ready messages (Cython structure), its consumers, and delivery to them, with
+TTL, length limits, dead lettering, single active consumer and x-expires."""
 from __future__ import annotations
 
+import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 from mq._core.message import Message
 from mq._core.msgqueue import Entry, MessageQueue
+from mq.broker.queue_args import parse_queue_arguments
+from mq.broker.timers import Timer, Timers
 
 if TYPE_CHECKING:
     from mq.broker.consumer import Consumer
 
 
+class QueueHost(Protocol):
+    """What a queue needs from its vhost."""
+
+    name: str
+    timers: Timers
+
+    def remove_queue(self, queue: Queue) -> int: ...
+
+    def dead_letter(self, queue: Queue, entries: list[Entry], reason: str) -> None: ...
+
+
+def _deadline(msg: Message, queue_ttl: int | None, now: float) -> float:
+    """Absolute expiry (0.0 for none): the lower of the queue's TTL and the message's."""
+    ttl = queue_ttl
+    if msg.expiration is not None:
+        own = int(msg.expiration)
+        ttl = own if ttl is None or own < ttl else ttl
+    return 0.0 if ttl is None else now + ttl / 1000.0
+
+
 class Queue:
     """Ready messages plus consumers. Messages handed out are the channels' to settle."""
 
-    def __init__(self, vhost: str, name: str, durable: bool = False, exclusive_owner: Any = None,
-                 auto_delete: bool = False, arguments: dict | None = None,
-                 on_unused: Callable[[Queue], None] | None = None) -> None:
-        self.vhost = vhost
+    def __init__(self, host: QueueHost, name: str, durable: bool = False,
+                 exclusive_owner: Any = None, auto_delete: bool = False,
+                 arguments: dict | None = None) -> None:
+        self.host = host
+        self.vhost = host.name
         self.name = name
         self.durable = durable
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments = dict(arguments or {})
-        self.ready = MessageQueue(int(self.arguments.get("x-max-priority") or 0))
+        self.settings = parse_queue_arguments(self.arguments, name, host.name)
+        self.ready = MessageQueue(self.settings.max_priority)
+        self._limited = self.settings.max_length is not None or \
+            self.settings.max_length_bytes is not None
         # Consumers by priority, highest first; each group rotates for round-robin.
         self._groups: list[tuple[int, deque]] = []
+        self._single_active: Consumer | None = None
+        self._arrivals: list[Consumer] = []  # in subscription order, for single active consumer
         self.consumer_count = 0
         self.unacked = 0
         self.deleted = False
         self.incoming: dict[tuple, Any] = {}  # bindings that lead here, for cleanup on delete
         self._had_consumer = False
-        self._on_unused = on_unused
+        self._expiry_timer: Timer | None = None
+        self._unused_timer: Timer | None = None
+        self.touch()
 
     @property
     def exclusive(self) -> bool:
@@ -43,10 +75,46 @@ class Queue:
 
     # ---- messages in ------------------------------------------------------------------
 
-    def publish(self, msg: Message) -> None:
-        self.ready.push(msg)
+    def publish(self, msg: Message) -> bool:
+        """Enqueue a routed message; False when x-overflow refused it."""
+        settings = self.settings
+        if self._limited and settings.overflow != "drop-head" and self._would_overflow(msg):
+            if settings.overflow == "reject-publish-dlx":
+                self.host.dead_letter(self, [Entry(msg, 0, 0, 0.0)], "maxlen")
+            return False
+        now = time.time()
+        expires_at = _deadline(msg, settings.message_ttl, now) \
+            if settings.message_ttl is not None or msg.expiration is not None else 0.0
+        entry = self.ready.push(msg, expires_at)
         if self.consumer_count:
-            self.dispatch()
+            self.dispatch(now)
+        if expires_at:
+            if expires_at <= now:  # TTL 0: only a consumer ready right now could take it
+                if not entry.removed:
+                    self.ready.remove(entry)
+                    self.host.dead_letter(self, [entry], "expired")
+            else:
+                self._arm_expiry()
+        if self._limited:
+            self._drop_over_limit()
+        return True
+
+    def _would_overflow(self, msg: Message) -> bool:
+        settings = self.settings
+        return (settings.max_length is not None and self.ready.count + 1 > settings.max_length) \
+            or (settings.max_length_bytes is not None
+                and self.ready.bytes + len(msg.body) > settings.max_length_bytes)
+
+    def _drop_over_limit(self) -> None:
+        settings, ready = self.settings, self.ready
+        dropped = []
+        while ready.count and (
+                (settings.max_length is not None and ready.count > settings.max_length)
+                or (settings.max_length_bytes is not None
+                    and ready.bytes > settings.max_length_bytes)):
+            dropped.append(ready.pop_lowest())
+        if dropped:
+            self.host.dead_letter(self, dropped, "maxlen")
 
     def requeue(self, entries: Iterable[Entry]) -> None:
         """Return delivered-but-unsettled messages to their places, marked redelivered."""
@@ -55,11 +123,52 @@ class Queue:
             return
         self.unacked -= len(entries)
         self.ready.requeue(entries)
-        self.dispatch()
+        now = time.time()
+        expired = self.ready.expire_due(now)
+        if expired:
+            self.host.dead_letter(self, expired, "expired")
+        self.dispatch(now)
+        self._arm_expiry()
+
+    # ---- expiry -----------------------------------------------------------------------
+
+    def _arm_expiry(self) -> None:
+        deadline = self.ready.next_deadline()
+        timer = self._expiry_timer
+        if not deadline or (timer is not None and not timer.cancelled and timer.when <= deadline):
+            return
+        if timer is not None:
+            timer.cancel()
+        self._expiry_timer = self.host.timers.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry_timer = None
+        if self.deleted:
+            return
+        expired = self.ready.expire_due(time.time())
+        if expired:
+            self.host.dead_letter(self, expired, "expired")
+        self._arm_expiry()
+
+    def touch(self) -> None:
+        """Used now (declare, get, consumer gone): restart the x-expires countdown."""
+        expires = self.settings.expires
+        if expires is None or self.deleted:
+            return
+        if self._unused_timer is not None:
+            self._unused_timer.cancel()
+        self._unused_timer = self.host.timers.call_at(time.time() + expires / 1000.0,
+                                                      self._unused_expired)
+
+    def _unused_expired(self) -> None:
+        self._unused_timer = None
+        if self.consumer_count:
+            return  # removing the last consumer restarts the countdown
+        self.host.remove_queue(self)
 
     # ---- messages out -----------------------------------------------------------------
 
-    def dispatch(self) -> None:
+    def dispatch(self, now: float = 0.0) -> None:
         """Hand ready messages to consumers with room, round-robin within a priority."""
         ready = self.ready
         while ready.count:
@@ -67,25 +176,44 @@ class Queue:
             if consumer is None:
                 return
             entry = ready.pop()
+            if entry.expires_at:
+                now = now or time.time()
+                if entry.expires_at < now:
+                    self.host.dead_letter(self, [entry], "expired")
+                    continue
             if not consumer.no_ack:
                 self.unacked += 1
             consumer.deliver(entry, self)
 
     def get(self, no_ack: bool) -> Entry | None:
-        entry = self.ready.pop()
+        self.touch()
+        now = time.time()
+        while True:
+            entry = self.ready.pop()
+            if entry is None or not entry.expires_at or entry.expires_at >= now:
+                break
+            self.host.dead_letter(self, [entry], "expired")
         if entry is not None and not no_ack:
             self.unacked += 1
         return entry
 
     def settle(self, entries: Iterable[Entry]) -> None:
-        """Delivered messages acknowledged (or rejected without requeue): they are gone."""
+        """Delivered messages acknowledged: they are gone."""
         if not self.deleted:
             self.unacked -= sum(1 for _ in entries)
+
+    def reject(self, entries: list[Entry]) -> None:
+        """Delivered messages rejected without requeue: gone, or dead-lettered."""
+        if not self.deleted:
+            self.unacked -= len(entries)
+            self.host.dead_letter(self, entries, "rejected")
 
     def purge(self) -> int:
         return len(self.ready.purge())
 
     def _pick_consumer(self) -> Consumer | None:
+        if self._single_active is not None:
+            return self._single_active if self._single_active.has_room() else None
         for _, group in self._groups:
             for _ in range(len(group)):
                 consumer = group[0]
@@ -112,7 +240,10 @@ class Queue:
             self._groups.append((consumer.priority, deque([consumer])))
             self._groups.sort(key=lambda g: -g[0])
         self.consumer_count += 1
+        self._arrivals.append(consumer)
         self._had_consumer = True
+        if self.settings.single_active_consumer and self._single_active is None:
+            self._single_active = consumer
         self.dispatch()
 
     def remove_consumer(self, consumer: Consumer) -> None:
@@ -122,18 +253,31 @@ class Queue:
                 if not group:
                     del self._groups[i]
                 self.consumer_count -= 1
+                self._arrivals.remove(consumer)
                 break
-        if self.auto_delete and self._had_consumer and not self.consumer_count \
-                and self._on_unused is not None:
-            self._on_unused(self)
+        if self._single_active is consumer:
+            # The longest-waiting remaining consumer takes over.
+            self._single_active = self._arrivals[0] if self._arrivals else None
+            self.dispatch()
+        if self.consumer_count == 0:
+            if self.auto_delete and self._had_consumer:
+                self.host.remove_queue(self)
+                return
+            self.touch()
+
 
     def delete(self) -> int:
         """Drop everything; consumers are told. Returns the count of ready messages lost."""
         self.deleted = True
+        for timer in (self._expiry_timer, self._unused_timer):
+            if timer is not None:
+                timer.cancel()
         count = self.ready.count
         self.ready.purge()
         consumers = self.consumers
         self._groups = []
+        self._arrivals = []
+        self._single_active = None
         self.consumer_count = 0
         for consumer in consumers:
             consumer.cancelled_by_broker(self)
