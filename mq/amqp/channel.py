@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from pamqp import commands as spec
@@ -13,6 +14,9 @@ from mq._core.msgqueue import Entry
 from mq.amqp.methods import decode_method
 from mq.broker.errors import (AccessRefused, ChannelError, NotAllowed, NotImplemented_,
                               PreconditionFailed, SyntaxError_, UnexpectedFrame)
+from mq.broker.deadletter import without_bcc
+from mq.broker.properties import decode as decode_properties
+from mq.broker.properties import encode as encode_properties
 from mq.broker.queue import Queue
 
 if TYPE_CHECKING:
@@ -22,6 +26,7 @@ M_PUBLISH = 0x003C0028
 M_ACK = 0x003C0050
 M_CHANNEL_CLOSE = 0x00140028
 M_CHANNEL_CLOSE_OK = 0x00140029
+REPLY_TO = "amq.rabbitmq.reply-to"
 
 
 def _ctag() -> str:
@@ -93,7 +98,10 @@ class Channel:
         self.global_unacked = 0
         self.confirm = False
         self.publish_seq = 0
-        self._confirmed_upto = 0   # acks not yet written, coalesced per read
+        # Publish sequence numbers not yet confirmed, in order: [seq, True (ack) / False
+        # (nack) / None (waiting)]; flushed once per read, runs of acks coalesced.
+        self.unconfirmed: deque[list] = deque()
+        self.reply_queue: Queue | None = None  # direct reply-to pseudo-queue
         self.tx = False
         self._tx_publishes: list[tuple[Any, Message, bool]] = []
         self._tx_settles: list[tuple[int, bool, bool | None]] = []  # tag, multiple, requeue
@@ -200,6 +208,7 @@ class Channel:
         for consumer in list(self.consumers.values()):
             consumer.queue.remove_consumer(consumer)
         self.consumers.clear()
+        self.reply_queue = None
         self._requeue_entries(list(self.unacked.values()))
         self.unacked.clear()
         self.global_unacked = 0
@@ -223,16 +232,14 @@ class Channel:
             self.send(spec.Exchange.DeleteOk())
 
     def _exchange_bind(self, m: Any) -> None:
-        vhost = self.vhost
-        vhost.bind(vhost.get_exchange(m.source), vhost.get_exchange(m.destination),
-                   m.routing_key, m.arguments)
+        self.vhost.bind_names(m.source, m.destination, False, m.routing_key, m.arguments,
+                              self.conn)
         if not m.nowait:
             self.send(spec.Exchange.BindOk())
 
     def _exchange_unbind(self, m: Any) -> None:
-        vhost = self.vhost
-        vhost.unbind(vhost.get_exchange(m.source), vhost.get_exchange(m.destination),
-                     m.routing_key, m.arguments)
+        self.vhost.unbind_names(m.source, m.destination, False, m.routing_key, m.arguments,
+                                self.conn)
         if not m.nowait:
             self.send(spec.Exchange.UnbindOk())
 
@@ -246,16 +253,12 @@ class Channel:
                                            consumer_count=queue.consumer_count))
 
     def _queue_bind(self, m: Any) -> None:
-        vhost = self.vhost
-        queue = vhost.get_queue(m.queue, self.conn)
-        vhost.bind(vhost.get_exchange(m.exchange), queue, m.routing_key, m.arguments)
+        self.vhost.bind_names(m.exchange, m.queue, True, m.routing_key, m.arguments, self.conn)
         if not m.nowait:
             self.send(spec.Queue.BindOk())
 
     def _queue_unbind(self, m: Any) -> None:
-        vhost = self.vhost
-        queue = vhost.get_queue(m.queue, self.conn)
-        vhost.unbind(vhost.get_exchange(m.exchange), queue, m.routing_key, m.arguments)
+        self.vhost.unbind_names(m.exchange, m.queue, True, m.routing_key, m.arguments, self.conn)
         self.send(spec.Queue.UnbindOk())
 
     def _queue_purge(self, m: Any) -> None:
@@ -335,20 +338,34 @@ class Channel:
         if self.tx:
             self._tx_publishes.append((exchange, msg, mandatory))
             return
+        if msg.reply_to == REPLY_TO:
+            msg = self._with_reply_queue(msg)
+        accepted = self._route(exchange, msg, mandatory)
         if self.confirm:
             self.publish_seq += 1
-        self._route(exchange, msg, mandatory)
-        if self.confirm:
-            self._confirmed_upto = self.publish_seq
+            self.unconfirmed.append([self.publish_seq, accepted])
 
-    def _route(self, exchange: Any, msg: Message, mandatory: bool) -> None:
+    def _route(self, exchange: Any, msg: Message, mandatory: bool) -> bool:
+        """Route and enqueue; False when a queue refused the message (x-overflow)."""
         queues = self.vhost.route(exchange, msg)
-        for queue in queues:
-            queue.publish(msg)
-        if not queues and mandatory:
+        accepted = True
+        if queues:
+            msg = without_bcc(msg)
+            for queue in queues:
+                accepted = queue.publish(msg) and accepted
+        elif mandatory:
             self.conn.write(frames.encode_return(self.number, 312, "NO_ROUTE", msg.exchange,
                                                  msg.routing_key, msg.props, msg.body,
                                                  self.conn.frame_max))
+        return accepted
+
+    def _with_reply_queue(self, msg: Message) -> Message:
+        """Direct reply-to: name this channel's pseudo-queue as the reply address."""
+        if self.reply_queue is None:
+            raise PreconditionFailed("fast reply consumer does not exist")
+        props = decode_properties(msg.props)
+        props.reply_to = self.reply_queue.name
+        return msg.with_route(msg.exchange, msg.routing_key, encode_properties(props))
 
     def _check_message(self, msg: Message) -> None:
         if msg.user_id is not None and msg.user_id != self.conn.user.name:
@@ -359,12 +376,24 @@ class Channel:
                                      "not a non-negative integer")
 
     def flush_confirms(self) -> None:
-        """Write one basic.ack(multiple) for every publish confirmed during this read."""
-        upto = self._confirmed_upto
-        if upto:
-            self._confirmed_upto = 0
-            if self.state == "open":
-                self.conn.write(frames.encode_basic_ack(self.number, upto, True))
+        """Write the confirms that are settled, in order: runs of acks as one
+        basic.ack(multiple), each refused publish as a basic.nack."""
+        pending = self.unconfirmed
+        last_ack = 0
+        out = []
+        while pending and pending[0][1] is not None:
+            seq, ok = pending.popleft()
+            if ok:
+                last_ack = seq
+                continue
+            if last_ack:
+                out.append(frames.encode_basic_ack(self.number, last_ack, True))
+                last_ack = 0
+            out.append(frames.encode_basic_ack(self.number, seq, False, True))
+        if last_ack:
+            out.append(frames.encode_basic_ack(self.number, last_ack, True))
+        if out and self.state == "open":
+            self.conn.write(b"".join(out))
 
     def _confirm_select(self, m: Any) -> None:
         if self.tx:
@@ -386,7 +415,10 @@ class Channel:
         self.resume_deliveries()
 
     def _consume(self, m: Any) -> None:
-        queue = self.vhost.get_queue(m.queue, self.conn)
+        if m.queue == REPLY_TO:
+            queue = self._open_reply_queue(m.no_ack)
+        else:
+            queue = self.vhost.get_queue(m.queue, self.conn)
         tag = m.consumer_tag or _ctag()
         if tag in self.consumers:
             raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")
@@ -403,12 +435,24 @@ class Channel:
             self.send(spec.Basic.ConsumeOk(consumer_tag=tag))
         queue.add_consumer(consumer)
 
+    def _open_reply_queue(self, no_ack: bool) -> Queue:
+        """Direct reply-to: consuming from amq.rabbitmq.reply-to gives the channel a private
+        pseudo-queue that replies are routed to by its generated name."""
+        if not no_ack:
+            raise PreconditionFailed("reply consumer cannot acknowledge")
+        if self.reply_queue is not None:
+            raise PreconditionFailed("reply consumer already set")
+        self.reply_queue = self.vhost.open_reply_queue(self.conn)
+        return self.reply_queue
+
     def _cancel(self, m: Any) -> None:
         consumer = self.consumers.pop(m.consumer_tag, None)
         if not m.nowait:
             self.send(spec.Basic.CancelOk(consumer_tag=m.consumer_tag))
         if consumer is not None:
             consumer.queue.remove_consumer(consumer)
+            if consumer.queue is self.reply_queue:
+                self.reply_queue = None
 
     def _get(self, m: Any) -> None:
         queue = self.vhost.get_queue(m.queue, self.conn)
@@ -468,7 +512,7 @@ class Channel:
             self._requeue_entries(taken)
         else:
             for queue, entries in _by_queue(taken).items():
-                queue.settle(entries)
+                queue.reject(entries)
         self._refill(taken)
 
     def _recover(self, m: Any) -> None:

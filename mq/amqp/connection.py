@@ -41,7 +41,7 @@ CAPABILITIES = {
     "consumer_priorities": True,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
-    "direct_reply_to": False,
+    "direct_reply_to": True,
 }
 
 
@@ -80,6 +80,7 @@ class Connection:
         self._opened_at = clock()
         self._last_recv = self._last_sent = self._closing_since = self._opened_at
         self.name = f"{self.peer[0]}:{self.peer[1]}"
+        self._current_method = (0, 0)  # class and method id of the last method frame
 
     # ---- output ---------------------------------------------------------------------
 
@@ -108,7 +109,7 @@ class Connection:
             self._connection_error(FrameError(exc.text.partition(" - ")[2] or exc.text), 0, 0,
                                    broken=True)
         except AMQPError as exc:
-            self._connection_error(exc, 0, 0)
+            self._connection_error(exc, *self._current_method)
         finally:
             for ch in self.channels.values():
                 ch.flush_confirms()
@@ -142,6 +143,9 @@ class Connection:
             if channel != 0:
                 raise FrameError("heartbeat frame on a non-zero channel")
             return
+        if ftype == 1 and len(payload) >= 4:
+            # Named in connection.close if this method (or its content) breaks a rule.
+            self._current_method = (payload[0] << 8 | payload[1], payload[2] << 8 | payload[3])
         if self.state == "closing":
             if ftype == 1 and channel == 0:
                 mid = frames.method_id(payload)

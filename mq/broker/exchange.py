@@ -4,10 +4,10 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from mq._core.headers import HeadersMatcher
-from mq._core.hashring import HashRing
+from mq._core.hashring import MAX_WEIGHT, HashRing
 from mq._core.message import Message
 from mq._core.topic import TopicTable
-from mq.broker.args import freeze
+from mq.broker.args import _fmt, _type_name, freeze
 from mq.broker.errors import PreconditionFailed
 
 
@@ -54,10 +54,14 @@ class Exchange:
             self.has_exchange_destinations += 1
         return binding
 
+    def find_binding(self, destination: Any, routing_key: str, arguments: dict) -> Binding | None:
+        return self.bindings.get((id(destination), routing_key, freeze(arguments)))
+
     def unbind(self, destination: Any, routing_key: str, arguments: dict) -> Binding | None:
         """Remove a binding; None if there was none."""
-        binding = self.bindings.pop((id(destination), routing_key, freeze(arguments)), None)
+        binding = self.find_binding(destination, routing_key, arguments)
         if binding is not None:
+            del self.bindings[binding.key]
             self._remove(binding)
             if isinstance(destination, Exchange):
                 self.has_exchange_destinations -= 1
@@ -66,8 +70,8 @@ class Exchange:
     def bindings_to(self, destination: Any) -> list[Binding]:
         return [b for b in self.bindings.values() if b.destination is destination]
 
-    def route(self, msg: Message) -> Iterable[Any]:
-        """The destinations a message reaches directly (queues and exchanges)."""
+    def route(self, msg: Message, key: str) -> Iterable[Any]:
+        """The destinations a message reaches directly by one of its routing keys."""
         raise NotImplementedError
 
     def _add(self, binding: Binding) -> None:
@@ -97,19 +101,22 @@ class DirectExchange(Exchange):
         if not dests:
             del self._table[binding.routing_key]
 
-    def route(self, msg: Message) -> Iterable[Any]:
-        return self._table.get(msg.routing_key, ())
+    def route(self, msg: Message, key: str) -> Iterable[Any]:
+        return self._table.get(key, ())
 
 
 class DefaultExchange(DirectExchange):
     """The nameless exchange: every queue is bound to it by its own name, implicitly."""
 
-    def __init__(self, vhost: str, queues: dict[str, Any]) -> None:
+    def __init__(self, vhost: str, queues: dict[str, Any], replies: dict[str, Any]) -> None:
         super().__init__(vhost, "", durable=True)
         self._queues = queues
+        self._replies = replies  # direct reply-to pseudo-queues, by their generated names
 
-    def route(self, msg: Message) -> Iterable[Any]:
-        queue = self._queues.get(msg.routing_key)
+    def route(self, msg: Message, key: str) -> Iterable[Any]:
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._replies.get(key)
         return () if queue is None else (queue,)
 
 
@@ -130,7 +137,7 @@ class FanoutExchange(Exchange):
         else:
             del self._dests[binding.destination]
 
-    def route(self, msg: Message) -> Iterable[Any]:
+    def route(self, msg: Message, key: str) -> Iterable[Any]:
         return self._dests
 
 
@@ -149,8 +156,8 @@ class TopicExchange(Exchange):
                    for b in self.bindings.values()):
             self._table.unbind(binding.routing_key, binding.destination)
 
-    def route(self, msg: Message) -> Iterable[Any]:
-        return self._table.match(msg.routing_key)
+    def route(self, msg: Message, key: str) -> Iterable[Any]:
+        return self._table.match(key)
 
 
 class HeadersExchange(Exchange):
@@ -163,8 +170,8 @@ class HeadersExchange(Exchange):
     def bind(self, destination: Any, routing_key: str, arguments: dict) -> Binding | None:
         try:
             HeadersMatcher(arguments)
-        except ValueError as exc:
-            raise PreconditionFailed(str(exc)) from None
+        except ValueError:
+            raise PreconditionFailed(_x_match_error(arguments.get("x-match"))) from None
         return super().bind(destination, routing_key, arguments)
 
     def _add(self, binding: Binding) -> None:
@@ -173,9 +180,17 @@ class HeadersExchange(Exchange):
     def _remove(self, binding: Binding) -> None:
         del self._matchers[binding.key]
 
-    def route(self, msg: Message) -> Iterable[Any]:
+    def route(self, msg: Message, key: str) -> Iterable[Any]:
         headers = msg.headers
         return {dest: None for matcher, dest in self._matchers.values() if matcher.matches(headers)}
+
+
+def _x_match_error(x_match: Any) -> str:
+    """RabbitMQ's wording (Erlang terms included) for an x-match the matcher refused."""
+    if isinstance(x_match, str):
+        return (f"Invalid x-match field value <<\"{x_match}\">>; expected all, any, "
+                "all-with-x, or any-with-x")
+    return f"Invalid x-match field type {_type_name(x_match)} (value {_fmt(x_match)}); expected longstr"
 
 
 class ConsistentHashExchange(Exchange):
@@ -199,10 +214,11 @@ class ConsistentHashExchange(Exchange):
             weight = int(routing_key)
         except ValueError:
             weight = 0
-        if weight <= 0:
+        # The ring refuses (ValueError) weights above MAX_WEIGHT: that is the client's 406.
+        if not 1 <= weight <= MAX_WEIGHT:
             raise PreconditionFailed(
-                f"binding key '{routing_key}' is not a positive integer weight "
-                f"for x-consistent-hash exchange '{self.name}'")
+                f"binding key '{routing_key}' is not an integer weight between 1 and "
+                f"{MAX_WEIGHT} for x-consistent-hash exchange '{self.name}'")
         if any(b.destination is destination for b in self.bindings.values()):
             return None  # one ring entry per destination, as RabbitMQ keeps
         return super().bind(destination, routing_key, arguments)
@@ -213,7 +229,7 @@ class ConsistentHashExchange(Exchange):
     def _remove(self, binding: Binding) -> None:
         self._ring.remove(binding.destination)
 
-    def _hash_key(self, msg: Message) -> str | None:
+    def _hash_key(self, msg: Message, key: str) -> str | None:
         if self._hash_header is not None:
             value = (msg.headers or {}).get(self._hash_header)
             return None if value is None else str(value)
@@ -221,11 +237,11 @@ class ConsistentHashExchange(Exchange):
             from mq.broker.properties import property_value
             value = property_value(msg, self._hash_property)
             return None if value is None else str(value)
-        return msg.routing_key
+        return key
 
-    def route(self, msg: Message) -> Iterable[Any]:
-        key = self._hash_key(msg)
-        dest = None if key is None else self._ring.pick(key)
+    def route(self, msg: Message, key: str) -> Iterable[Any]:
+        hashed = self._hash_key(msg, key)
+        dest = None if hashed is None else self._ring.pick(hashed)
         return () if dest is None else (dest,)
 
 

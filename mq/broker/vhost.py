@@ -7,10 +7,13 @@ import os
 from typing import Any
 
 from mq._core.message import Message
+from mq._core.msgqueue import Entry
 from mq.broker.args import EXCHANGE_EQUIVALENCE_ARGS, QUEUE_EQUIVALENCE_ARGS, check_equivalent
 from mq.broker.errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed, ResourceLocked
 from mq.broker.exchange import EXCHANGE_TYPES, Binding, DefaultExchange, Exchange
+from mq.broker.deadletter import dead_lettered, is_cycle, routing_keys
 from mq.broker.queue import Queue
+from mq.broker.timers import Timers
 
 log = logging.getLogger("mq.broker")
 
@@ -25,15 +28,24 @@ PREDECLARED_EXCHANGES = (
 )
 
 
+def _check_not_default(*names: str | None) -> None:
+    """The default exchange can't be declared, deleted, bound or unbound (403)."""
+    if "" in names:
+        raise AccessRefused("operation not permitted on the default exchange")
+
+
 def server_named_queue() -> str:
     return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
 class VirtualHost:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, timers: Timers | None = None) -> None:
         self.name = name
+        self.timers = timers or Timers()
         self.queues: dict[str, Queue] = {}
-        self.exchanges: dict[str, Exchange] = {"": DefaultExchange(name, self.queues)}
+        self.reply_queues: dict[str, Queue] = {}  # direct reply-to pseudo-queues
+        self.exchanges: dict[str, Exchange] = {
+            "": DefaultExchange(name, self.queues, self.reply_queues)}
         for ex_name, ex_type, internal in PREDECLARED_EXCHANGES:
             self.exchanges[ex_name] = EXCHANGE_TYPES[ex_type](name, ex_name, durable=True,
                                                              internal=internal)
@@ -52,12 +64,14 @@ class VirtualHost:
     def declare_exchange(self, name: str, type_: str, passive: bool = False, durable: bool = False,
                          auto_delete: bool = False, internal: bool = False,
                          arguments: dict | None = None) -> Exchange:
+        _check_not_default(name)
         if passive:
             return self.get_exchange(name)
-        if not name:
-            raise AccessRefused("operation not permitted on the default exchange")
-        if name.startswith("amq."):
-            raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        # RabbitMQ's order: the type first, then equivalence with an existing exchange (so
+        # `amq.direct` may be redeclared as it is), and the reserved prefix only for new names.
+        cls = EXCHANGE_TYPES.get(type_)
+        if cls is None:
+            raise CommandInvalid(f"unknown exchange type '{type_}'")
         arguments = arguments or {}
         existing = self.exchanges.get(name)
         if existing is not None:
@@ -67,16 +81,14 @@ class VirtualHost:
                 "internal": (internal, existing.internal),
             }, arguments, existing.arguments, EXCHANGE_EQUIVALENCE_ARGS)
             return existing
-        cls = EXCHANGE_TYPES.get(type_)
-        if cls is None:
-            raise CommandInvalid(f"unknown exchange type '{type_}'")
+        if name.startswith("amq."):
+            raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
         exchange = cls(self.name, name, durable, auto_delete, internal, arguments)
         self.exchanges[name] = exchange
         return exchange
 
     def delete_exchange(self, name: str, if_unused: bool = False) -> None:
-        if not name:
-            raise AccessRefused("operation not permitted on the default exchange")
+        _check_not_default(name)
         if name.startswith("amq."):
             raise AccessRefused(f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed")
         exchange = self.exchanges.get(name)
@@ -102,8 +114,10 @@ class VirtualHost:
         self.check_exclusive(queue, owner)
         return queue
 
-    def check_exclusive(self, queue: Queue, owner: Any) -> None:
-        if queue.exclusive_owner is not None and queue.exclusive_owner is not owner:
+    def check_exclusive(self, queue: Queue, owner: Any, strict: bool = False) -> None:
+        """405 when another connection owns the queue; strict (redeclare) also when the
+        exclusive flag differs from the queue's."""
+        if queue.exclusive_owner is not owner and (strict or queue.exclusive_owner is not None):
             raise ResourceLocked(
                 f"cannot obtain exclusive access to locked {self._where('queue', queue.name)}. "
                 "It could be originally declared on another connection or the exclusive "
@@ -121,16 +135,14 @@ class VirtualHost:
         arguments = arguments or {}
         existing = self.queues.get(name)
         if existing is not None:
-            self.check_exclusive(existing, owner)
-            if exclusive != existing.exclusive:
-                self.check_exclusive(existing, None)
+            self.check_exclusive(existing, owner if exclusive else None, strict=True)
             check_equivalent("queue", name, self.name, {
                 "durable": (durable, existing.durable),
                 "auto_delete": (auto_delete, existing.auto_delete),
             }, arguments, existing.arguments, QUEUE_EQUIVALENCE_ARGS)
+            existing.touch()
             return existing
-        queue = Queue(self.name, name, durable, owner if exclusive else None, auto_delete,
-                      arguments, on_unused=self._queue_unused)
+        queue = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
         self.queues[name] = queue
         log.info("queue created vhost=%s queue=%s durable=%s exclusive=%s",
                  self.name, name, durable, exclusive)
@@ -145,10 +157,21 @@ class VirtualHost:
         if if_unused and queue.consumer_count:
             raise PreconditionFailed(f"{self._where('queue', name)} in use")
         if if_empty and queue.message_count:
-            raise PreconditionFailed(f"{self._where('queue', name)} is not empty")
+            raise PreconditionFailed(f"{self._where('queue', name)} not empty")
         return self.remove_queue(queue)
 
+    def open_reply_queue(self, owner: Any) -> Queue:
+        """A direct reply-to pseudo-queue: routable by name from the default exchange, never
+        listed, gone with its consumer."""
+        name = "amq.rabbitmq.reply-to." + server_named_queue()[len("amq.gen-"):]
+        queue = Queue(self, name, exclusive_owner=owner, auto_delete=True)
+        self.reply_queues[name] = queue
+        return queue
+
     def remove_queue(self, queue: Queue) -> int:
+        if self.reply_queues.get(queue.name) is queue:
+            del self.reply_queues[queue.name]
+            return queue.delete()
         if self.queues.get(queue.name) is not queue:
             return 0
         del self.queues[queue.name]
@@ -157,23 +180,41 @@ class VirtualHost:
         log.info("queue deleted vhost=%s queue=%s", self.name, queue.name)
         return queue.delete()
 
-    def _queue_unused(self, queue: Queue) -> None:
-        self.remove_queue(queue)
-
     # ---- bindings ---------------------------------------------------------------------
+
+    def bind_names(self, source_name: str, destination_name: str, to_queue: bool,
+                   routing_key: str, arguments: dict | None, owner: Any) -> None:
+        """queue.bind / exchange.bind: 403 for the default exchange, then 404 for a missing
+        source or destination, in RabbitMQ's order."""
+        _check_not_default(source_name, None if to_queue else destination_name)
+        source = self.get_exchange(source_name)
+        destination = (self.get_queue(destination_name, owner) if to_queue
+                       else self.get_exchange(destination_name))
+        self.bind(source, destination, routing_key, arguments)
+
+    def unbind_names(self, source_name: str, destination_name: str, to_queue: bool,
+                     routing_key: str, arguments: dict | None, owner: Any) -> None:
+        """queue.unbind / exchange.unbind: idempotent as in RabbitMQ, so a missing source,
+        destination or binding is fine; only an existing binding checks exclusivity."""
+        _check_not_default(source_name, None if to_queue else destination_name)
+        source = self.exchanges.get(source_name)
+        destination = (self.queues if to_queue else self.exchanges).get(destination_name)
+        if source is None or destination is None:
+            return
+        if to_queue and source.find_binding(destination, routing_key, arguments or {}) is not None:
+            self.check_exclusive(destination, owner)
+        self.unbind(source, destination, routing_key, arguments)
 
     def bind(self, source: Exchange, destination: Any, routing_key: str,
              arguments: dict | None = None) -> None:
-        if not source.name:
-            raise AccessRefused("operation not permitted on the default exchange")
+        _check_not_default(source.name)
         binding = source.bind(destination, routing_key, arguments or {})
         if binding is not None:
             destination.incoming[(id(source),) + binding.key] = binding
 
     def unbind(self, source: Exchange, destination: Any, routing_key: str,
                arguments: dict | None = None) -> None:
-        if not source.name:
-            raise AccessRefused("operation not permitted on the default exchange")
+        _check_not_default(source.name)
         binding = source.unbind(destination, routing_key, arguments or {})
         if binding is not None:
             destination.incoming.pop((id(source),) + binding.key, None)
@@ -194,10 +235,12 @@ class VirtualHost:
     # ---- routing ----------------------------------------------------------------------
 
     def route(self, exchange: Exchange, msg: Message) -> list[Queue]:
-        """Every queue the message reaches, each once, through exchange-to-exchange bindings
-        and alternate exchanges."""
-        if not exchange.has_exchange_destinations and exchange.alternate is None:
-            return list(exchange.route(msg))
+        """Every queue the message reaches, each once: by its routing key and CC/BCC keys,
+        through exchange-to-exchange bindings and alternate exchanges."""
+        if not exchange.has_exchange_destinations and exchange.alternate is None \
+                and b"CC" not in msg.props:
+            return list(exchange.route(msg, msg.routing_key))
+        keys = routing_keys(msg)
         queues: dict[Queue, None] = {}
         seen: set[int] = set()
         pending = [exchange]
@@ -207,17 +250,39 @@ class VirtualHost:
                 continue
             seen.add(id(current))
             reached = False
-            for dest in current.route(msg):
-                reached = True
-                if isinstance(dest, Exchange):
-                    pending.append(dest)
-                else:
-                    queues[dest] = None
+            for key in keys:
+                for dest in current.route(msg, key):
+                    reached = True
+                    if isinstance(dest, Exchange):
+                        pending.append(dest)
+                    else:
+                        queues[dest] = None
             if not reached and current.alternate is not None:
                 alternate = self.exchanges.get(current.alternate)
                 if alternate is not None:
                     pending.append(alternate)
         return list(queues)
+
+    def dead_letter(self, queue: Queue, entries: list[Entry], reason: str) -> None:
+        """Forward messages a queue let go of to its dead-letter exchange, if it has one."""
+        settings = queue.settings
+        if settings.dead_letter_exchange is None:
+            return
+        exchange = self.exchanges.get(settings.dead_letter_exchange)
+        if exchange is None:
+            log.warning("dead-letter exchange %s of queue %s in vhost %s does not exist; "
+                        "%d message(s) dropped", settings.dead_letter_exchange, queue.name,
+                        self.name, len(entries))
+            return
+        for entry in entries:
+            msg = dead_lettered(entry.msg, queue.name, reason, exchange.name,
+                                settings.dead_letter_routing_key)
+            for target in self.route(exchange, msg):
+                if is_cycle(msg, target.name, reason):
+                    log.info("dead-letter cycle: message from queue %s not re-queued to %s",
+                             queue.name, target.name)
+                    continue
+                target.publish(msg)
 
     def connection_closed(self, owner: Any) -> None:
         """Exclusive queues go with the connection that declared them."""
