@@ -2,6 +2,7 @@
 `mq_url`. Installed with mq through the `pytest11` entry point."""
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import pytest
@@ -17,8 +18,10 @@ def mq_broker() -> Iterator[BrokerProcess]:
 
 
 @pytest.fixture
-def mq_url(mq_broker: BrokerProcess) -> str:
-    return mq_broker.url
+def mq_url(request: pytest.FixtureRequest) -> str:
+    """The session broker's URL, or MQ_TEST_URL when set (to run the same end-to-end tests
+    against a reference broker such as RabbitMQ, without starting mq)."""
+    return os.environ.get("MQ_TEST_URL") or request.getfixturevalue("mq_broker").url
 
 
 @pytest.fixture
