@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -83,10 +84,12 @@ def run_all(args: argparse.Namespace, settings: Settings, scenarios: list[Scenar
 
 
 def write_outputs(args: argparse.Namespace, settings: Settings, scenarios: list[Scenario],
-                  names: list[str], results: report.Results, argv: list[str]) -> None:
+                  names: list[str], results: report.Results, argv: list[str],
+                  load: dict[str, float]) -> None:
     rows = report.rows(scenarios, results, names)
     if args.json:
-        meta = {"command": " ".join(["python -m bench", *argv]), "settings": vars(settings)}
+        meta = {"command": " ".join(["python -m bench", *argv]), "settings": vars(settings),
+                "load_average_1min": load}
         text = json.dumps(report.to_json(scenarios, results, names, meta), indent=2)
         if args.json == "-":
             print(text)
@@ -98,6 +101,8 @@ def write_outputs(args: argparse.Namespace, settings: Settings, scenarios: list[
         if cpu:
             print("\nCPU seconds, load generator / broker:")
             print("\n".join("  " + line for line in cpu))
+        print(f"\nMachine load average (1 min): {load['before']:.2f} before, "
+              f"{load['after']:.2f} after ({os.cpu_count()} cores)")
     if args.plot:
         from bench.plot import plot  # matplotlib only when asked for
 
@@ -122,12 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = settings_from(args)
     raise_fd_limit()
+    load_before = os.getloadavg()[0]
     try:
         names, results = run_all(args, settings, scenarios, binary)
     except BrokerError as exc:
         print(exc, file=sys.stderr)
         return 2
-    write_outputs(args, settings, scenarios, names, results, argv)
+    # Other work on the machine skews every figure; say how busy it was.
+    load = {"before": load_before, "after": os.getloadavg()[0]}
+    write_outputs(args, settings, scenarios, names, results, argv, load)
     failed = failures(results)
     for line in failed:
         print(f"FAILED {line}", file=sys.stderr)
