@@ -44,7 +44,9 @@ def describe_difference(received: Any, current: Any, missing: object) -> str:
     def one(v: Any) -> str:
         return "none" if v is missing else f"the value '{_fmt(v)}' of type '{_type_name(v)}'"
 
-    if received is not missing and current is not missing and _type_name(received) == _type_name(current):
+    # Values of different types still print plainly ("received '5' but current is '5'"),
+    # as RabbitMQ does; only a missing side brings the typed form.
+    if received is not missing and current is not missing:
         return f"received '{_fmt(received)}' but current is '{_fmt(current)}'"
     return f"received {one(received)} but current is {one(current)}"
 
