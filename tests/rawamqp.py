@@ -34,6 +34,31 @@ class RawClient:
         for i in range(0, len(body), step):
             self.send(pamqp_frame.marshal(ContentBody(body[i:i + step]), channel))
 
+    def send_frame(self, ftype: int, channel: int, payload: bytes) -> None:
+        """One frame with exactly this payload (e.g. a hand-built content header)."""
+        self.send(struct.pack(">BHI", ftype, channel, len(payload)) + payload + b"\xce")
+
+    def recv_raw(self, timeout: float = 5.0) -> tuple[int, int, bytes]:
+        """The next frame undecoded, as (type, channel, payload)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if len(self.buf) >= 7:
+                ftype, channel, size = struct.unpack(">BHI", self.buf[:7])
+                if len(self.buf) >= size + 8:
+                    payload, self.buf = self.buf[7:7 + size], self.buf[size + 8:]
+                    return ftype, channel, payload
+            self._fill(deadline)
+
+    def _fill(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no frame from the broker")
+        self.sock.settimeout(remaining)
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("socket closed by the broker")
+        self.buf += data
+
     def recv_frame(self, timeout: float = 5.0) -> tuple[int, Any]:
         """The next frame as (channel, pamqp object); raises ConnectionError on EOF."""
         deadline = time.monotonic() + timeout
@@ -44,14 +69,7 @@ class RawClient:
                     used, channel, value = pamqp_frame.unmarshal(self.buf[:size + 8])
                     self.buf = self.buf[used:]
                     return channel, value
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("no frame from the broker")
-            self.sock.settimeout(remaining)
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("socket closed by the broker")
-            self.buf += data
+            self._fill(deadline)
 
     def recv_method(self, timeout: float = 5.0) -> tuple[int, Any]:
         """The next frame that is not a heartbeat."""

@@ -83,7 +83,6 @@ def test_server_close_ignores_everything_but_close_ok(raw, uid):
     raw.send_method(1, spec.Basic.Qos(prefetch_count=1))
     raw.send_method(1, spec.Basic.Publish(exchange="", routing_key=uid))
     raw.send_content(1, b"ignored")
-    raw.send_method(1, spec.Channel.Open())
     # Other channels keep working meanwhile: their answer is the next frame we see.
     raw.open_channel(2)
     raw.send_method(2, spec.Queue.Declare(queue=uid, passive=True))
