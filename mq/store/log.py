@@ -1,0 +1,592 @@
+"""The message store: an append-only log of checksummed records in segment files.
+
+Writers (the event loop) append encoded records to an in-memory batch; one flusher thread
+writes each batch and fsyncs it, so many publishes share one fsync (group commit), and then
+tells the loop the highest durable sequence number.
+
+Every record is either live (part of the current state) or dead. The index below knows, per
+segment, the offsets of its live records. A segment whose records are all dead is deleted; a
+segment with few live ones is compacted by copying them to the head and deleting it.
+Deleting records is done with tombstones (ACK, DELETE) that stay live only while the record
+they cancel still exists in an older segment: the tombstone is "pinned" by that segment.
+
+Recovery replays every segment in order. Replay does not depend on record order for
+correctness (ids are never reused, queue order is message-id order), so compaction may copy
+records forward freely. The first bad checksum or short record ends the log: that segment
+is cut there and later ones are removed, and the log says so.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import pickle
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from mq._core import records as R
+from mq._core.message import Message
+
+log = logging.getLogger("mq.store")
+
+FORMAT = 1
+FORMAT_FILE = "format"
+DEFAULT_SEGMENT_SIZE = 32 * 1024 * 1024
+# A head segment holding nothing live is rolled over once it is this big, so a drained
+# broker returns to (almost) no disk use.
+ROLL_EMPTY_HEAD = 64 * 1024
+COMPACT_RATIO = 0.25  # compact a sealed segment when less than this share of it is live
+
+# What a live record is, for the index.
+K_MSG, K_ENQ, K_DLV, K_TOPO, K_TOMB = range(5)
+
+
+class StoreError(Exception):
+    """The data directory cannot be used (newer format, locked by another broker)."""
+
+
+class Segment:
+    __slots__ = ("number", "path", "fd", "size", "live", "live_bytes", "pins", "last_seq",
+                 "synced")
+
+    def __init__(self, number: int, path: str, size: int = 0) -> None:
+        self.number = number
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.size = size
+        self.live: dict[int, tuple[int, int, Any]] = {}  # offset -> (size, kind, ref)
+        self.live_bytes = 0
+        self.pins: list[Tomb] = []  # tombstones elsewhere that cancel dead records here
+        self.last_seq = 0           # the append sequence of its last record
+        self.synced = size > 0      # its directory entry is durable
+
+
+class Tomb:
+    """A live tombstone (ACK or DELETE record) and where it currently is."""
+
+    __slots__ = ("seg", "off")
+
+    def __init__(self, seg: Segment, off: int) -> None:
+        self.seg: Segment | None = seg
+        self.off = off
+
+
+@dataclass
+class RecoveredQueue:
+    vhost: str
+    name: str
+    auto_delete: bool
+    arguments: dict
+    store_qid: int
+    # (message, absolute expiry or 0.0, redelivered), in queue order
+    messages: list[tuple[Message, float, bool]] = field(default_factory=list)
+
+
+@dataclass
+class Recovered:
+    """Durable state as found on disk, for the broker to rebuild itself from."""
+
+    exchanges: list[tuple[str, str, str, bool, bool, dict]] = field(default_factory=list)
+    queues: list[RecoveredQueue] = field(default_factory=list)
+    # (vhost, source, destination is an exchange, destination, routing key, arguments)
+    bindings: list[tuple[str, str, bool, str, str, dict]] = field(default_factory=list)
+    damaged: str | None = None  # what was cut off, if anything
+
+
+def _args_bytes(arguments: dict | None) -> bytes:
+    return pickle.dumps(dict(sorted((arguments or {}).items())), protocol=4)
+
+
+class Store:
+    """The log in `directory`. Call open() (returns what was recovered), then start(loop)
+    for the background flusher, or sync() to flush synchronously (tests, tools)."""
+
+    def __init__(self, directory: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
+        self.directory = directory
+        self.segment_size = segment_size
+        self.seq = 0           # sequence of the last appended record
+        self.durable_seq = 0   # every record up to this one is on disk (fsynced)
+        self.failed: BaseException | None = None
+        self.waiters: set[Any] = set()  # objects with store_durable(seq) -> still waiting
+        self._segments: dict[int, Segment] = {}
+        self._head: Segment | None = None
+        self._next_id = 1
+        self._msgs: dict[int, list] = {}    # msg id -> [seg, off, refs]
+        self._queues: dict[int, dict[int, list]] = {}  # qid -> msg id -> [seg, off, dseg, doff]
+        self._topo: dict[int, tuple[Segment, int, tuple]] = {}  # object id -> (seg, off, key)
+        self._ids: dict[tuple, int] = {}    # topology key -> object id
+        self._dirty: set[Segment] = set()
+        self._chunks: list[tuple[Segment, bytearray]] = []
+        self._unlinks: list[Segment] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._loop: Any = None
+        self._lock_fd: int | None = None
+
+    # ---- opening ------------------------------------------------------------------------
+
+    def open(self) -> Recovered:
+        os.makedirs(self.directory, exist_ok=True)
+        self._check_format()
+        self._lock()
+        seg_dir = os.path.join(self.directory, "log")
+        os.makedirs(seg_dir, exist_ok=True)
+        numbers = sorted(int(n[:-4]) for n in os.listdir(seg_dir)
+                         if n.endswith(".seg") and n[:-4].isdigit())
+        recovered = self._replay(seg_dir, numbers)
+        last = max(self._segments, default=0)
+        if last and self._segments[last].size < self.segment_size:
+            self._head = self._segments[last]
+        else:
+            self._head = self._new_segment(last + 1)
+        return recovered
+
+    def _check_format(self) -> None:
+        path = os.path.join(self.directory, FORMAT_FILE)
+        try:
+            with open(path) as fh:
+                text = fh.read().strip()
+        except FileNotFoundError:
+            tmp = path + ".tmp"
+            with open(tmp, "w") as fh:
+                fh.write(f"mq-data-format {FORMAT}\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            return
+        parts = text.split()
+        if len(parts) != 2 or parts[0] != "mq-data-format" or not parts[1].isdigit():
+            raise StoreError(f"{path} is not an mq format file (found {text[:40]!r})")
+        if int(parts[1]) > FORMAT:
+            raise StoreError(f"data directory {self.directory} has format {parts[1]}, written by "
+                             f"a newer mq; this mq reads format {FORMAT} and older")
+
+    def _lock(self) -> None:
+        self._lock_fd = os.open(os.path.join(self.directory, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise StoreError(f"data directory {self.directory} is in use by another mq") from None
+
+    def _seg_path(self, number: int) -> str:
+        return os.path.join(self.directory, "log", f"{number:08d}.seg")
+
+    def _new_segment(self, number: int) -> Segment:
+        seg = Segment(number, self._seg_path(number))
+        self._segments[number] = seg
+        return seg
+
+    # ---- recovery -----------------------------------------------------------------------
+
+    def _replay(self, seg_dir: str, numbers: list[int]) -> Recovered:
+        msgs: dict[int, tuple] = {}      # id -> (seg, off, size, fields)
+        enqs: dict[int, dict[int, list]] = {}
+        dlvs: dict[tuple[int, int], tuple] = {}
+        topo: dict[int, tuple] = {}      # id -> (seg, off, size, fields)
+        tombs: list[tuple[Segment, int, int, Segment]] = []  # (seg, off, size, pinned by)
+        recovered = Recovered()
+        max_id = 0
+        for i, number in enumerate(numbers):
+            path = self._seg_path(number)
+            with open(path, "rb") as fh:
+                data = fh.read()
+            entries, end, error = R.scan(data)
+            seg = Segment(number, path, end)
+            self._segments[number] = seg
+            for off, size, f in entries:
+                rtype = f[0]
+                max_id = max(max_id, f[1], f[2] if rtype in (R.ENQ, R.DLV, R.ACK) else 0)
+                if rtype == R.MSG:
+                    msgs[f[1]] = (seg, off, size, f)
+                elif rtype == R.ENQ:
+                    enqs.setdefault(f[1], {})[f[2]] = [seg, off, size, f[3]]
+                elif rtype == R.DLV:
+                    dlvs[(f[1], f[2])] = (seg, off, size)
+                elif rtype == R.ACK:
+                    enq = enqs.get(f[1], {}).pop(f[2], None)
+                    if enq is not None and enq[0] is not seg:
+                        tombs.append((seg, off, size, enq[0]))
+                elif rtype == R.DELETE:
+                    put = topo.pop(f[1], None)
+                    if put is not None and put[0] is not seg:
+                        tombs.append((seg, off, size, put[0]))
+                else:
+                    topo[f[1]] = (seg, off, size, f)
+            if error is not None:
+                cut = len(data) - end
+                recovered.damaged = (f"segment {path}: {error} at offset {end}; "
+                                     f"cut off {cut} bytes")
+                log.warning("store: damaged tail in %s: %s at offset %d; cutting off %d bytes "
+                            "and keeping the %d records before it", path, error, end, cut,
+                            len(entries))
+                os.truncate(path, end)
+                for later in numbers[i + 1:]:
+                    log.warning("store: removing segment %s after the damage",
+                                self._seg_path(later))
+                    os.unlink(self._seg_path(later))
+                break
+        self._next_id = max_id + 1
+        # Topology.
+        queue_ids: set[int] = set()
+        for obj_id, (seg, off, size, f) in sorted(topo.items()):
+            rtype, flags, args = f[0], f[2], pickle.loads(f[-1])
+            if rtype == R.QUEUE:
+                key = ("q", f[3], f[4])
+                recovered.queues.append(RecoveredQueue(f[3], f[4], bool(flags & 1), args, obj_id))
+                queue_ids.add(obj_id)
+                self._queues[obj_id] = {}
+            elif rtype == R.EXCHANGE:
+                key = ("x", f[3], f[4])
+                recovered.exchanges.append((f[3], f[4], f[5], bool(flags & 1), bool(flags & 2),
+                                            args))
+            else:
+                key = ("b", f[3], f[4], bool(flags & 1), f[5], f[6], f[7])
+                recovered.bindings.append((f[3], f[4], bool(flags & 1), f[5], f[6], args))
+            self._put_topo(obj_id, key, seg, off, size)
+        # Messages: each live queue's entries in message-id (= arrival) order.
+        objects: dict[int, Message] = {}
+        for rq in recovered.queues:
+            index = self._queues[rq.store_qid]
+            for mid, (seg, off, size, expires) in sorted(enqs.get(rq.store_qid, {}).items()):
+                m = msgs.get(mid)
+                if m is None:
+                    continue
+                msg = objects.get(mid)
+                if msg is None:
+                    mseg, moff, msize, f = m
+                    msg = objects[mid] = Message(f[2], f[3], f[4], f[5])
+                    msg.store_id = mid
+                    self._live(mseg, moff, msize, K_MSG, mid)
+                    self._msgs[mid] = [mseg, moff, 0]
+                self._msgs[mid][2] += 1
+                entry = index[mid] = [seg, off, None, 0]
+                self._live(seg, off, size, K_ENQ, (rq.store_qid, mid))
+                dlv = dlvs.get((rq.store_qid, mid))
+                if dlv is not None:
+                    entry[2], entry[3] = dlv[0], dlv[1]
+                    self._live(dlv[0], dlv[1], dlv[2], K_DLV, (rq.store_qid, mid))
+                rq.messages.append((msg, expires, dlv is not None))
+        for seg, off, size, target in tombs:
+            tomb = Tomb(seg, off)
+            self._live(seg, off, size, K_TOMB, tomb)
+            target.pins.append(tomb)
+        self._dirty.update(self._segments.values())
+        log.info("store: recovered %d exchanges, %d queues, %d bindings, %d messages from %d "
+                 "segments in %s", len(recovered.exchanges), len(recovered.queues),
+                 len(recovered.bindings), len(objects), len(self._segments), self.directory)
+        return recovered
+
+    # ---- the index ----------------------------------------------------------------------
+
+    def _live(self, seg: Segment, off: int, size: int, kind: int, ref: Any) -> None:
+        seg.live[off] = (size, kind, ref)
+        seg.live_bytes += size
+
+    def _dead(self, seg: Segment, off: int) -> None:
+        size = seg.live.pop(off)[0]
+        seg.live_bytes -= size
+        self._dirty.add(seg)
+
+    def _put_topo(self, obj_id: int, key: tuple, seg: Segment, off: int, size: int) -> None:
+        self._topo[obj_id] = (seg, off, key)
+        self._ids[key] = obj_id
+        self._live(seg, off, size, K_TOPO, obj_id)
+
+    def _tombstone(self, data: bytes, target: Segment) -> None:
+        """Append a record cancelling a dead record in `target`; live while target exists."""
+        seg, off = self._append(data)
+        if seg is not target:
+            tomb = Tomb(seg, off)
+            self._live(seg, off, len(data), K_TOMB, tomb)
+            target.pins.append(tomb)
+
+    # ---- appending ----------------------------------------------------------------------
+
+    def _append(self, data: bytes) -> tuple[Segment, int]:
+        seg = self._head
+        if seg.size and seg.size + len(data) > self.segment_size:
+            seg = self._head = self._new_segment(seg.number + 1)
+        off = seg.size
+        seg.size += len(data)
+        with self._cond:
+            self.seq += 1
+            seg.last_seq = self.seq
+            chunks = self._chunks
+            if chunks and chunks[-1][0] is seg:
+                chunks[-1][1].extend(data)
+            else:
+                chunks.append((seg, bytearray(data)))
+                self._cond.notify()
+        return seg, off
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    # ---- messages -----------------------------------------------------------------------
+
+    def enqueue(self, qid: int, msg: Message, expires_at: float = 0.0) -> None:
+        """A persistent message entered durable queue `qid`. The message itself is written
+        once, however many queues it enters."""
+        mid = msg.store_id
+        m = self._msgs.get(mid) if mid else None
+        if m is None:
+            mid = msg.store_id = self._new_id()
+            data = R.message_record(mid, msg.exchange, msg.routing_key, msg.props, msg.body)
+            seg, off = self._append(data)
+            self._live(seg, off, len(data), K_MSG, mid)
+            m = self._msgs[mid] = [seg, off, 0]
+        m[2] += 1
+        data = R.enqueue_record(qid, mid, expires_at)
+        seg, off = self._append(data)
+        self._live(seg, off, len(data), K_ENQ, (qid, mid))
+        self._queues[qid][mid] = [seg, off, None, 0]
+
+    def delivered(self, qid: int, mid: int) -> None:
+        """Handed to a consumer that must ack: after a crash it comes back redelivered."""
+        entry = self._queues.get(qid, {}).get(mid)
+        if entry is not None and entry[2] is None:
+            data = R.ref_record(R.DLV, qid, mid)
+            seg, off = self._append(data)
+            self._live(seg, off, len(data), K_DLV, (qid, mid))
+            entry[2], entry[3] = seg, off
+
+    def ack(self, qid: int, mid: int) -> None:
+        """The message left queue `qid` (acked, expired, dropped, dead-lettered)."""
+        entry = self._queues.get(qid, {}).pop(mid, None)
+        if entry is None:
+            return
+        self._drop_entry(mid, entry)
+        self._tombstone(R.ref_record(R.ACK, qid, mid), entry[0])
+
+    def _drop_entry(self, mid: int, entry: list) -> None:
+        self._dead(entry[0], entry[1])
+        if entry[2] is not None:
+            self._dead(entry[2], entry[3])
+        m = self._msgs[mid]
+        m[2] -= 1
+        if not m[2]:
+            del self._msgs[mid]
+            self._dead(m[0], m[1])
+
+    # ---- topology -----------------------------------------------------------------------
+
+    def _declare(self, rtype: int, key: tuple, flags: int, strings: tuple, arguments: Any) -> int:
+        self._forget(key)
+        obj_id = self._new_id()
+        data = R.topology_record(rtype, obj_id, flags, strings, _args_bytes(arguments))
+        seg, off = self._append(data)
+        self._put_topo(obj_id, key, seg, off, len(data))
+        return obj_id
+
+    def _forget(self, key: tuple) -> bool:
+        obj_id = self._ids.pop(key, None)
+        if obj_id is None:
+            return False
+        seg, off, _ = self._topo.pop(obj_id)
+        self._dead(seg, off)
+        self._tombstone(R.delete_record(obj_id), seg)
+        entries = self._queues.pop(obj_id, None)
+        for mid, entry in (entries or {}).items():
+            self._drop_entry(mid, entry)
+        return True
+
+    def declare_queue(self, vhost: str, name: str, auto_delete: bool, arguments: dict) -> int:
+        """Record a durable queue; returns its queue id for enqueue/ack."""
+        qid = self._declare(R.QUEUE, ("q", vhost, name), int(auto_delete), (vhost, name),
+                            arguments)
+        self._queues[qid] = {}
+        return qid
+
+    def delete_queue(self, vhost: str, name: str) -> None:
+        self._forget(("q", vhost, name))
+
+    def declare_exchange(self, vhost: str, name: str, type_: str, auto_delete: bool,
+                         internal: bool, arguments: dict) -> None:
+        self._declare(R.EXCHANGE, ("x", vhost, name), int(auto_delete) | int(internal) << 1,
+                      (vhost, name, type_), arguments)
+
+    def delete_exchange(self, vhost: str, name: str) -> None:
+        self._forget(("x", vhost, name))
+
+    @staticmethod
+    def _binding_key(vhost: str, source: str, to_exchange: bool, destination: str,
+                     routing_key: str, arguments: dict | None) -> tuple:
+        return ("b", vhost, source, to_exchange, destination, routing_key,
+                _args_bytes(arguments))
+
+    def bind(self, vhost: str, source: str, to_exchange: bool, destination: str,
+             routing_key: str, arguments: dict | None) -> None:
+        key = self._binding_key(vhost, source, to_exchange, destination, routing_key, arguments)
+        if key not in self._ids:
+            self._declare(R.BINDING, key, int(to_exchange),
+                          (vhost, source, destination, routing_key), arguments)
+
+    def unbind(self, vhost: str, source: str, to_exchange: bool, destination: str,
+               routing_key: str, arguments: dict | None) -> None:
+        self._forget(self._binding_key(vhost, source, to_exchange, destination, routing_key,
+                                       arguments))
+
+    # ---- flushing -----------------------------------------------------------------------
+
+    def start(self, loop: Any) -> None:
+        """Run the flusher thread; completions are reported on `loop`."""
+        self._loop = loop
+        self._thread = threading.Thread(target=self._flusher, name="mq-store-flusher",
+                                        daemon=True)
+        self._thread.start()
+
+    def _take(self) -> tuple[list, list, int]:
+        chunks, unlinks, seq = self._chunks, self._unlinks, self.seq
+        self._chunks, self._unlinks = [], []
+        return chunks, unlinks, seq
+
+    def _flusher(self) -> None:
+        while True:
+            with self._cond:
+                while not self._chunks and not self._unlinks and not self._closing:
+                    self._cond.wait()
+                if self._closing and not self._chunks and not self._unlinks:
+                    return
+                batch = self._take()
+            try:
+                self._write(*batch)
+            except BaseException as exc:  # disk full, I/O error: stop confirming
+                log.exception("store: writing the log failed; nothing more is confirmed")
+                self.failed = exc
+                return
+            self._loop.call_soon_threadsafe(self._flushed, batch[2])
+
+    def _write(self, chunks: list, unlinks: list, seq: int) -> None:
+        touched: dict[int, Segment] = {}
+        for seg, buf in chunks:
+            view = memoryview(buf)
+            while view:
+                view = view[os.write(seg.fd, view):]
+            touched[seg.number] = seg
+        for seg in touched.values():
+            os.fdatasync(seg.fd)
+        if any(not seg.synced for seg in touched.values()):
+            self._sync_dir()
+            for seg in touched.values():
+                seg.synced = True
+        for seg in unlinks:
+            # One at a time, each made durable: a segment's tombstones must never vanish
+            # before the older segment whose records they cancel.
+            os.close(seg.fd)
+            os.unlink(seg.path)
+            self._sync_dir()
+
+    def _sync_dir(self) -> None:
+        fd = os.open(os.path.join(self.directory, "log"), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def sync(self) -> None:
+        """Write and fsync everything appended so far, in the caller's thread (no flusher)."""
+        with self._cond:
+            batch = self._take()
+        self._write(*batch)
+        self._flushed(batch[2])
+
+    def _flushed(self, seq: int) -> None:
+        """On the loop: records up to seq are durable. Tell waiters, then tidy segments."""
+        if seq > self.durable_seq:
+            self.durable_seq = seq
+        for waiter in list(self.waiters):
+            if not waiter.store_durable(seq):
+                self.waiters.discard(waiter)
+        self._maintain()
+
+    def close(self) -> None:
+        """Flush everything, stop the flusher, release the directory."""
+        if self._thread is not None:
+            with self._cond:
+                self._closing = True
+                self._cond.notify()
+            self._thread.join()
+            self._thread = None
+        with self._cond:
+            batch = self._take()
+        if self.failed is None:
+            self._write(*batch)
+            self.durable_seq = batch[2]
+        for seg in self._segments.values():
+            os.close(seg.fd)
+        self._segments.clear()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ---- reclaiming disk ----------------------------------------------------------------
+
+    def _maintain(self) -> None:
+        """Remove segments with nothing live; compact sealed ones that are mostly dead."""
+        waiting = []
+        while self._dirty:
+            seg = self._dirty.pop()
+            if self._segments.get(seg.number) is not seg:
+                continue
+            if seg.last_seq > self.durable_seq:
+                waiting.append(seg)  # not all on disk yet: look again after the next flush
+                continue
+            if seg is self._head:
+                if seg.live or seg.size < ROLL_EMPTY_HEAD:
+                    continue
+                self._head = self._new_segment(seg.number + 1)
+            if not seg.live:
+                self._remove(seg)
+            elif seg.live_bytes < seg.size * COMPACT_RATIO:
+                self._compact(seg)
+        self._dirty.update(waiting)
+
+    def _compact(self, seg: Segment) -> None:
+        """Copy the live records of a sealed segment to the head, then remove it."""
+        with open(seg.path, "rb") as fh:
+            data = fh.read()
+        for off, (size, kind, ref) in sorted(seg.live.items()):
+            new_seg, new_off = self._append(data[off:off + size])
+            self._live(new_seg, new_off, size, kind, ref)
+            if kind == K_MSG:
+                m = self._msgs[ref]
+                m[0], m[1] = new_seg, new_off
+            elif kind == K_ENQ:
+                e = self._queues[ref[0]][ref[1]]
+                e[0], e[1] = new_seg, new_off
+            elif kind == K_DLV:
+                e = self._queues[ref[0]][ref[1]]
+                e[2], e[3] = new_seg, new_off
+            elif kind == K_TOPO:
+                self._topo[ref] = (new_seg, new_off, self._topo[ref][2])
+            else:
+                ref.seg, ref.off = new_seg, new_off
+        seg.live.clear()
+        seg.live_bytes = 0
+        self._remove(seg)
+
+    def _remove(self, seg: Segment) -> None:
+        del self._segments[seg.number]
+        self._dirty.discard(seg)
+        with self._cond:
+            self._unlinks.append(seg)
+            self._cond.notify()
+        for tomb in seg.pins:
+            if tomb.seg is not None and self._segments.get(tomb.seg.number) is tomb.seg:
+                self._dead(tomb.seg, tomb.off)
+            tomb.seg = None
+        seg.pins = []
+
+    # ---- inspection ---------------------------------------------------------------------
+
+    def disk_usage(self) -> int:
+        """Bytes in segment files (as appended; the flusher may still be writing some)."""
+        return sum(seg.size for seg in self._segments.values())
+
+    def live_messages(self, qid: int) -> int:
+        return len(self._queues.get(qid, {}))
