@@ -25,13 +25,19 @@ class QueueSettings:
     single_active_consumer: bool = False
 
 
-def _int(where: str, key: str, value: Any, minimum: int) -> int:
+# RabbitMQ caps x-message-ttl and x-expires at ten years (in ms).
+MAX_EXPIRY = 315_360_000_000
+
+
+def _int(where: str, key: str, value: Any, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise PreconditionFailed(f"invalid arg '{key}' for {where}: "
                                  f"\"expected integer, got {_type_name(value)}\"")
     if value < minimum:
         reason = "value_zero" if value == 0 else "value_negative"
         raise PreconditionFailed(f"invalid arg '{key}' for {where}: {{{reason},{value}}}")
+    if maximum is not None and value > maximum:
+        raise PreconditionFailed(f"invalid arg '{key}' for {where}: {{value_too_large,{value}}}")
     return value
 
 
@@ -41,15 +47,48 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _string_arg(where: str, key: str, value: Any) -> str:
+    """A string-typed argument; another type is RabbitMQ's {unacceptable_type,T}."""
+    text = _str(value)
+    if text is None:
+        raise PreconditionFailed(f"invalid arg '{key}' for {where}: "
+                                 f"{{unacceptable_type,{_type_name(value)}}}")
+    return text
+
+
+def _choice(where: str, key: str, value: Any, allowed: tuple[str, ...], what: str) -> str:
+    text = _string_arg(where, key, value)
+    if text not in allowed:
+        raise PreconditionFailed(f"invalid arg '{key}' for {where}: "
+                                 f"\"unsupported {what} '{text}'\"")
+    return text
+
+
 def parse_queue_arguments(arguments: dict, queue: str, vhost: str) -> QueueSettings:
-    """Check every argument RabbitMQ checks; unknown x- arguments are kept and ignored."""
+    """Check every argument RabbitMQ checks, in the order it checks them (so the first bad
+    one is named as RabbitMQ names it); unknown x- arguments are kept and ignored."""
     where = f"queue '{queue}' in vhost '{vhost}'"
     a = arguments
     out: dict[str, Any] = {}
-    if "x-message-ttl" in a:
-        out["message_ttl"] = _int(where, "x-message-ttl", a["x-message-ttl"], 0)
+    # RabbitMQ checks the dead-letter exchange's type and the queue type before the rest.
+    if "x-dead-letter-exchange" in a:
+        value = _str(a["x-dead-letter-exchange"])
+        if value is None:
+            raise PreconditionFailed(f"invalid type '{_type_name(a['x-dead-letter-exchange'])}' "
+                                     f"for arg 'x-dead-letter-exchange' in {where}")
+        out["dead_letter_exchange"] = value
+    if "x-queue-type" in a:
+        _choice(where, "x-queue-type", a["x-queue-type"], QUEUE_TYPES, "queue type")
     if "x-expires" in a:
-        out["expires"] = _int(where, "x-expires", a["x-expires"], 1)
+        out["expires"] = _int(where, "x-expires", a["x-expires"], 1, MAX_EXPIRY)
+    if "x-message-ttl" in a:
+        out["message_ttl"] = _int(where, "x-message-ttl", a["x-message-ttl"], 0, MAX_EXPIRY)
+    if "x-dead-letter-routing-key" in a:
+        out["dead_letter_routing_key"] = _string_arg(where, "x-dead-letter-routing-key",
+                                                     a["x-dead-letter-routing-key"])
+        if "dead_letter_exchange" not in out:
+            raise PreconditionFailed(f"invalid arg 'x-dead-letter-routing-key' for {where}: "
+                                     "routing_key_but_no_dlx_defined")
     if "x-max-length" in a:
         out["max_length"] = _int(where, "x-max-length", a["x-max-length"], 0)
     if "x-max-length-bytes" in a:
@@ -61,30 +100,16 @@ def parse_queue_arguments(arguments: dict, queue: str, vhost: str) -> QueueSetti
                                      f"{{max_value_exceeded,{priority}}}")
         out["max_priority"] = priority
     if "x-overflow" in a:
-        mode = _str(a["x-overflow"])
+        mode = _string_arg(where, "x-overflow", a["x-overflow"])
         if mode not in OVERFLOW_MODES:
             raise PreconditionFailed(f"invalid arg 'x-overflow' for {where}: invalid_overflow")
         out["overflow"] = mode
-    for key, field in (("x-dead-letter-exchange", "dead_letter_exchange"),
-                       ("x-dead-letter-routing-key", "dead_letter_routing_key")):
-        if key in a:
-            value = _str(a[key])
-            if value is None:
-                raise PreconditionFailed(f"invalid type '{_type_name(a[key])}' for arg '{key}' "
-                                         f"in {where}")
-            out[field] = value
-    if "dead_letter_routing_key" in out and "dead_letter_exchange" not in out:
-        raise PreconditionFailed(f"invalid arg 'x-dead-letter-routing-key' for {where}: "
-                                 "routing_key_but_no_dlx_defined")
+    if "x-queue-mode" in a:
+        _choice(where, "x-queue-mode", a["x-queue-mode"], QUEUE_MODES, "queue mode")
     if "x-single-active-consumer" in a:
         value = a["x-single-active-consumer"]
         if not isinstance(value, bool):
             raise PreconditionFailed(f"invalid arg 'x-single-active-consumer' for {where}: "
                                      f"{{unacceptable_type,{_type_name(value)}}}")
         out["single_active_consumer"] = value
-    for key, allowed, what in (("x-queue-mode", QUEUE_MODES, "queue mode"),
-                               ("x-queue-type", QUEUE_TYPES, "queue type")):
-        if key in a and _str(a[key]) not in allowed:
-            raise PreconditionFailed(f"invalid arg '{key}' for {where}: "
-                                     f"\"unsupported {what} '{_str(a[key]) or a[key]}'\"")
     return QueueSettings(**out)

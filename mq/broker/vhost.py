@@ -127,7 +127,9 @@ class VirtualHost:
                       exclusive: bool = False, auto_delete: bool = False,
                       arguments: dict | None = None, owner: Any = None) -> Queue:
         if passive:
-            return self.get_queue(name, owner)
+            queue = self.get_queue(name, owner)
+            queue.touch()  # RabbitMQ counts a passive declare as use (x-expires restarts)
+            return queue
         if not name:
             name = server_named_queue()
         elif name.startswith("amq."):
