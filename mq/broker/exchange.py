@@ -38,8 +38,8 @@ class Exchange:
         self.internal = internal
         self.arguments = dict(arguments or {})
         self.bindings: dict[tuple, Binding] = {}
-        # Set by the vhost: the exchange named by the `alternate-exchange` argument.
-        self.alternate: str | None = self.arguments.get("alternate-exchange") or None
+        # The exchange named by the `alternate-exchange` argument (looked up when routing).
+        self.alternate: str | None = _alternate_name(self.arguments, name, vhost)
         self.has_exchange_destinations = 0
         self.incoming: dict[tuple, Binding] = {}  # exchange-to-exchange bindings leading here
 
@@ -79,6 +79,19 @@ class Exchange:
 
     def _remove(self, binding: Binding) -> None:
         raise NotImplementedError
+
+
+def _alternate_name(arguments: dict, name: str, vhost: str) -> str | None:
+    """The `alternate-exchange` argument, which must be a string (406 as in RabbitMQ)."""
+    value = arguments.get("alternate-exchange")
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")
+    if not isinstance(value, str):
+        raise PreconditionFailed(f"invalid type '{_type_name(value)}' for arg 'alternate-exchange' "
+                                 f"in exchange '{name}' in vhost '{vhost}'")
+    return value or None
 
 
 class DirectExchange(Exchange):
