@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import os
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -104,7 +105,9 @@ class Channel:
         self.reply_queue: Queue | None = None  # direct reply-to pseudo-queue
         self.tx = False
         self._tx_publishes: list[tuple[Any, Message, bool]] = []
-        self._tx_settles: list[tuple[int, bool, bool | None]] = []  # tag, multiple, requeue
+        # Settles named in the transaction, already out of `unacked`: (tag, delivery) pairs
+        # and requeue (None for an ack).
+        self._tx_settles: list[tuple[list[tuple[int, Any]], bool | None]] = []
         # A publish being assembled: method, then header, then body frames.
         self._pending: tuple[str, str, bool] | None = None
         self._props = b""
@@ -209,7 +212,9 @@ class Channel:
             consumer.queue.remove_consumer(consumer)
         self.consumers.clear()
         self.reply_queue = None
-        self._requeue_entries(list(self.unacked.values()))
+        uncommitted = [d for popped, _ in self._tx_settles for _, d in popped]
+        self._tx_publishes, self._tx_settles = [], []
+        self._requeue_entries(list(self.unacked.values()) + uncommitted)
         self.unacked.clear()
         self.global_unacked = 0
         self.state = "closed" if self.state != "closing" else "closing"
@@ -249,8 +254,7 @@ class Channel:
         queue = self.vhost.declare_queue(m.queue, m.passive, m.durable, m.exclusive,
                                          m.auto_delete, m.arguments, owner=self.conn)
         if not m.nowait:
-            self.send(spec.Queue.DeclareOk(queue=queue.name, message_count=queue.message_count,
-                                           consumer_count=queue.consumer_count))
+            self.conn.write(_encode_declare_ok(self.number, queue))
 
     def _queue_bind(self, m: Any) -> None:
         self.vhost.bind_names(m.exchange, m.queue, True, m.routing_key, m.arguments, self.conn)
@@ -470,8 +474,9 @@ class Channel:
 
     # ---- settling deliveries ------------------------------------------------------------
 
-    def _take(self, tag: int, multiple: bool) -> list[tuple[Entry, Queue, ChannelConsumer | None]]:
-        """Remove and return the deliveries an ack/nack/reject names; 406 if unknown."""
+    def _pop(self, tag: int, multiple: bool) -> list[tuple[int, Any]]:
+        """Remove from unacked the (tag, delivery) pairs an ack/nack/reject names; 406 if
+        unknown."""
         unacked = self.unacked
         if (tag or not multiple) and tag not in unacked:
             raise PreconditionFailed(f"unknown delivery tag {tag}")
@@ -479,7 +484,14 @@ class Channel:
             tags = [t for t in unacked if t <= tag] if tag else list(unacked)
         else:
             tags = [tag]
-        taken = [unacked.pop(t) for t in tags]
+        return [(t, unacked.pop(t)) for t in tags]
+
+    def _take(self, tag: int, multiple: bool) -> list[tuple[Entry, Queue, ChannelConsumer | None]]:
+        """Remove and return the deliveries an ack/nack/reject names, freeing prefetch room."""
+        return self._uncount([delivery for _, delivery in self._pop(tag, multiple)])
+
+    def _uncount(self, taken: list) -> list:
+        """Settled deliveries no longer count against their consumer's and channel's prefetch."""
         for _, _, consumer in taken:
             if consumer is not None:
                 consumer.unacked -= 1
@@ -550,10 +562,9 @@ class Channel:
         self.send(spec.Tx.SelectOk())
 
     def _tx_defer(self, tag: int, multiple: bool, requeue: bool | None) -> None:
-        """In tx mode an ack/nack/reject is checked now and applied at commit."""
-        if (tag or not multiple) and tag not in self.unacked:
-            raise PreconditionFailed(f"unknown delivery tag {tag}")
-        self._tx_settles.append((tag, multiple, requeue))
+        """In tx mode an ack/nack/reject takes its deliveries out of unacked now (settling
+        one twice is 406, as in RabbitMQ) and applies at commit."""
+        self._tx_settles.append((self._pop(tag, multiple), requeue))
 
     def _tx_commit(self, m: Any) -> None:
         if not self.tx:
@@ -562,8 +573,8 @@ class Channel:
         self._tx_publishes, self._tx_settles = [], []
         for exchange, msg, mandatory in publishes:
             self._route(exchange, msg, mandatory)
-        for tag, multiple, requeue in settles:
-            taken = self._take_known(tag, multiple)
+        for popped, requeue in settles:
+            taken = self._uncount([delivery for _, delivery in popped])
             if requeue is None:
                 for queue, entries in _by_queue(taken).items():
                     queue.settle(entries)
@@ -575,14 +586,10 @@ class Channel:
     def _tx_rollback(self, m: Any) -> None:
         if not self.tx:
             raise PreconditionFailed("channel is not transactional")
+        for popped, _ in self._tx_settles:
+            self.unacked.update(popped)  # rolled back settles leave them unacked
         self._tx_publishes, self._tx_settles = [], []
         self.send(spec.Tx.RollbackOk())
-
-    def _take_known(self, tag: int, multiple: bool) -> list:
-        """Like _take, skipping tags settled since they were named (commit time)."""
-        if (tag or not multiple) and tag not in self.unacked:
-            return []
-        return self._take(tag, multiple)
 
 
 def _by_queue(taken: Iterable[tuple[Entry, Queue, Any]]) -> dict[Queue, list[Entry]]:
@@ -590,6 +597,15 @@ def _by_queue(taken: Iterable[tuple[Entry, Queue, Any]]) -> dict[Queue, list[Ent
     for entry, queue, _ in taken:
         grouped.setdefault(queue, []).append(entry)
     return grouped
+
+
+def _encode_declare_ok(channel: int, queue: Queue) -> bytes:
+    """queue.declare-ok, encoded here because pamqp refuses queue names outside a narrow
+    regex while AMQP (and RabbitMQ) allow any UTF-8 name of up to 255 bytes."""
+    name = queue.name.encode()
+    payload = (struct.pack(">HHB", 50, 11, len(name)) + name
+               + struct.pack(">II", queue.message_count, queue.consumer_count))
+    return frames.encode_frame(1, channel, payload)
 
 
 def _valid_expiration(value: str) -> bool:
