@@ -2,6 +2,7 @@
 asking which queues a message reached, and whether an exchange or queue exists."""
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterable
 
 import pika
@@ -64,6 +65,15 @@ def _exists(connection: pika.BlockingConnection,
         return False
     channel.close()
     return True
+
+
+def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until cond() holds: RabbitMQ deletes exclusive and auto-delete queues
+    asynchronously, a moment after the close or cancel is answered."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
 
 
 def amqp_host(url: str) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 from pamqp import commands as spec
 
 from mq._core.frames import method_id
-from mq.broker.errors import NotImplemented_, SyntaxError_
+from mq.broker.errors import FrameError, NotImplemented_, SyntaxError_
 
 
 def decode_method(payload: bytes) -> Any:
@@ -22,5 +22,7 @@ def decode_method(payload: bytes) -> Any:
     try:
         method.unmarshal(payload[4:])
     except Exception as exc:  # pamqp raises struct.error, ValueError, IndexError...
-        raise SyntaxError_(f"malformed {cls.name} method frame: {exc}") from None
+        # RabbitMQ answers an undecodable method (a field running past the frame, bad UTF-8
+        # in a shortstr, an unknown field type) with 501 "cannot decode".
+        raise FrameError(f"cannot decode {cls.name} method frame: {exc}") from None
     return method
