@@ -13,6 +13,9 @@ import aio_pika
 import pika
 import pytest
 from pamqp import commands as spec
+from pamqp import frame as pamqp_frame
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
 
 from amqputil import (assert_channel_closed, assert_connection_closed, collect, fresh_queue,
                       settle)
@@ -299,6 +302,27 @@ def test_confirms_over_separate_reads_count_on(raw, uid):
         raw.send_content(1, b"x")
         ack = raw.expect("Basic.Ack")
         assert ack.delivery_tag == expected
+
+
+def test_confirms_before_a_channel_error_are_sent(raw):
+    """B-PUB-6: publishes routed before one that fails (404) in the same burst are still
+    acked, before the channel.close."""
+    raw.send_method(1, spec.Confirm.Select())
+    raw.expect("Confirm.SelectOk")
+    burst = b""
+    for exchange in ("amq.fanout", "amq.fanout", "amq.fanout", "no-such-exchange"):
+        burst += pamqp_frame.marshal(spec.Basic.Publish(exchange=exchange, routing_key=""), 1)
+        burst += pamqp_frame.marshal(ContentHeader(0, 1, spec.Basic.Properties()), 1)
+        burst += pamqp_frame.marshal(ContentBody(b"x"), 1)
+    raw.send(burst)
+    acked: set[int] = set()
+    while True:
+        _, frame = raw.recv_method()
+        if frame.name != "Basic.Ack":
+            break
+        acked |= set(range(1, frame.delivery_tag + 1)) if frame.multiple else {frame.delivery_tag}
+    assert acked == {1, 2, 3}
+    assert (frame.name, frame.reply_code) == ("Channel.Close", 404)
 
 
 def test_pika_confirms_mixed_mandatory(connection, channel, uid):

@@ -19,6 +19,7 @@ from mq.broker.deadletter import without_bcc
 from mq.broker.properties import decode as decode_properties
 from mq.broker.properties import encode as encode_properties
 from mq.broker.queue import Queue
+from mq.broker.queue_args import check_expiration
 
 if TYPE_CHECKING:
     from mq.amqp.connection import Connection
@@ -375,9 +376,8 @@ class Channel:
         if msg.user_id is not None and msg.user_id != self.conn.user.name:
             raise PreconditionFailed(f"user_id property set to '{msg.user_id}' but authenticated "
                                      f"user was '{self.conn.user.name}'")
-        if msg.expiration is not None and not _valid_expiration(msg.expiration):
-            raise PreconditionFailed(f"invalid expiration '{msg.expiration}': "
-                                     "not a non-negative integer")
+        if msg.expiration is not None:
+            check_expiration(msg.expiration)
 
     def flush_confirms(self) -> None:
         """Write the confirms that are settled, in order: runs of acks as one
@@ -606,8 +606,3 @@ def _encode_declare_ok(channel: int, queue: Queue) -> bytes:
     payload = (struct.pack(">HHB", 50, 11, len(name)) + name
                + struct.pack(">II", queue.message_count, queue.consumer_count))
     return frames.encode_frame(1, channel, payload)
-
-
-def _valid_expiration(value: str) -> bool:
-    return value.isdigit() and value.isascii()
-

@@ -185,6 +185,7 @@ class Connection:
         log.info("channel error on connection %s channel %d: %d %s", self.name, ch.number,
                  exc.reply_code, exc.reply_text)
         class_id, method_id = ch.current_method
+        ch.flush_confirms()  # publishes routed before the error are acked before the close
         ch.closing()
         self.send_method(ch.number, spec.Channel.Close(
             reply_code=exc.reply_code, reply_text=exc.reply_text[:255],

@@ -1,6 +1,7 @@
 """Queue arguments: validation with RabbitMQ's wording (406), and the parsed settings."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,3 +114,25 @@ def parse_queue_arguments(arguments: dict, queue: str, vhost: str) -> QueueSetti
                                      f"{{unacceptable_type,{_type_name(value)}}}")
         out["single_active_consumer"] = value
     return QueueSettings(**out)
+
+
+# Erlang's string:to_integer, which RabbitMQ parses the expiration property with: an optional
+# sign and digits, then whatever is left over.
+_LEADING_INTEGER = re.compile(r"([+-]?[0-9]+)(.*)", re.S)
+
+
+def check_expiration(value: str) -> int:
+    """The `expiration` property in ms; 406 with RabbitMQ's reason when it is not a
+    non-negative integer string within ten years."""
+    match = _LEADING_INTEGER.fullmatch(value)
+    if match is None:
+        reason = "no_integer"
+    elif match.group(2):
+        leftover = match.group(2).replace("\\", "\\\\").replace('"', '\\"')
+        reason = f'{{leftover_string,"{leftover}"}}'
+    else:
+        ms = int(match.group(1))
+        if 0 <= ms <= MAX_EXPIRY:
+            return ms
+        reason = f"{{value_negative,{ms}}}" if ms < 0 else f"{{value_too_large,{ms}}}"
+    raise PreconditionFailed(f"invalid expiration '{value}': {reason}")
