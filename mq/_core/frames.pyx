@@ -67,34 +67,126 @@ cdef class FrameReader:
         self._pos += n
         return out
 
-    def frames(self) -> list:
-        """All complete frames in the buffer; raises FrameError on malformed framing."""
-        cdef list out = []
-        cdef Py_ssize_t n = len(self._buf)
-        cdef const unsigned char *p
-        cdef unsigned int ftype, channel
+    cdef Py_ssize_t _frame_at(self, const unsigned char *p, Py_ssize_t n,
+                              Py_ssize_t pos) noexcept:
+        """Payload size of the frame at pos; -1 incomplete, -2 bad type, -3 over frame_max,
+        -4 missing frame end."""
+        cdef unsigned int ftype
         cdef unsigned long size
+        if n - pos < 7:
+            return -1
+        ftype = p[pos]
+        if ftype != FRAME_METHOD and ftype != FRAME_HEADER and ftype != FRAME_BODY \
+                and ftype != FRAME_HEARTBEAT:
+            return -2
+        size = _u32(p + pos + 3)
+        # frame_max counts the whole frame (7-byte header + payload + frame-end).
+        if self.frame_max and size + 8 > self.frame_max:
+            return -3
+        if n - pos < <Py_ssize_t>(size + 8):
+            return -1
+        if p[pos + 7 + size] != FRAME_END:
+            return -4
+        return size
+
+    cdef _raise_bad(self, const unsigned char *p, Py_ssize_t pos, Py_ssize_t code):
+        if code == -2:
+            raise FrameError(501, f"FRAME_ERROR - unknown frame type {p[pos]}")
+        if code == -3:
+            raise FrameError(501, f"FRAME_ERROR - frame size {_u32(p + pos + 3) + 8} exceeds "
+                                  f"frame_max {self.frame_max}")
+        raise FrameError(501, "FRAME_ERROR - missing frame end octet 0xCE")
+
+    def frames(self) -> list:
+        """All complete frames as (type, channel, payload). Frames before a malformed one
+        are returned first; the next call raises FrameError for it."""
+        return self._parse(False)
+
+    def events(self) -> list:
+        """Like frames(), except that a basic.publish whose content header and single body
+        frame are already buffered comes as one event:
+        (0, channel, exchange, routing_key, mandatory, props, body)."""
+        return self._parse(True)
+
+    cdef list _parse(self, bint assemble):
+        cdef list out = []
         cdef bytearray buf = self._buf
-        p = <const unsigned char *><char *>buf
-        while n - self._pos >= 7:
-            ftype = p[self._pos]
-            channel = _u16(p + self._pos + 1)
-            size = _u32(p + self._pos + 3)
-            if ftype != FRAME_METHOD and ftype != FRAME_HEADER and ftype != FRAME_BODY \
-                    and ftype != FRAME_HEARTBEAT:
-                raise FrameError(501, f"FRAME_ERROR - unknown frame type {ftype}")
-            # frame_max counts the whole frame (7-byte header + payload + frame-end).
-            if self.frame_max and size + 8 > self.frame_max:
-                raise FrameError(
-                    501, f"FRAME_ERROR - frame size {size + 8} exceeds frame_max {self.frame_max}")
-            if n - self._pos < <Py_ssize_t>(size + 8):
+        cdef const unsigned char *p = <const unsigned char *><char *>buf
+        cdef Py_ssize_t n = len(buf)
+        cdef Py_ssize_t size
+        cdef object ev
+        while True:
+            size = self._frame_at(p, n, self._pos)
+            if size == -1:
                 break
-            if p[self._pos + 7 + size] != FRAME_END:
-                raise FrameError(501, "FRAME_ERROR - missing frame end octet 0xCE")
-            out.append((ftype, channel, PyBytes_FromStringAndSize(
-                <const char *>p + self._pos + 7, size)))
+            if size < 0:
+                if out:
+                    break
+                self._raise_bad(p, self._pos, size)
+            if assemble and p[self._pos] == FRAME_METHOD and size >= 4 \
+                    and _u32(p + self._pos + 7) == 0x003C0028:
+                ev = self._publish_at(p, n, size)
+                if ev is not None:
+                    out.append(ev)
+                    continue
+            out.append((p[self._pos], _u16(p + self._pos + 1),
+                        PyBytes_FromStringAndSize(<const char *>p + self._pos + 7, size)))
             self._pos += size + 8
         return out
+
+    cdef object _publish_at(self, const unsigned char *p, Py_ssize_t n, Py_ssize_t msize):
+        """The publish at _pos with its content, if all of it is here and plain; else None
+        (the frames then take the ordinary path, which reports any error)."""
+        cdef Py_ssize_t mpos = self._pos, hpos, bpos, hsize, bsize, off, end
+        cdef unsigned int channel = _u16(p + mpos + 1)
+        cdef unsigned long long body_size
+        cdef unsigned int elen, rlen
+        hpos = mpos + msize + 8
+        hsize = self._frame_at(p, n, hpos)
+        if hsize < 14 or p[hpos] != FRAME_HEADER or _u16(p + hpos + 1) != channel \
+                or _u16(p + hpos + 7) != 60:
+            return None
+        body_size = _u64(p + hpos + 11)
+        bpos = hpos + hsize + 8
+        if body_size:
+            bsize = self._frame_at(p, n, bpos)
+            if bsize < 0 or <unsigned long long>bsize != body_size or p[bpos] != FRAME_BODY \
+                    or _u16(p + bpos + 1) != channel:
+                return None
+            end = bpos + bsize + 8
+        else:
+            end = bpos
+        # basic.publish: class, method, reserved short, exchange, routing key, bits.
+        off = mpos + 7 + 6
+        elen = p[off] if msize > 6 else 256
+        if 6 + 1 + elen + 1 > msize:
+            return None
+        rlen = p[off + 1 + elen]
+        if 6 + 1 + elen + 1 + rlen + 1 > msize or p[off + 2 + elen + rlen] & 2:
+            return None  # truncated, or immediate=true: the ordinary path answers
+        exchange = (<const char *>p)[off + 1:off + 1 + elen].decode("utf-8", "surrogateescape")
+        routing_key = (<const char *>p)[off + 2 + elen:off + 2 + elen + rlen].decode(
+            "utf-8", "surrogateescape")
+        mandatory = bool(p[off + 2 + elen + rlen] & 1)
+        props = PyBytes_FromStringAndSize(<const char *>p + hpos + 19, hsize - 12)
+        body = PyBytes_FromStringAndSize(<const char *>p + bpos + 7, body_size) \
+            if body_size else b""
+        self._pos = end
+        return (0, channel, exchange, routing_key, mandatory, props, body)
+
+
+def unassemble(tuple event) -> list:
+    """The three (or two) frames of an assembled publish event, as the client sent them."""
+    _, channel, exchange, routing_key, mandatory, props, body = event
+    ex = exchange.encode("utf-8", "surrogateescape")
+    rk = routing_key.encode("utf-8", "surrogateescape")
+    method = (b"\x00\x3c\x00\x28\x00\x00" + bytes((len(ex),)) + ex + bytes((len(rk),)) + rk
+              + (b"\x01" if mandatory else b"\x00"))
+    header = b"\x00\x3c\x00\x00" + len(body).to_bytes(8, "big") + props
+    out = [(FRAME_METHOD, channel, method), (FRAME_HEADER, channel, header)]
+    if body:
+        out.append((FRAME_BODY, channel, body))
+    return out
 
 
 # ---- decoding the hot methods ------------------------------------------------------------

@@ -13,8 +13,8 @@ from mq._core import frames
 from mq._core.message import Message
 from mq._core.msgqueue import Entry
 from mq.amqp.methods import decode_method
-from mq.broker.errors import (AccessRefused, ChannelError, NotAllowed, NotImplemented_,
-                              PreconditionFailed, SyntaxError_, UnexpectedFrame)
+from mq.broker.errors import (AccessRefused, ChannelError, CommandInvalid, FrameError, NotAllowed,
+                              NotImplemented_, PreconditionFailed, SyntaxError_, UnexpectedFrame)
 from mq.broker.deadletter import without_bcc
 from mq.broker.properties import decode as decode_properties
 from mq.broker.properties import encode as encode_properties
@@ -156,14 +156,15 @@ class Channel:
             elif mid == M_ACK:
                 try:
                     tag, multiple = frames.decode_ack(payload)
-                except ValueError as exc:
-                    raise SyntaxError_(str(exc)) from None
+                except ValueError as exc:  # RabbitMQ: 501 "cannot decode"
+                    raise FrameError(f"cannot decode basic.ack: {exc}") from None
                 self._ack(tag, multiple)
             else:
                 method = decode_method(payload)
                 handler = self._handlers.get(method.name)
                 if handler is None:
-                    raise NotImplemented_(f"method {method.name} is not accepted from clients")
+                    # RabbitMQ: 503 "unimplemented method" (e.g. connection.close on channel 1).
+                    raise CommandInvalid(f"method {method.name} is not accepted on a channel")
                 handler(method)
         elif ftype == 2:
             self._content_header(payload)
@@ -281,8 +282,8 @@ class Channel:
     def _publish(self, payload: bytes) -> None:
         try:
             exchange, routing_key, mandatory, immediate = frames.decode_publish(payload)
-        except ValueError as exc:
-            raise SyntaxError_(str(exc)) from None
+        except ValueError as exc:  # RabbitMQ: 501 "cannot decode"
+            raise FrameError(f"cannot decode basic.publish: {exc}") from None
         if immediate:
             raise NotImplemented_("immediate=true")
         self._pending = (exchange, routing_key, mandatory)
@@ -293,10 +294,26 @@ class Channel:
                                   f"{self.number}")
         try:
             class_id, body_size, props = frames.decode_content_header(payload)
-        except ValueError as exc:
-            raise SyntaxError_(str(exc)) from None
+        except ValueError as exc:  # RabbitMQ: 501 FRAME_ERROR
+            raise FrameError(f"cannot decode content header: {exc}") from None
         if class_id != 60:
             raise UnexpectedFrame(f"content header for class {class_id}, expected 60")
+        self._accept_header(body_size, props)
+
+    def ready_for_publish(self) -> bool:
+        """Open and not in the middle of assembling another message."""
+        return self.state == "open" and self._pending is None
+
+    def publish_assembled(self, exchange: str, routing_key: str, mandatory: bool, props: bytes,
+                          body: bytes) -> None:
+        """basic.publish + header + body, already cut from the stream in one piece."""
+        self.current_method = (60, 40)
+        self._pending = (exchange, routing_key, mandatory)
+        self._accept_header(len(body), props)
+        if body:
+            self._complete(body)
+
+    def _accept_header(self, body_size: int, props: bytes) -> None:
         limit = self.conn.broker.max_message_size
         if body_size > limit:
             self._pending = None
@@ -345,10 +362,18 @@ class Channel:
             return
         if msg.reply_to == REPLY_TO:
             msg = self._with_reply_queue(msg)
+        store = self.conn.broker.store
+        logged_before = store.seq if store is not None else 0
         accepted = self._route(exchange, msg, mandatory)
         if self.confirm:
             self.publish_seq += 1
-            self.unconfirmed.append([self.publish_seq, accepted])
+            if accepted and store is not None and store.seq != logged_before:
+                # Persistent into a durable queue: confirmed once the fsync covers it
+                # (B-PUB-6); store_durable() settles it.
+                self.unconfirmed.append([self.publish_seq, None, store.seq])
+                store.waiters.add(self)
+            else:
+                self.unconfirmed.append([self.publish_seq, accepted])
 
     def _route(self, exchange: Any, msg: Message, mandatory: bool) -> bool:
         """Route and enqueue; False when a queue refused the message (x-overflow)."""
@@ -398,6 +423,21 @@ class Channel:
             out.append(frames.encode_basic_ack(self.number, last_ack, True))
         if out and self.state == "open":
             self.conn.write(b"".join(out))
+
+    def store_durable(self, seq: int) -> bool:
+        """The store's records up to seq are on disk: confirm the publishes they cover.
+        Returns whether this channel still waits for more."""
+        if self.state != "open":
+            return False
+        waiting = False
+        for entry in self.unconfirmed:
+            if entry[1] is None:
+                if entry[2] > seq:
+                    waiting = True
+                    break
+                entry[1] = True
+        self.flush_confirms()
+        return waiting
 
     def _confirm_select(self, m: Any) -> None:
         if self.tx:

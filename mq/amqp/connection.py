@@ -19,8 +19,8 @@ from mq._core import frames
 from mq.amqp.channel import Channel
 from mq.amqp.methods import decode_method
 from mq.broker.broker import Broker
-from mq.broker.errors import (AMQPError, ChannelError, CommandInvalid, FrameError, NotAllowed,
-                              UnexpectedFrame)
+from mq.broker.errors import (AMQPError, ChannelError, CommandInvalid, FrameError, InternalError,
+                              NotAllowed, UnexpectedFrame)
 
 log = logging.getLogger("mq.connection")
 
@@ -63,7 +63,9 @@ class Connection:
         self.transport = transport
         self.peer = peer or ("?", 0)
         self.clock = clock
-        self.reader = frames.FrameReader(0)  # no frame size limit until tune-ok
+        # Until tune-ok, frames are limited to frame_min (as in RabbitMQ), so a client that is
+        # not logged in cannot make us buffer a huge frame.
+        self.reader = frames.FrameReader(FRAME_MIN)
         self.state = "header"
         self.channels: dict[int, Channel] = {}
         self.channel_max = CHANNEL_MAX
@@ -94,25 +96,62 @@ class Connection:
     # ---- input ----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        """Handle bytes from the peer. Never raises: every failure becomes a close."""
         if self.closed:
             return
         self._last_recv = self.clock()
         self.reader.feed(data)
         try:
-            if self.state == "header" and not self._protocol_header():
+            try:
+                self._process()
+            except frames.FrameError as exc:
+                self._connection_error(FrameError(exc.text.partition(" - ")[2] or exc.text), 0, 0,
+                                       broken=True)
+            except AMQPError as exc:
+                self._connection_error(exc, *self._current_method)
+            except Exception:
+                # A bug of ours, not the client's: 541 for this connection, the rest goes on.
+                log.exception("internal error on connection %s", self.name)
+                self._connection_error(InternalError("internal error, see the broker log"),
+                                       *self._current_method)
+            finally:
+                for ch in list(self.channels.values()):
+                    ch.flush_confirms()
+        except Exception:
+            # The error path itself failed: drop the socket rather than leave a dead protocol.
+            log.exception("error while closing connection %s, dropping it", self.name)
+            self.abort()
+
+    def _process(self) -> None:
+        if self.state == "header" and not self._protocol_header():
+            return
+        while True:
+            events = self.reader.events()
+            if not events:
                 return
-            for ftype, channel, payload in self.reader.frames():
-                self._frame(ftype, channel, payload)
-                if self.closed or self.state == "broken":
+            for event in events:
+                if event[0]:
+                    self._frame(*event)
+                else:
+                    self._publish(event)
+                if self.closed:
                     return
-        except frames.FrameError as exc:
-            self._connection_error(FrameError(exc.text.partition(" - ")[2] or exc.text), 0, 0,
-                                   broken=True)
+
+    def _publish(self, event: tuple) -> None:
+        """A basic.publish that the frame reader assembled with its content (the hot path).
+        Anything unusual replays it as its three frames, so errors come out as they would."""
+        ch = self.channels.get(event[1])
+        if self.state != "open" or ch is None or not ch.ready_for_publish():
+            for frame in frames.unassemble(event):
+                self._frame(*frame)
+            return
+        self._current_method = (60, 40)
+        try:
+            ch.publish_assembled(event[2], event[3], event[4], event[5], event[6])
         except AMQPError as exc:
-            self._connection_error(exc, *self._current_method)
-        finally:
-            for ch in self.channels.values():
-                ch.flush_confirms()
+            if exc.connection_level:
+                raise
+            self.channel_error(ch, exc)
 
     def _protocol_header(self) -> bool:
         header = self.reader.take_raw(8)
@@ -141,9 +180,13 @@ class Connection:
     def _frame(self, ftype: int, channel: int, payload: bytes) -> None:
         if ftype == 8:  # heartbeat
             if channel != 0:
-                raise FrameError("heartbeat frame on a non-zero channel")
+                raise UnexpectedFrame(f"heartbeat frame on channel {channel}")
             return
-        if ftype == 1 and len(payload) >= 4:
+        if ftype == 1:
+            if len(payload) < 4:
+                self._current_method = (0, 0)
+                raise FrameError(f"method frame of {len(payload)} bytes is too short to hold "
+                                 "class and method ids")
             # Named in connection.close if this method (or its content) breaks a rule.
             self._current_method = (payload[0] << 8 | payload[1], payload[2] << 8 | payload[3])
         if self.state == "closing":
@@ -213,7 +256,9 @@ class Connection:
             if name == "Connection.UpdateSecret":
                 self.send_method(0, spec.Connection.UpdateSecretOk())
         else:
-            raise CommandInvalid(f"unexpected method {name} on channel 0 in state '{self.state}'")
+            # RabbitMQ: 504 "unexpected method in connection state running".
+            raise ChannelError(f"unexpected method {name} on channel 0 in connection state "
+                               f"'{self.state}'")
 
     def _credentials(self, method: Any) -> tuple[str, str] | None:
         response = method.response
@@ -294,27 +339,40 @@ class Connection:
 
     def _connection_error(self, exc: AMQPError, class_id: int, method_id: int,
                           broken: bool = False) -> None:
-        if self.closed or self.state == "closing":
+        if self.closed:
+            return
+        if self.state == "closing":
+            if broken:  # garbage while waiting for close-ok: no point waiting longer
+                self.close_transport()
             return
         log.warning("connection error on %s: %d %s", self.name, exc.reply_code, exc.reply_text)
+        handshaking = self.state in ("header", "start-ok", "tune-ok")
+        self.state = "closing"
+        self._closing_since = self.clock()
         self._release()
         self.send_method(0, spec.Connection.Close(reply_code=exc.reply_code,
                                                   reply_text=exc.reply_text[:255],
                                                   class_id=class_id, method_id=method_id))
-        if broken or self.state in ("header", "start-ok", "tune-ok"):
+        if broken or handshaking:
             self.close_transport()
-        else:
-            self.state = "closing"
-            self._closing_since = self.clock()
 
     def close_with(self, exc: AMQPError) -> None:
         """Close the connection from the broker's side (e.g. 320 on shutdown)."""
         self._connection_error(exc, 0, 0)
 
     def tick(self) -> None:
-        """Timers: handshake timeout, heartbeats, close-ok timeout. Call about once a second."""
+        """Timers: handshake timeout, heartbeats, close-ok timeout. Call about once a second.
+
+        Never raises: the server's one timer task ticks every connection."""
         if self.closed:
             return
+        try:
+            self._tick()
+        except Exception:
+            log.exception("error in the timers of connection %s, dropping it", self.name)
+            self.abort()
+
+    def _tick(self) -> None:
         now = self.clock()
         if self.state == "closing":
             if now - self._closing_since > CLOSE_TIMEOUT:
@@ -341,20 +399,33 @@ class Connection:
 
     def close_transport(self) -> None:
         if not self.closed:
-            self._release()
-            self.closed = True
-            self.state = "closed"
-            self.transport.close()
+            self._mark_closed()
+            try:
+                self._release()
+            finally:
+                self.transport.close()
+
+    def abort(self) -> None:
+        """Last resort after a failed cleanup: close the socket, skip the release."""
+        self._mark_closed()
+        self.channels.clear()
+        self.transport.close()
 
     def connection_lost(self) -> None:
         """The socket went away: same cleanup as a close."""
         if not self.closed:
             log.info("connection lost %s user=%s", self.name, getattr(self.user, "name", None))
+            self._mark_closed()
             self._release()
-            self.closed = True
-            self.state = "closed"
+
+    def _mark_closed(self) -> None:
+        # Before the release: if that fails, the connection still counts as closed.
+        self.closed = True
+        self.state = "closed"
 
     def _release(self) -> None:
+        # Messages requeued from one channel must not be delivered to another of ours.
+        self.writable = False
         for ch in list(self.channels.values()):
             ch.release()
         self.channels.clear()
