@@ -83,6 +83,18 @@ def test_name_of_255_bytes_is_fine(channel: BlockingChannel, uid: str) -> None:
     assert channel.queue_declare(name, exclusive=True).method.queue == name
 
 
+def test_names_may_be_any_utf8(channel: BlockingChannel, uid: str) -> None:
+    """B-Q-1: queue and exchange names are any UTF-8 (spaces, punctuation, accents), echoed
+    back unchanged in declare-ok and in the delivery's exchange and routing key."""
+    name = f"wé!rd *name$ {uid}"
+    channel.exchange_declare(name, "fanout", auto_delete=True)
+    assert channel.queue_declare(f"{name}/q", exclusive=True).method.queue == f"{name}/q"
+    channel.queue_bind(f"{name}/q", name)
+    channel.basic_publish(name, "ké y", b"x")
+    method, _, body = channel.basic_get(f"{name}/q", auto_ack=True)
+    assert (method.exchange, method.routing_key, body) == (name, "ké y", b"x")
+
+
 @pytest.mark.parametrize("name_field,what", [
     (bytes([255]) + b"a" * 10, "a name longer than the frame"),
     (bytes([3]) + b"\xff\xfe\xfd", "a name that is not UTF-8"),
@@ -232,6 +244,19 @@ def test_unbind_of_absent_binding_on_exclusive_queue_is_ok(
     assert_channel_closed(info, 405, locked_text(uid))
     owner.basic_publish("amq.direct", uid, b"still bound")
     assert drain(owner, uid) == [b"still bound"]
+
+
+def test_others_may_publish_into_exclusive_queue(connection: pika.BlockingConnection,
+                                                 other_connection: pika.BlockingConnection,
+                                                 uid: str) -> None:
+    """B-Q-4: exclusivity is about using the queue, not routing to it: another connection's
+    publish reaches it, as in RabbitMQ."""
+    owner = connection.channel()
+    owner.queue_declare(uid, exclusive=True)
+    publisher = other_connection.channel()
+    publisher.confirm_delivery()
+    publisher.basic_publish("", uid, b"from outside", mandatory=True)
+    assert drain(owner, uid) == [b"from outside"]
 
 
 @pytest.mark.parametrize("how", ["close", "socket_drop"])
@@ -445,6 +470,19 @@ def test_delete_conditions_met_and_delete_ok_count(channel: BlockingChannel, uid
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
         channel.queue_declare(f"{uid}-full", passive=True)
     assert info.value.reply_code == 404
+
+
+def test_delete_count_leaves_out_unacked_which_may_still_be_acked(channel: BlockingChannel,
+                                                                  uid: str) -> None:
+    """B-Q-8: delete-ok counts the ready messages only; a message delivered before the
+    delete can still be acked afterwards without error."""
+    channel.queue_declare(uid)
+    publish_many(channel, uid, [b"1", b"2", b"3"])
+    method, _, body = channel.basic_get(uid)
+    assert body == b"1"
+    assert channel.queue_delete(uid).method.message_count == 2
+    channel.basic_ack(method.delivery_tag)
+    assert channel.queue_declare("", exclusive=True).method.queue  # channel still open
 
 
 def test_consumers_of_deleted_queue_get_basic_cancel(connection: pika.BlockingConnection,
