@@ -2,14 +2,22 @@
 flow control through pika."""
 from __future__ import annotations
 
+import socket
 from typing import Iterator
 
+import aio_pika
+import amqp
 import pika
 import pytest
 from pamqp import commands as spec
 
 from amqputil import collect, fresh_queue, publish_many, settle, wait_for
 from rawamqp import RawClient
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 @pytest.fixture
@@ -117,6 +125,21 @@ def test_pika_channel_error_then_new_channel(connection):
     assert ch2.queue_declare("", exclusive=True).method.queue.startswith("amq.gen-")
 
 
+@pytest.mark.anyio
+async def test_aio_pika_channel_error_then_new_channel(mq_url, uid):
+    """B-CHAN-2: aio-pika sees the 404 channel.close (ChannelNotFoundEntity) with its text; the
+    connection and a new channel keep working."""
+    conn = await aio_pika.connect(mq_url)
+    async with conn:
+        ch = await conn.channel()
+        with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity) as info:
+            await ch.declare_queue(uid, passive=True)
+        assert info.value.args[0] == f"NOT_FOUND - no queue '{uid}' in vhost '/'"
+        ch2 = await conn.channel()
+        queue = await ch2.declare_queue(uid, exclusive=True)
+        assert queue.name == uid
+
+
 def test_flow_stops_and_resumes_deliveries(connection, channel, uid):
     """B-CHAN-3: channel.flow(active=false) is accepted and stops deliveries on the channel;
     active=true resumes them, in order."""
@@ -130,3 +153,20 @@ def test_flow_stops_and_resumes_deliveries(connection, channel, uid):
     assert channel.flow(True) is True
     wait_for(connection, lambda: len(got) == 3)
     assert [body for _, _, body in got] == [b"1", b"2", b"3"]
+
+
+def test_pyamqp_flow(mq_broker, uid):
+    """B-CHAN-3: py-amqp's channel.flow(False) pauses a consumer, flow(True) resumes it."""
+    with amqp.Connection(f"127.0.0.1:{mq_broker.port}") as conn:
+        ch = conn.channel()
+        ch.queue_declare(uid, exclusive=True)
+        got = []
+        ch.basic_consume(uid, callback=lambda m: got.append(m.body), no_ack=True)
+        ch.flow(False)
+        ch.basic_publish(amqp.Message(b"held"), exchange="", routing_key=uid)
+        with pytest.raises(socket.timeout):
+            conn.drain_events(timeout=0.5)
+        assert got == []
+        ch.flow(True)
+        conn.drain_events(timeout=5)
+        assert got == [b"held"]
