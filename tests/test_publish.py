@@ -325,6 +325,27 @@ def test_confirms_before_a_channel_error_are_sent(raw):
     assert (frame.name, frame.reply_code) == ("Channel.Close", 404)
 
 
+def test_refused_publish_is_nacked_in_order(raw, uid):
+    """B-PUB-6: a publish refused by x-overflow reject-publish is nacked; the publishes around
+    it are acked, each confirm naming its own sequence number."""
+    raw.send_method(1, spec.Queue.Declare(queue=uid, exclusive=True, arguments={
+        "x-max-length": 1, "x-overflow": "reject-publish"}))
+    raw.expect("Queue.DeclareOk")
+    raw.send_method(1, spec.Confirm.Select())
+    raw.expect("Confirm.SelectOk")
+    for key in (uid, uid, "nowhere-" + uid):  # accepted, refused (full), unroutable
+        raw.send_method(1, spec.Basic.Publish(exchange="", routing_key=key))
+        raw.send_content(1, b"x")
+    events = read_confirms(raw, 3)
+    nacked = [tag for name, tag, _ in events if name == "Basic.Nack"]
+    assert nacked == [2]
+    acked = set()
+    for name, tag, multiple in events:
+        if name == "Basic.Ack":
+            acked |= set(range(1, tag + 1)) - {2} if multiple else {tag}
+    assert acked == {1, 3}
+
+
 def test_pika_confirms_mixed_mandatory(connection, channel, uid):
     """B-PUB-6: with pika's confirm mode, routed and unroutable publishes succeed, a mandatory
     unroutable one raises UnroutableError with the returned message, and the channel goes on."""
