@@ -55,7 +55,7 @@ class ChannelConsumer:
 
     def has_room(self) -> bool:
         ch = self.channel
-        if not ch.flow or not ch.conn.writable:
+        if not ch.flow or not ch.conn.writable or ch.state != "open":
             return False
         if self.no_ack:
             return True
@@ -210,16 +210,20 @@ class Channel:
         """Cancel consumers and requeue unacked messages (channel or connection closed)."""
         self._pending = None
         self._body = []
-        for consumer in list(self.consumers.values()):
-            consumer.queue.remove_consumer(consumer)
-        self.consumers.clear()
-        self.reply_queue = None
+        closing = self.state == "closing"
+        self.state = "releasing"  # its consumers have no room from now on
+        # Requeue before the consumers go, as RabbitMQ does: a single active consumer that
+        # takes over then gets the requeued messages first, in their original order.
         uncommitted = [d for popped, _ in self._tx_settles for _, d in popped]
         self._tx_publishes, self._tx_settles = [], []
         self._requeue_entries(list(self.unacked.values()) + uncommitted)
         self.unacked.clear()
         self.global_unacked = 0
-        self.state = "closed" if self.state != "closing" else "closing"
+        for consumer in list(self.consumers.values()):
+            consumer.queue.remove_consumer(consumer)
+        self.consumers.clear()
+        self.reply_queue = None
+        self.state = "closing" if closing else "closed"
 
     def resume_deliveries(self) -> None:
         for queue in {c.queue for c in self.consumers.values()}:
@@ -253,10 +257,21 @@ class Channel:
     # ---- queues -------------------------------------------------------------------------
 
     def _queue_declare(self, m: Any) -> None:
+        if m.queue.startswith(REPLY_TO):
+            self._reply_to_declare(m)
+            return
         queue = self.vhost.declare_queue(m.queue, m.passive, m.durable, m.exclusive,
                                          m.auto_delete, m.arguments, owner=self.conn)
         if not m.nowait:
             self.conn.write(_encode_declare_ok(self.number, queue))
+
+    def _reply_to_declare(self, m: Any) -> None:
+        """RabbitMQ answers a declare (passive or not) of a direct reply-to name itself: the
+        bare name always exists, a generated one while its consumer lasts; else 404."""
+        if m.queue != REPLY_TO and m.queue not in self.vhost.reply_queues:
+            self.vhost.get_queue(m.queue)  # not a real queue either: 404 in the vhost's words
+        if not m.nowait:
+            self.send(spec.Queue.DeclareOk(queue=m.queue, message_count=0, consumer_count=1))
 
     def _queue_bind(self, m: Any) -> None:
         self.vhost.bind_names(m.exchange, m.queue, True, m.routing_key, m.arguments, self.conn)
@@ -357,11 +372,12 @@ class Channel:
         if exchange.internal:
             raise AccessRefused(f"cannot publish to internal exchange '{exchange_name}' in "
                                 f"vhost '{vhost.name}'")
+        # Direct reply-to is resolved at publish time, in a transaction too (as RabbitMQ).
+        if msg.reply_to == REPLY_TO:
+            msg = self._with_reply_queue(msg)
         if self.tx:
             self._tx_publishes.append((exchange, msg, mandatory))
             return
-        if msg.reply_to == REPLY_TO:
-            msg = self._with_reply_queue(msg)
         store = self.conn.broker.store
         logged_before = store.seq if store is not None else 0
         accepted = self._route(exchange, msg, mandatory)
@@ -466,7 +482,9 @@ class Channel:
         tag = m.consumer_tag or _ctag()
         if tag in self.consumers:
             raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")
-        if queue.has_exclusive_consumer() or (m.exclusive and queue.consumer_count):
+        # RabbitMQ refuses any exclusive consume on a single-active-consumer queue.
+        if queue.has_exclusive_consumer() or (m.exclusive and (
+                queue.consumer_count or queue.settings.single_active_consumer)):
             raise AccessRefused(f"queue '{queue.name}' in vhost '{queue.vhost}' in exclusive use")
         arguments = m.arguments or {}
         priority = arguments.get("x-priority", 0)

@@ -220,6 +220,8 @@ class Connection:
             ch.frame_received(ftype, payload)
         except AMQPError as exc:
             if exc.connection_level:
+                # Name what the channel was doing: the publish whose content went wrong.
+                self._current_method = ch.current_method
                 raise
             self.channel_error(ch, exc)
 
