@@ -502,6 +502,28 @@ def test_consumers_of_deleted_queue_get_basic_cancel(connection: pika.BlockingCo
     channel.queue_delete(uid)
 
 
+@pytest.mark.parametrize("notify", [True, False])
+def test_basic_cancel_only_for_clients_that_announce_it(channel: BlockingChannel, mq_url: str,
+                                                        uid: str, notify: bool) -> None:
+    """B-Q-8: basic.cancel (exact frame) goes only to a client whose capabilities carry
+    consumer_cancel_notify; others just lose the consumer, their channel stays open."""
+    channel.queue_declare(uid)
+    raw = RawClient(pika.URLParameters(mq_url).port)
+    try:
+        raw.handshake(capabilities={"consumer_cancel_notify": notify})
+        raw.open_channel(1)
+        raw.send_method(1, spec.Basic.Consume(queue=uid, consumer_tag="ctag-1"))
+        raw.expect("Basic.ConsumeOk")
+        channel.queue_delete(uid)
+        if notify:
+            cancel = raw.expect("Basic.Cancel")
+            assert cancel.consumer_tag == "ctag-1"
+        raw.send_method(1, spec.Basic.Qos(prefetch_count=1))  # the channel still answers
+        raw.expect("Basic.QosOk")
+    finally:
+        raw.close()
+
+
 def test_basic_cancel_with_py_amqp(mq_url: str, uid: str) -> None:
     """B-Q-8: py-amqp's on_cancel hears basic.cancel when the queue is deleted."""
     conn = amqp.Connection(amqp_host(mq_url), userid="guest", password="guest")
