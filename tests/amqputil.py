@@ -22,6 +22,11 @@ def publish_many(channel: BlockingChannel, queue: str, bodies: list[bytes]) -> N
         channel.basic_publish("", queue, body)
 
 
+def ready_count(channel: BlockingChannel, queue: str) -> int:
+    """Ready (not unacked) messages in the queue, from a passive declare."""
+    return channel.queue_declare(queue, passive=True).method.message_count
+
+
 def collect(connection: pika.BlockingConnection, channel: BlockingChannel, queue: str,
             count: int, timeout: float = 5.0, auto_ack: bool = False,
             tag: str | None = None) -> list[tuple[Any, Any, bytes]]:

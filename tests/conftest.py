@@ -8,6 +8,8 @@ from typing import Iterator
 import pika
 import pytest
 
+from rawamqp import RawClient
+
 
 @pytest.fixture
 def uid() -> str:
@@ -25,3 +27,19 @@ def connection(mq_url: str) -> Iterator[pika.BlockingConnection]:
 @pytest.fixture
 def channel(connection: pika.BlockingConnection) -> Iterator:
     yield connection.channel()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (aio-pika) run on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture
+def raw(mq_broker) -> Iterator[RawClient]:
+    """A logged-in RawClient with channel 1 open, for tests that need exact frames."""
+    client = RawClient(mq_broker.port)
+    client.handshake()
+    client.open_channel(1)
+    yield client
+    client.close()

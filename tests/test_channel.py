@@ -3,7 +3,6 @@ flow control through pika."""
 from __future__ import annotations
 
 import socket
-from typing import Iterator
 
 import aio_pika
 import amqp
@@ -13,20 +12,6 @@ from pamqp import commands as spec
 
 from amqputil import collect, fresh_queue, publish_many, settle, wait_for
 from rawamqp import RawClient
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def raw(mq_broker) -> Iterator[RawClient]:
-    client = RawClient(mq_broker.port)
-    client.handshake()
-    client.open_channel(1)
-    yield client
-    client.close()
 
 
 def expect_connection_close(raw: RawClient, code: int, text: str,

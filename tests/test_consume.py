@@ -2,26 +2,21 @@
 basic.get and cancel, with pika, aio-pika and py-amqp."""
 from __future__ import annotations
 
+import time
+
 import amqp
 import aio_pika
 import pika
 import pytest
+from pamqp import commands as spec
 
 from amqputil import (assert_channel_closed, assert_connection_closed, collect, fresh_queue,
-                      publish_many, settle, wait_for)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+                      publish_many, ready_count, settle, wait_for)
+from rawamqp import RawClient
 
 
 def bodies(n: int) -> list[bytes]:
     return [b"m%d" % i for i in range(1, n + 1)]
-
-
-def ready_count(channel, queue: str) -> int:
-    return channel.queue_declare(queue, passive=True).method.message_count
 
 
 def get_all(channel, queue: str) -> list[tuple[bytes, bool]]:
@@ -293,8 +288,6 @@ def test_connection_close_requeues_unacked(mq_url, connection, channel, uid):
 
 def test_dropped_socket_requeues_unacked(mq_broker, channel, uid):
     """B-CON-7: a client that vanishes without closing gets its unacked messages requeued."""
-    from rawamqp import RawClient
-    from pamqp import commands as spec
     queue = fresh_queue(channel, uid)
     publish_many(channel, queue, bodies(2))
     raw = RawClient(mq_broker.port)
@@ -303,7 +296,6 @@ def test_dropped_socket_requeues_unacked(mq_broker, channel, uid):
     raw.send_method(1, spec.Basic.Get(queue=queue))
     raw.expect("Basic.GetOk")
     raw.close()
-    import time
     deadline = time.monotonic() + 5
     while ready_count(channel, queue) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -17,24 +17,9 @@ from pamqp import frame as pamqp_frame
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from amqputil import (assert_channel_closed, assert_connection_closed, collect, fresh_queue,
-                      settle)
+from amqputil import assert_channel_closed, collect, fresh_queue, settle
 from mq.testing import run_broker
 from rawamqp import RawClient
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def raw(mq_broker) -> Iterator[RawClient]:
-    client = RawClient(mq_broker.port)
-    client.handshake()
-    client.open_channel(1)
-    yield client
-    client.close()
 
 
 # ---- B-PUB-1..3: where a publish can't go -------------------------------------------------

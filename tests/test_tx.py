@@ -5,11 +5,8 @@ import amqp
 import pika
 import pytest
 
-from amqputil import assert_channel_closed, collect, fresh_queue, publish_many, settle
-
-
-def ready_count(channel, queue: str) -> int:
-    return channel.queue_declare(queue, passive=True).method.message_count
+from amqputil import (assert_channel_closed, collect, fresh_queue, publish_many, ready_count,
+                      settle)
 
 
 def test_publish_visible_only_at_commit(connection, uid):
