@@ -1,6 +1,7 @@
 """Exchanges and their routing tables (the tables themselves live in the Cython core)."""
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 from mq._core.headers import HeadersMatcher
@@ -206,6 +207,11 @@ def _x_match_error(x_match: Any) -> str:
     return f"Invalid x-match field type {_type_name(x_match)} (value {_fmt(x_match)}); expected longstr"
 
 
+# What RabbitMQ's consistent-hash exchange can hash instead of the routing key.
+HASH_PROPERTIES = ("correlation_id", "message_id", "timestamp")
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # what Erlang's list_to_integer accepts
+
+
 class ConsistentHashExchange(Exchange):
     """x-consistent-hash: the binding key is a weight; a hash of the routing key (or of the
     header / property named by `hash-header` / `hash-property`) picks one queue."""
@@ -221,17 +227,18 @@ class ConsistentHashExchange(Exchange):
             raise PreconditionFailed(
                 "hash-header and hash-property are mutually exclusive on exchange "
                 f"'{self.name}' in vhost '{self.vhost}'")
+        if self._hash_property is not None and self._hash_property not in HASH_PROPERTIES:
+            raise PreconditionFailed(f"Unsupported property: {self._hash_property}")
 
     def bind(self, destination: Any, routing_key: str, arguments: dict) -> Binding | None:
-        try:
-            weight = int(routing_key)
-        except ValueError:
-            weight = 0
-        # The ring refuses (ValueError) weights above MAX_WEIGHT: that is the client's 406.
-        if not 1 <= weight <= MAX_WEIGHT:
-            raise PreconditionFailed(
-                f"binding key '{routing_key}' is not an integer weight between 1 and "
-                f"{MAX_WEIGHT} for x-consistent-hash exchange '{self.name}'")
+        # RabbitMQ's texts; the upper bound is ours (the ring refuses more: MAX_WEIGHT).
+        if not _INTEGER.fullmatch(routing_key):
+            raise PreconditionFailed(f'The binding key must be an integer: <<"{routing_key}">>')
+        weight = int(routing_key)
+        if weight < 1:
+            raise PreconditionFailed("The binding key must be greater than 0")
+        if weight > MAX_WEIGHT:
+            raise PreconditionFailed(f"The binding key must be at most {MAX_WEIGHT}")
         if any(b.destination is destination for b in self.bindings.values()):
             return None  # one ring entry per destination, as RabbitMQ keeps
         return super().bind(destination, routing_key, arguments)
@@ -242,19 +249,20 @@ class ConsistentHashExchange(Exchange):
     def _remove(self, binding: Binding) -> None:
         self._ring.remove(binding.destination)
 
-    def _hash_key(self, msg: Message, key: str) -> str | None:
+    def _hash_key(self, msg: Message, key: str) -> str:
+        # Without the header / property every message hashes alike: RabbitMQ documents that
+        # they all go to one (arbitrary) queue.
         if self._hash_header is not None:
             value = (msg.headers or {}).get(self._hash_header)
-            return None if value is None else str(value)
+            return "" if value is None else str(value)
         if self._hash_property is not None:
             from mq.broker.properties import property_value
             value = property_value(msg, self._hash_property)
-            return None if value is None else str(value)
+            return "" if value is None else str(value)
         return key
 
     def route(self, msg: Message, key: str) -> Iterable[Any]:
-        hashed = self._hash_key(msg, key)
-        dest = None if hashed is None else self._ring.pick(hashed)
+        dest = self._ring.pick(self._hash_key(msg, key))
         return () if dest is None else (dest,)
 
 
