@@ -19,7 +19,7 @@ from mq.broker.deadletter import without_bcc
 from mq.broker.properties import decode as decode_properties
 from mq.broker.properties import encode as encode_properties
 from mq.broker.queue import Queue
-from mq.broker.queue_args import check_expiration
+from mq.broker.queue_args import check_expiration, consumer_priority
 
 if TYPE_CHECKING:
     from mq.amqp.connection import Connection
@@ -487,9 +487,7 @@ class Channel:
                 queue.consumer_count or queue.settings.single_active_consumer)):
             raise AccessRefused(f"queue '{queue.name}' in vhost '{queue.vhost}' in exclusive use")
         arguments = m.arguments or {}
-        priority = arguments.get("x-priority", 0)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise PreconditionFailed(f"invalid x-priority argument {priority!r}: not an integer")
+        priority = consumer_priority(arguments, queue.name, queue.vhost)
         consumer = ChannelConsumer(self, queue, tag, m.no_ack, m.exclusive, priority,
                                    self.prefetch, arguments)
         self.consumers[tag] = consumer

@@ -136,3 +136,9 @@ def check_expiration(value: str) -> int:
             return ms
         reason = f"{{value_negative,{ms}}}" if ms < 0 else f"{{value_too_large,{ms}}}"
     raise PreconditionFailed(f"invalid expiration '{value}': {reason}")
+
+
+def consumer_priority(arguments: dict, queue: str, vhost: str) -> int:
+    """The `x-priority` consume argument (0 without it): any integer, else RabbitMQ's 406."""
+    return _int(f"queue '{queue}' in vhost '{vhost}'", "x-priority",
+                arguments.get("x-priority", 0), -2**63)  # the lowest AMQP long
