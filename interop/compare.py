@@ -5,8 +5,9 @@ from typing import Any
 
 from .outcome import NA, NOT_INSTALLED, SKIPPED, Outcome
 
-# Values that differ between any two runs by nature, not by broker behaviour.
-VOLATILE_KEYS = {"detail", "time"}
+# Values that differ between any two runs by nature, not by broker behaviour: error texts,
+# x-death times, and the random message_id some libraries (aio-pika, aiormq) add.
+VOLATILE_KEYS = {"detail", "time", "message_id"}
 
 
 def normalized(value: Any) -> Any:

@@ -17,6 +17,7 @@ class DriverRun:
     observed: dict[str, Any] | None
     problem: str | None   # "timeout", or why no observation came back
     seconds: float
+    where: str = ""       # on a timeout, the step the driver was in
 
 
 def run_driver(client: Client, scenario: str, url: str, steps: list[dict[str, Any]],
@@ -32,8 +33,8 @@ def run_driver(client: Client, scenario: str, url: str, steps: list[dict[str, An
         out, err = proc.communicate(json.dumps({"scenario": scenario, "steps": steps}).encode(),
                                     timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        return DriverRun(None, "timeout", time.monotonic() - started)
+        _, err = _kill_group(proc)
+        return DriverRun(None, "timeout", time.monotonic() - started, last_step(err))
     seconds = time.monotonic() - started
     for line in reversed(out.decode(errors="replace").splitlines()):
         if line.startswith("{"):
@@ -41,14 +42,24 @@ def run_driver(client: Client, scenario: str, url: str, steps: list[dict[str, An
                 return DriverRun(json.loads(line)["observed"], None, seconds)
             except (ValueError, KeyError):
                 break
-    tail = err.decode(errors="replace").strip().splitlines()[-3:]
+    tail = [line for line in err.decode(errors="replace").strip().splitlines()
+            if not line.startswith("interop-step ")][-3:]
     return DriverRun(None, f"driver exited {proc.returncode} without a report: {' | '.join(tail)}"[:400],
                      seconds)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen) -> tuple[bytes, bytes]:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    proc.communicate()
+    return proc.communicate()
+
+
+def last_step(stderr: bytes) -> str:
+    """The step a driver was in, from the 'interop-step N OP' lines it writes to stderr."""
+    steps = [line for line in stderr.decode(errors="replace").splitlines() if line.startswith("interop-step ")]
+    if not steps:
+        return ""
+    _, index, op = (steps[-1].split(" ", 2) + [""])[:3]
+    return f"in step {index} ({op})"

@@ -34,7 +34,7 @@ class Plan:
     expected: dict[str, Any]
     # Steps run by a fresh driver process after the broker was restarted (B-DUR-2).
     after_restart: list[Step] | None = None
-    timeout: float = 30.0
+    timeout: float = 20.0  # a healthy broker needs a few seconds; this bounds a hung client
 
 
 @dataclass
@@ -234,7 +234,7 @@ def bodies(ctx: Ctx) -> Plan:
         op("close"),
     ]
     return Plan(steps, {"large": {"body": expected_body({"size": LARGE})}, "empty": {"body": ""}},
-                timeout=90)
+                timeout=60)
 
 
 HEADER_VALUES = {
@@ -456,7 +456,7 @@ def restart(ctx: Ctx) -> Plan:
         op("queue_delete", queue=q),
         op("close"),
     ]
-    return Plan(before, {"confirmed": "ok", "survivors": ["p1", "p2"]}, after_restart=after, timeout=90)
+    return Plan(before, {"confirmed": "ok", "survivors": ["p1", "p2"]}, after_restart=after, timeout=75)
 
 
 def channel_error(ctx: Ctx) -> Plan:

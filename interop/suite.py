@@ -86,12 +86,13 @@ class Suite:
     def _run_cell(self, res: BrokerResult, s: Scenario, c: Client) -> None:
         plan = self.plan(s, c, res.broker.url)
         run = run_driver(c, s.name, res.broker.url, plan.steps, self._timeout(plan))
-        res.cells[(s.name, c.name)] = self._verdict(plan, run.observed, run.problem, run.seconds)
+        res.cells[(s.name, c.name)] = self._verdict(plan, run.observed, run.problem, run.seconds, run.where)
         self.progress(f"{res.broker.label}: {s.name} x {c.name}: {res.cells[(s.name, c.name)].status}")
 
-    def _verdict(self, plan: Plan, observed: dict | None, problem: str | None, seconds: float) -> Outcome:
+    def _verdict(self, plan: Plan, observed: dict | None, problem: str | None, seconds: float,
+                 where: str = "") -> Outcome:
         if problem == "timeout":
-            out = Outcome(TIMEOUT, f"timeout after {self._timeout(plan):.0f}s")
+            out = Outcome(TIMEOUT, f"timeout after {self._timeout(plan):.0f}s {where}".strip())
         elif observed is None:
             out = Outcome(FAIL, problem or "no report")
         else:
@@ -120,7 +121,7 @@ class Suite:
             a, b = first[cell], second[cell]
             if a.observed is None or b.observed is None:
                 bad = a if a.observed is None else b
-                res.cells[cell] = self._verdict(plan, None, bad.problem, a.seconds + b.seconds)
+                res.cells[cell] = self._verdict(plan, None, bad.problem, a.seconds + b.seconds, bad.where)
             else:
                 res.cells[cell] = self._verdict(plan, {**a.observed, **b.observed}, None,
                                                 a.seconds + b.seconds)

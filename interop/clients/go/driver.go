@@ -326,6 +326,19 @@ func (d *driver) run(s Step) (interface{}, error) {
 	if err != nil {
 		return nil, err
 	}
+	result, err := d.channelOp(op, c, s)
+	if errors.Is(err, amqp.ErrClosed) {
+		// The broker's channel.close reaches NotifyClose on another goroutine; give it a moment
+		// so the report carries the broker's code (404), not the library's generic 504.
+		time.Sleep(100 * time.Millisecond)
+		if _, closed := d.chanOf(s); closed != nil {
+			return nil, closed
+		}
+	}
+	return result, err
+}
+
+func (d *driver) channelOp(op string, c *channel, s Step) (interface{}, error) {
 	ch := c.ch
 	switch op {
 	case "exchange_declare":
@@ -547,6 +560,7 @@ func main() {
 	d := &driver{url: u, conns: map[string]*amqp.Connection{}, chans: map[string]*channel{},
 		consumers: map[string]*consumer{}}
 	for i, s := range input.Steps {
+		fmt.Fprintf(os.Stderr, "interop-step %d %v\n", i, s["op"]) // names the step if we time out
 		result, err := d.run(s)
 		if err != nil {
 			var u unsupported

@@ -361,6 +361,7 @@ public final class Driver {
         Map<String, Object> observed = new LinkedHashMap<>();
         for (int k = 0; k < steps.size(); k++) {
             Map<String, Object> s = (Map<String, Object>) steps.get(k);
+            System.err.println("interop-step " + k + " " + s.get("op")); // names the step if we time out
             try {
                 Object result = d.run(s);
                 if (s.containsKey("save")) observed.put((String) s.get("save"), result == null ? "ok" : result);

@@ -92,10 +92,17 @@ function withQuery(url, key, value) {
 
 class Unsupported extends Error {}
 
+// The step in progress, so a driver whose event loop drains mid-step can say where it stopped.
+const progress = { step: -1, op: null, observed: null };
+
 async function runSteps(driver, steps) {
   const observed = {};
+  progress.observed = observed;
   for (let i = 0; i < steps.length; i++) {
     const step = steps[i];
+    progress.step = i;
+    progress.op = step.op;
+    process.stderr.write(`interop-step ${i} ${step.op}\n`); // names the step if we time out
     const fn = driver['op_' + step.op];
     try {
       if (!fn) throw new Unsupported(step.op);
@@ -122,6 +129,20 @@ async function runSteps(driver, steps) {
 function main(makeDriver) {
   const [scenario, url] = process.argv.slice(2);
   let input = '';
+  let reported = false;
+  const report = (observed) => {
+    reported = true;
+    process.stdout.write(JSON.stringify({ scenario, observed }) + '\n', () => process.exit(0));
+  };
+  // Node exits quietly when nothing is left to wait for: a library promise that will never
+  // settle (no reply, no timer) ends here instead of in a timeout.
+  process.on('beforeExit', () => {
+    if (reported) return;
+    const observed = progress.observed || {};
+    observed._abort = { step: progress.step, op: progress.op, error: 'hang',
+      detail: 'no reply: the client library stopped waiting without settling' };
+    report(observed);
+  });
   process.stdin.on('data', (d) => { input += d; });
   process.stdin.on('end', async () => {
     let observed;
@@ -133,7 +154,7 @@ function main(makeDriver) {
     } catch (err) {
       observed = { _crash: String(err?.stack ?? err).slice(-2000) };
     }
-    process.stdout.write(JSON.stringify({ scenario, observed }) + '\n', () => process.exit(0));
+    report(observed);
   });
 }
 

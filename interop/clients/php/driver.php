@@ -344,6 +344,7 @@ function main(array $argv): void {
     $observed = [];
     foreach ($steps as $i => $step) {
         $method = 'op_' . $step['op'];
+        fwrite(STDERR, "interop-step $i {$step['op']}\n"); // names the step if we time out
         try {
             if (!method_exists($driver, $method)) throw new Unsupported($step['op']);
             $result = $driver->$method($step);

@@ -226,9 +226,16 @@ def _result(step: dict[str, Any], value: Any) -> Any:
     return "ok" if value is None else value
 
 
+def announce(index: int, step: dict[str, Any]) -> None:
+    """Tell the harness (on stderr) which step runs, so a timeout can name the step that hung."""
+    sys.stderr.write(f"interop-step {index} {step['op']}\n")
+    sys.stderr.flush()
+
+
 def run_sync(driver: Driver, steps: list[dict[str, Any]]) -> dict[str, Any]:
     observed: dict[str, Any] = {}
     for i, step in enumerate(steps):
+        announce(i, step)
         method = getattr(driver, "op_" + step["op"], driver.unsupported)
         try:
             result, exc = _result(step, method(step)), None
@@ -242,6 +249,7 @@ def run_sync(driver: Driver, steps: list[dict[str, Any]]) -> dict[str, Any]:
 async def run_async(driver: Driver, steps: list[dict[str, Any]]) -> dict[str, Any]:
     observed: dict[str, Any] = {}
     for i, step in enumerate(steps):
+        announce(i, step)
         method = getattr(driver, "op_" + step["op"], driver.unsupported)
         try:
             value = method(step)

@@ -271,6 +271,8 @@ def main
   observed = {}
   steps.each_with_index do |step, i|
     meth = "op_#{step['op']}"
+    $stderr.puts "interop-step #{i} #{step['op']}" # names the step if we time out
+    $stderr.flush
     begin
       raise Unsupported, step['op'] unless driver.respond_to?(meth)
       result = driver.public_send(meth, step)
