@@ -103,9 +103,10 @@ cdef class FrameReader:
         return self._parse(False)
 
     def events(self) -> list:
-        """Like frames(), except that a basic.publish whose content header and single body
-        frame are already buffered comes as one event:
-        (0, channel, exchange, routing_key, mandatory, props, body)."""
+        """Like frames(), except for the two hottest methods: a basic.publish whose content
+        header and single body frame are already buffered comes as one event
+        (EVENT_PUBLISH, channel, exchange, routing_key, mandatory, props, body), and a
+        basic.ack as (EVENT_ACK, channel, delivery_tag, multiple)."""
         return self._parse(True)
 
     cdef list _parse(self, bint assemble):
@@ -123,11 +124,16 @@ cdef class FrameReader:
                 if out:
                     break
                 self._raise_bad(p, self._pos, size)
-            if assemble and p[self._pos] == FRAME_METHOD and size >= 4 \
-                    and _u32(p + self._pos + 7) == 0x003C0028:
-                ev = self._publish_at(p, n, size)
-                if ev is not None:
-                    out.append(ev)
+            if assemble and p[self._pos] == FRAME_METHOD and size >= 4:
+                if _u32(p + self._pos + 7) == 0x003C0028:
+                    ev = self._publish_at(p, n, size)
+                    if ev is not None:
+                        out.append(ev)
+                        continue
+                elif _u32(p + self._pos + 7) == 0x003C0050 and size == 13:
+                    out.append((EVENT_ACK, _u16(p + self._pos + 1), _u64(p + self._pos + 11),
+                                bool(p[self._pos + 19] & 1)))
+                    self._pos += size + 8
                     continue
             out.append((p[self._pos], _u16(p + self._pos + 1),
                         PyBytes_FromStringAndSize(<const char *>p + self._pos + 7, size)))
@@ -175,8 +181,15 @@ cdef class FrameReader:
         return (0, channel, exchange, routing_key, mandatory, props, body)
 
 
+EVENT_PUBLISH = 0
+EVENT_ACK = 9
+
+
 def unassemble(tuple event) -> list:
-    """The three (or two) frames of an assembled publish event, as the client sent them."""
+    """The frames of an assembled event, as the client sent them."""
+    if event[0] == EVENT_ACK:
+        return [(FRAME_METHOD, event[1], b"\x00\x3c\x00\x50" + event[2].to_bytes(8, "big")
+                 + (b"\x01" if event[3] else b"\x00"))]
     _, channel, exchange, routing_key, mandatory, props, body = event
     ex = exchange.encode("utf-8", "surrogateescape")
     rk = routing_key.encode("utf-8", "surrogateescape")

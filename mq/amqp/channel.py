@@ -328,6 +328,11 @@ class Channel:
         if body:
             self._complete(body)
 
+    def ack_assembled(self, delivery_tag: int, multiple: bool) -> None:
+        """basic.ack, decoded by the frame reader."""
+        self.current_method = (60, 80)
+        self._ack(delivery_tag, multiple)
+
     def _accept_header(self, body_size: int, props: bytes) -> None:
         limit = self.conn.broker.max_message_size
         if body_size > limit:
@@ -605,9 +610,10 @@ class Channel:
         if self.global_prefetch:
             self.resume_deliveries()
             return
-        queues = {consumer.queue for _, _, consumer in taken if consumer is not None}
-        for queue in queues:
-            queue.dispatch()
+        pending = self.conn.pending_dispatch
+        for _, _, consumer in taken:
+            if consumer is not None:
+                pending[consumer.queue] = None
 
     # ---- transactions -------------------------------------------------------------------
 

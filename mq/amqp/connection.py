@@ -68,6 +68,8 @@ class Connection:
         self.reader = frames.FrameReader(FRAME_MIN)
         self.state = "header"
         self.channels: dict[int, Channel] = {}
+        # Queues whose consumers got room back during a read: dispatched once at its end.
+        self.pending_dispatch: dict[Any, None] = {}
         self.channel_max = CHANNEL_MAX
         self.frame_max = FRAME_MAX
         self.heartbeat = 0
@@ -115,12 +117,19 @@ class Connection:
                 self._connection_error(InternalError("internal error, see the broker log"),
                                        *self._current_method)
             finally:
-                for ch in list(self.channels.values()):
-                    ch.flush_confirms()
+                self._after_read()
         except Exception:
             # The error path itself failed: drop the socket rather than leave a dead protocol.
             log.exception("error while closing connection %s, dropping it", self.name)
             self.abort()
+
+    def _after_read(self) -> None:
+        """Deliveries freed by this read's acks, then its confirms, each batched."""
+        pending, self.pending_dispatch = self.pending_dispatch, {}
+        for queue in pending:
+            queue.dispatch()
+        for ch in list(self.channels.values()):
+            ch.flush_confirms()
 
     def _process(self) -> None:
         if self.state == "header" and not self._protocol_header():
@@ -130,24 +139,29 @@ class Connection:
             if not events:
                 return
             for event in events:
-                if event[0]:
-                    self._frame(*event)
+                kind = event[0]
+                if kind == frames.EVENT_PUBLISH or kind == frames.EVENT_ACK:
+                    self._hot(event)
                 else:
-                    self._publish(event)
+                    self._frame(*event)
                 if self.closed:
                     return
 
-    def _publish(self, event: tuple) -> None:
-        """A basic.publish that the frame reader assembled with its content (the hot path).
-        Anything unusual replays it as its three frames, so errors come out as they would."""
+    def _hot(self, event: tuple) -> None:
+        """A publish (with its content) or an ack that the frame reader decoded itself.
+        Anything unusual replays it as frames, so errors come out as they would."""
         ch = self.channels.get(event[1])
         if self.state != "open" or ch is None or not ch.ready_for_publish():
             for frame in frames.unassemble(event):
                 self._frame(*frame)
             return
-        self._current_method = (60, 40)
         try:
-            ch.publish_assembled(event[2], event[3], event[4], event[5], event[6])
+            if event[0] == frames.EVENT_ACK:
+                self._current_method = (60, 80)
+                ch.ack_assembled(event[2], event[3])
+            else:
+                self._current_method = (60, 40)
+                ch.publish_assembled(event[2], event[3], event[4], event[5], event[6])
         except AMQPError as exc:
             if exc.connection_level:
                 raise

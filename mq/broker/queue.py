@@ -63,6 +63,10 @@ class Queue:
         self._had_consumer = False
         self._expiry_timer: Timer | None = None
         self._unused_timer: Timer | None = None
+        # Set for a durable queue when the broker has a store: persistent messages in it
+        # are logged (enqueue, delivered, gone).
+        self.store: Any = None
+        self.store_qid = 0
         self.touch()
 
     @property
@@ -80,19 +84,21 @@ class Queue:
         settings = self.settings
         if self._limited and settings.overflow != "drop-head" and self._would_overflow(msg):
             if settings.overflow == "reject-publish-dlx":
-                self.host.dead_letter(self, [Entry(msg, 0, 0, 0.0)], "maxlen")
+                self._dead_letter([Entry(msg, 0, 0, 0.0)], "maxlen")
             return False
         now = time.time()
         expires_at = _deadline(msg, settings.message_ttl, now) \
             if settings.message_ttl is not None or msg.expiration is not None else 0.0
         entry = self.ready.push(msg, expires_at)
+        if self.store_qid and msg.delivery_mode == 2:
+            self.store.enqueue(self.store_qid, msg, expires_at)
         if self.consumer_count:
             self.dispatch(now)
         if expires_at:
             if expires_at <= now:  # TTL 0: only a consumer ready right now could take it
                 if not entry.removed:
                     self.ready.remove(entry)
-                    self.host.dead_letter(self, [entry], "expired")
+                    self._dead_letter([entry], "expired")
             else:
                 self._arm_expiry()
         if self._limited:
@@ -114,7 +120,7 @@ class Queue:
                     and ready.bytes > settings.max_length_bytes)):
             dropped.append(ready.pop_lowest())
         if dropped:
-            self.host.dead_letter(self, dropped, "maxlen")
+            self._dead_letter(dropped, "maxlen")
 
     def requeue(self, entries: Iterable[Entry]) -> None:
         """Return delivered-but-unsettled messages to their places, marked redelivered."""
@@ -126,7 +132,7 @@ class Queue:
         now = time.time()
         expired = self.ready.expire_due(now)
         if expired:
-            self.host.dead_letter(self, expired, "expired")
+            self._dead_letter(expired, "expired")
         self.dispatch(now)
         self._arm_expiry()
 
@@ -147,7 +153,7 @@ class Queue:
             return
         expired = self.ready.expire_due(time.time())
         if expired:
-            self.host.dead_letter(self, expired, "expired")
+            self._dead_letter(expired, "expired")
         self._arm_expiry()
 
     def touch(self) -> None:
@@ -179,11 +185,13 @@ class Queue:
             if entry.expires_at:
                 now = now or time.time()
                 if entry.expires_at < now:
-                    self.host.dead_letter(self, [entry], "expired")
+                    self._dead_letter([entry], "expired")
                     continue
             if not consumer.no_ack:
                 self.unacked += 1
             consumer.deliver(entry, self)
+            if self.store_qid and entry.msg.store_id:
+                self._handed_out(entry, consumer.no_ack)
 
     def get(self, no_ack: bool) -> Entry | None:
         self.touch()
@@ -192,7 +200,9 @@ class Queue:
             entry = self.ready.pop()
             if entry is None or not entry.expires_at or entry.expires_at >= now:
                 break
-            self.host.dead_letter(self, [entry], "expired")
+            self._dead_letter([entry], "expired")
+        if entry is not None and self.store_qid and entry.msg.store_id:
+            self._handed_out(entry, no_ack)
         if entry is not None and not no_ack:
             self.unacked += 1
         return entry
@@ -200,21 +210,57 @@ class Queue:
     def settle(self, entries: Iterable[Entry]) -> None:
         """Delivered messages acknowledged: they are gone."""
         if not self.deleted:
-            self.unacked -= sum(1 for _ in entries)
+            entries = list(entries)
+            self.unacked -= len(entries)
+            self._unstore(entries)
 
     def reject(self, entries: list[Entry]) -> None:
         """Delivered messages rejected without requeue: gone, or dead-lettered."""
         if not self.deleted:
             self.unacked -= len(entries)
-            self.host.dead_letter(self, entries, "rejected")
+            self._dead_letter(entries, "rejected")
 
     def purge(self) -> int:
-        return len(self.ready.purge())
+        purged = self.ready.purge()
+        self._unstore(purged)
+        return len(purged)
+
+    # ---- the store ----------------------------------------------------------------------
+
+    def recover(self, messages: Iterable[tuple[Message, float, bool]]) -> None:
+        """Messages from the store after a restart: (message, expiry, redelivered), in order."""
+        for msg, expires_at, redelivered in messages:
+            self.ready.push(msg, expires_at).redelivered = redelivered
+        self._arm_expiry()
+
+    def _dead_letter(self, entries: list[Entry], reason: str) -> None:
+        """Messages leave for good (expired, dropped, rejected): forwarded first, so that a
+        crash in between leaves a duplicate, never a loss (B-DLX-6)."""
+        self.host.dead_letter(self, entries, reason)
+        self._unstore(entries)
+
+    def _unstore(self, entries: Iterable[Entry]) -> None:
+        if self.store_qid:
+            store, qid = self.store, self.store_qid
+            for entry in entries:
+                if entry.msg.store_id:
+                    store.ack(qid, entry.msg.store_id)
+
+    def _handed_out(self, entry: Entry, no_ack: bool) -> None:
+        """A stored message went to a client: gone (no_ack), or redelivered after a crash."""
+        if no_ack:
+            self.store.ack(self.store_qid, entry.msg.store_id)
+        else:
+            self.store.delivered(self.store_qid, entry.msg.store_id)
 
     def _pick_consumer(self) -> Consumer | None:
         if self._single_active is not None:
             return self._single_active if self._single_active.has_room() else None
-        for _, group in self._groups:
+        groups = self._groups
+        if len(groups) == 1 and len(groups[0][1]) == 1:  # the common single consumer
+            consumer = groups[0][1][0]
+            return consumer if consumer.has_room() else None
+        for _, group in groups:
             for _ in range(len(group)):
                 consumer = group[0]
                 group.rotate(-1)
