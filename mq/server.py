@@ -15,6 +15,7 @@ from mq.amqp.connection import Connection
 from mq.broker.broker import Broker
 from mq.broker.errors import ConnectionForced
 from mq.config import Settings
+from mq.store import Store, StoreError
 
 log = logging.getLogger("mq.server")
 
@@ -99,6 +100,15 @@ class Server:
         """Run until cancelled or SIGTERM/SIGINT."""
         os.makedirs(self.settings.data_dir, exist_ok=True)
         loop = asyncio.get_running_loop()
+        # Recover durable state before accepting anyone.
+        store = Store(self.settings.data_dir)
+        try:
+            recovered = store.open()
+        except StoreError as exc:
+            log.error("cannot start: %s", exc)
+            raise SystemExit(f"mq: {exc}") from None
+        self.broker.restore(store, recovered)
+        store.start(loop)
         self.broker.timers.attach(loop)
         listener = await loop.create_server(lambda: AMQPProtocol(self), self.settings.host,
                                             self.settings.port, reuse_address=True, backlog=1024)
@@ -114,6 +124,7 @@ class Server:
         finally:
             listener.close()
             self.shutdown()
+            store.close()
 
     async def _ticker(self) -> None:
         while True:

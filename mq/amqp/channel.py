@@ -432,7 +432,7 @@ class Channel:
         last_ack = 0
         out = []
         while pending and pending[0][1] is not None:
-            seq, ok = pending.popleft()
+            seq, ok = pending.popleft()[:2]
             if ok:
                 last_ack = seq
                 continue

@@ -42,6 +42,7 @@ class VirtualHost:
     def __init__(self, name: str, timers: Timers | None = None) -> None:
         self.name = name
         self.timers = timers or Timers()
+        self.store: Any = None  # set by the broker when it has one: durable changes go there
         self.queues: dict[str, Queue] = {}
         self.reply_queues: dict[str, Queue] = {}  # direct reply-to pseudo-queues
         self.exchanges: dict[str, Exchange] = {
@@ -85,6 +86,8 @@ class VirtualHost:
             raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
         exchange = cls(self.name, name, durable, auto_delete, internal, arguments)
         self.exchanges[name] = exchange
+        if durable and self.store is not None:
+            self.store.declare_exchange(self.name, name, type_, auto_delete, internal, arguments)
         return exchange
 
     def delete_exchange(self, name: str, if_unused: bool = False) -> None:
@@ -100,6 +103,8 @@ class VirtualHost:
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         del self.exchanges[exchange.name]
+        if exchange.durable and self.store is not None:
+            self.store.delete_exchange(self.name, exchange.name)
         for binding in list(exchange.bindings.values()):
             self._drop_binding(binding, cascade=False)
         for binding in list(exchange.incoming.values()):
@@ -146,6 +151,9 @@ class VirtualHost:
             return existing
         queue = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
         self.queues[name] = queue
+        if durable and not exclusive and self.store is not None:
+            queue.store = self.store
+            queue.store_qid = self.store.declare_queue(self.name, name, auto_delete, arguments)
         log.info("queue created vhost=%s queue=%s durable=%s exclusive=%s",
                  self.name, name, durable, exclusive)
         return queue
@@ -179,6 +187,8 @@ class VirtualHost:
         del self.queues[queue.name]
         for binding in list(queue.incoming.values()):
             self._drop_binding(binding)
+        if queue.store_qid:
+            self.store.delete_queue(self.name, queue.name)
         log.info("queue deleted vhost=%s queue=%s", self.name, queue.name)
         return queue.delete()
 
@@ -213,6 +223,7 @@ class VirtualHost:
         binding = source.bind(destination, routing_key, arguments or {})
         if binding is not None:
             destination.incoming[(id(source),) + binding.key] = binding
+            self._store_binding(binding, True)
 
     def unbind(self, source: Exchange, destination: Any, routing_key: str,
                arguments: dict | None = None) -> None:
@@ -220,14 +231,27 @@ class VirtualHost:
         binding = source.unbind(destination, routing_key, arguments or {})
         if binding is not None:
             destination.incoming.pop((id(source),) + binding.key, None)
+            self._store_binding(binding, False)
             self._auto_delete(source)
 
     def _drop_binding(self, binding: Binding, cascade: bool = True) -> None:
         source = binding.source
         source.unbind(binding.destination, binding.routing_key, binding.arguments)
         binding.destination.incoming.pop((id(source),) + binding.key, None)
+        self._store_binding(binding, False)
         if cascade:
             self._auto_delete(source)
+
+    def _store_binding(self, binding: Binding, added: bool) -> None:
+        """A binding is durable when both its ends are (a durable, non-exclusive queue)."""
+        dest = binding.destination
+        to_exchange = isinstance(dest, Exchange)
+        if self.store is None or not binding.source.durable or \
+                not (dest.durable if to_exchange else dest.store_qid):
+            return
+        record = self.store.bind if added else self.store.unbind
+        record(self.name, binding.source.name, to_exchange, dest.name, binding.routing_key,
+               binding.arguments)
 
     def _auto_delete(self, exchange: Exchange) -> None:
         if exchange.auto_delete and not exchange.bindings \
