@@ -12,6 +12,7 @@ cdef class Message:
     cdef Py_ssize_t _hdr_end
     cdef object _headers
     cdef public long long store_id
+    cdef public tuple bcc  # BCC routing keys, kept after the header is removed
 
     cdef str _shortstr(self, const unsigned char *p, Py_ssize_t *off, Py_ssize_t end)
     cdef void _need(self, Py_ssize_t off, Py_ssize_t n, Py_ssize_t end) except *

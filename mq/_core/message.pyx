@@ -40,6 +40,7 @@ cdef class Message:
         self._hdr_end = -1
         self._headers = None
         self.store_id = 0
+        self.bcc = None
         self._scan()
 
     cdef str _shortstr(self, const unsigned char *p, Py_ssize_t *off, Py_ssize_t end):

@@ -2,80 +2,120 @@
 x-death history exactly as RabbitMQ writes it, and the cycle rule."""
 from __future__ import annotations
 
-import datetime
+import time
 from typing import Any
 
 from mq._core.message import Message
-from mq.broker.properties import decode, encode
+from mq.broker import rawprops
 
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
+def _cc_keys(msg: Message) -> list[str]:
+    cc = (msg.headers or {}).get("CC") if b"CC" in msg.props else None
+    return [_text(k) for k in cc] if isinstance(cc, list) else []
+
+
 def routing_keys(msg: Message) -> list[str]:
-    """The keys a message is routed by: its routing key, then its CC and BCC headers."""
-    keys = [msg.routing_key]
-    if b"CC" in msg.props and msg.headers:
-        for name in ("CC", "BCC"):
-            extra = msg.headers.get(name)
-            if isinstance(extra, list):
-                keys.extend(_text(k) for k in extra)
+    """The keys a message is routed by: its routing key, then its CC and BCC keys (BCC from
+    the header on publish, later from the message record, since the header is removed)."""
+    keys = [msg.routing_key] + _cc_keys(msg)
+    if b"BCC" in msg.props and msg.headers:
+        bcc = msg.headers.get("BCC")
+        if isinstance(bcc, list):
+            keys.extend(_text(k) for k in bcc)
+    if msg.bcc:
+        keys.extend(msg.bcc)
     return keys
 
 
 def without_bcc(msg: Message) -> Message:
-    """BCC keys route the message but are never shown to consumers."""
+    """BCC keys route the message but are never shown to consumers; the copy remembers them
+    for dead lettering, which RabbitMQ routes by the original keys, BCC included."""
     if b"BCC" not in msg.props or not msg.headers or "BCC" not in msg.headers:
         return msg
-    props = decode(msg.props)
-    props.headers = {k: v for k, v in props.headers.items() if k != "BCC"}
-    return msg.with_route(msg.exchange, msg.routing_key, encode(props))
+    bcc = msg.headers["BCC"]
+    fields = rawprops.split_properties(msg.props)
+    fields["headers"] = rawprops.join_table(
+        [e for e in rawprops.split_table(fields["headers"]) if e[0] != "BCC"])
+    out = msg.with_route(msg.exchange, msg.routing_key, rawprops.join_properties(fields))
+    out.bcc = tuple(_text(k) for k in bcc) if isinstance(bcc, list) else None
+    return out
+
+
+def _sorted(entries: rawprops.Entries) -> rawprops.Entries:
+    """RabbitMQ's sort_field_table: entries by name."""
+    return sorted(entries, key=lambda e: e[0])
+
+
+def _queue_and_reason(entries: rawprops.Entries) -> tuple[str | None, str | None]:
+    found = dict(entries)
+    return rawprops.text(found.get("queue")), rawprops.text(found.get("reason"))
 
 
 def dead_lettered(msg: Message, queue: str, reason: str, exchange: str,
                   routing_key: str | None) -> Message:
-    """The copy of `msg` that queue `queue` sends to `exchange` for `reason`."""
-    props = decode(msg.props)
-    headers = dict(props.headers or {})
-    cc = headers.get("CC")
-    keys = [msg.routing_key] + ([_text(k) for k in cc] if isinstance(cc, list) else [])
-    if routing_key is not None:
-        headers.pop("CC", None)  # a dead-letter routing key replaces all original keys
-    death: dict[str, Any] = {
-        "count": 1,
-        "exchange": msg.exchange,
-        "queue": queue,
-        "reason": reason,
-        "routing-keys": keys,
-        "time": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0),
-    }
-    if props.expiration is not None:
-        death["original-expiration"] = props.expiration
-        props.expiration = None
-    death = dict(sorted(death.items()))  # RabbitMQ keeps the table's fields sorted
-    history = [d for d in headers.get("x-death") or [] if isinstance(d, dict)]
-    for i, previous in enumerate(history):
-        if _text(previous.get("queue")) == queue and _text(previous.get("reason")) == reason:
-            death = dict(previous)
-            death["count"] = int(previous.get("count") or 0) + 1
-            del history[i]
-            break
-    headers["x-death"] = [death] + history
-    headers.setdefault("x-first-death-exchange", msg.exchange)
-    headers.setdefault("x-first-death-queue", queue)
-    headers.setdefault("x-first-death-reason", reason)
-    props.headers = headers
-    return Message(exchange, msg.routing_key if routing_key is None else routing_key,
-                   encode(props), msg.body)
+    """The copy of `msg` that queue `queue` sends to `exchange` for `reason`, with the
+    x-death history as RabbitMQ 3.10 writes it: a first death's table in RabbitMQ's field
+    order with x-first-death-*; later ones sorted, a repeat of queue and reason counted
+    and moved to the front. Every other header keeps its exact encoding."""
+    fields = rawprops.split_properties(msg.props)
+    headers = rawprops.split_table(fields["headers"]) if "headers" in fields else []
+    keys = [msg.routing_key] + _cc_keys(msg)
+    info: rawprops.Entries = [
+        ("reason", rawprops.longstr(reason)),
+        ("queue", rawprops.longstr(queue)),
+        ("time", rawprops.timestamp(int(time.time()))),
+        ("exchange", rawprops.longstr(msg.exchange)),
+        ("routing-keys", rawprops.array([rawprops.longstr(k) for k in keys])),
+    ]
+    if "expiration" in fields:
+        info.append(("original-expiration",
+                     rawprops.longstr(rawprops.shortstr_text(fields.pop("expiration")))))
+    history = dict(headers).get("x-death")
+    if history is None or history[:1] != b"A":
+        first = {"x-first-death-reason": reason, "x-first-death-queue": queue,
+                 "x-first-death-exchange": msg.exchange}
+        headers = [e for e in headers if e[0] not in first and e[0] != "x-death"]
+        headers += [(k, rawprops.longstr(v)) for k, v in first.items()]
+        deaths = [rawprops.table([("count", rawprops.long(1))] + info)]
+    else:
+        tables = [rawprops.split_table(d[1:]) if d[:1] == b"F" else []
+                  for d in rawprops.split_array(history)]
+        for i, entries in enumerate(tables):
+            if _queue_and_reason(entries) == (queue, reason):
+                count = rawprops.integer(dict(entries).get("count", b"")) or 0
+                entries = [e for e in entries if e[0] != "count"]
+                entries.append(("count", rawprops.long(count + 1)))
+                del tables[i]
+                break
+        else:
+            entries = [("count", rawprops.long(1))] + info
+        deaths = [rawprops.table(_sorted(entries))] + [rawprops.table(t) for t in tables]
+        headers = [e for e in headers if e[0] != "x-death"]
+    headers.append(("x-death", rawprops.array(deaths)))
+    headers = _sorted(headers)
+    if routing_key is not None:  # a dead-letter routing key replaces all original keys
+        headers = [e for e in headers if e[0] != "CC"]
+    fields["headers"] = rawprops.join_table(headers)
+    out = Message(exchange, msg.routing_key if routing_key is None else routing_key,
+                  rawprops.join_properties(fields), msg.body)
+    if routing_key is None:
+        out.bcc = msg.bcc
+    return out
 
 
 def is_cycle(msg: Message, target_queue: str, reason: str) -> bool:
-    """A dead-lettered message back at a queue it died in, with no rejection on the way,
-    is dropped (RabbitMQ's rule)."""
+    """A dead-lettered message back at a queue it died in, with no rejection since it died
+    there, is dropped (RabbitMQ's rule: only the deaths back to that queue count)."""
     if reason == "rejected":
         return False
-    deaths = (msg.headers or {}).get("x-death") or []
-    if any(_text(d.get("reason")) == "rejected" for d in deaths):
-        return False
-    return any(_text(d.get("queue")) == target_queue for d in deaths)
+    deaths = [d if isinstance(d, dict) else {} for d in (msg.headers or {}).get("x-death") or []]
+    for death in deaths:
+        if _text(death.get("reason")) == "rejected":
+            return False
+        if _text(death.get("queue")) == target_queue:
+            return True
+    return False

@@ -264,7 +264,7 @@ class VirtualHost:
         """Every queue the message reaches, each once: by its routing key and CC/BCC keys,
         through exchange-to-exchange bindings and alternate exchanges."""
         if not exchange.has_exchange_destinations and exchange.alternate is None \
-                and b"CC" not in msg.props:
+                and b"CC" not in msg.props and msg.bcc is None:
             return list(exchange.route(msg, msg.routing_key))
         keys = routing_keys(msg)
         queues: dict[Queue, None] = {}
