@@ -11,10 +11,10 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 def bind_queues(channel: BlockingChannel, exchange: str, bindings: dict[str, list[str]],
                 arguments: dict | None = None) -> list[str]:
-    """Declare each queue (names are unique per test) and bind it to `exchange` with each of
-    its keys; returns the queue names."""
+    """Declare each queue (exclusive, so it goes with the test's connection) and bind it to
+    `exchange` with each of its keys; returns the queue names."""
     for queue, keys in bindings.items():
-        channel.queue_declare(queue)
+        channel.queue_declare(queue, exclusive=True)
         for key in keys:
             channel.queue_bind(queue, exchange, key, arguments=arguments)
     return list(bindings)

@@ -54,6 +54,8 @@ def test_loop_between_exchanges_delivers_once(channel: BlockingChannel, uid: str
     for start in (x["a"], x["b"]):
         channel.basic_publish(start, "k", start.encode())
         assert {q: drain(channel, q) for q in queues} == {q: [start.encode()] for q in queues}
+    for name in x.values():  # the loop's bindings would keep them alive
+        channel.exchange_delete(name)
 
 
 def test_diamond_delivers_once(channel: BlockingChannel, uid: str) -> None:
@@ -72,7 +74,7 @@ def test_headers_exchange_as_destination(channel: BlockingChannel, uid: str) -> 
     matches on the message's headers."""
     x = declare(channel, uid, src="topic", dst="headers")
     channel.exchange_bind(x["dst"], x["src"], "#")
-    channel.queue_declare(f"{uid}-q")
+    channel.queue_declare(f"{uid}-q", exclusive=True)
     channel.queue_bind(f"{uid}-q", x["dst"], "", arguments={"x-match": "any", "kind": "a"})
     channel.basic_publish(x["src"], "x.y", b"a", pika.BasicProperties(headers={"kind": "a"}))
     channel.basic_publish(x["src"], "x.y", b"b", pika.BasicProperties(headers={"kind": "b"}))
@@ -103,6 +105,7 @@ def test_bind_with_missing_exchange_is_404(channel: BlockingChannel, uid: str,
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
         channel.exchange_bind(destination, source)
     assert_channel_closed(info, 404, f"NOT_FOUND - no exchange '{absent}' in vhost '/'")
+    channel.connection.channel().exchange_delete(x["present"])
 
 
 def test_deleting_either_end_removes_the_binding(connection: pika.BlockingConnection,

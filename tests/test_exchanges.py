@@ -41,8 +41,8 @@ def test_predeclared_exchange_has_its_type_not_another(channel: BlockingChannel)
 
 def test_default_exchange_routes_to_queue_by_name(channel: BlockingChannel, uid: str) -> None:
     """B-EX-1: the default exchange delivers to the queue named by the routing key, only there."""
-    channel.queue_declare(f"{uid}-a")
-    channel.queue_declare(f"{uid}-b")
+    channel.queue_declare(f"{uid}-a", exclusive=True)
+    channel.queue_declare(f"{uid}-b", exclusive=True)
     channel.basic_publish("", f"{uid}-a", b"for a")
     assert drain(channel, f"{uid}-a") == [b"for a"]
     assert drain(channel, f"{uid}-b") == []
@@ -75,6 +75,7 @@ def test_default_exchange_is_untouchable(connection: pika.BlockingConnection, ui
     channel = connection.channel()
     channel.basic_publish("", uid, b"still routed")
     assert drain(channel, uid) == [b"still routed"]
+    channel.exchange_delete(f"{uid}-x")
 
 
 def test_predeclared_exchanges_cannot_be_deleted(channel: BlockingChannel) -> None:
@@ -177,6 +178,7 @@ def test_passive_declare(connection: pika.BlockingConnection, uid: str) -> None:
     channel = connection.channel()
     channel.exchange_declare(f"{uid}-x", "topic", auto_delete=True)
     channel.exchange_declare(f"{uid}-x", "fanout", passive=True)
+    channel.exchange_delete(f"{uid}-x")
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
         channel.exchange_declare(f"{uid}-missing", "direct", passive=True)
     assert_channel_closed(info, 404, f"NOT_FOUND - no exchange '{uid}-missing' in vhost '/'")

@@ -364,6 +364,7 @@ def test_bind_to_missing_exchange_or_queue_is_404(channel: BlockingChannel, uid:
         channel.queue_bind(queue, exchange, "k")
     assert_channel_closed(info, 404, f"NOT_FOUND - no {missing.format(x=exchange, q=queue)} "
                                      "in vhost '/'")
+    channel.connection.channel().exchange_delete(exchange)
 
 
 def test_unbind_that_isnt_there_is_ok(channel: BlockingChannel, uid: str) -> None:
