@@ -13,11 +13,6 @@ from amqputil import assert_channel_closed
 from exqutil import bind_queues, drain, exchange_exists, routed_to
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def declare(channel: BlockingChannel, uid: str, **types: str) -> dict[str, str]:
     """Declare auto-delete exchanges `{uid}-{name}` of the given types; returns their names."""
     names = {}

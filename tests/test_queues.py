@@ -21,11 +21,6 @@ from rawamqp import RawClient
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def other_connection(mq_url: str) -> Iterator[pika.BlockingConnection]:
     """A second connection, to use a queue from outside its owner."""
     conn = pika.BlockingConnection(pika.URLParameters(mq_url))
