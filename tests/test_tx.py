@@ -6,7 +6,7 @@ import pika
 import pytest
 
 from amqputil import (assert_channel_closed, collect, fresh_queue, publish_many, ready_count,
-                      settle)
+                      settle, wait_for)
 
 
 def test_publish_visible_only_at_commit(connection, uid):
@@ -124,3 +124,21 @@ def test_pyamqp_transaction(mq_broker, uid):
         ch.tx_commit()
         assert ch.basic_get(uid, no_ack=True).body == b"b"
         assert ch.basic_get(uid, no_ack=True) is None
+
+
+def test_recover_in_transaction_keeps_prefetch_exact(connection, channel, uid):
+    """B-TX-1, B-CON-8, B-CON-4: an ack pending in a transaction is not redelivered by
+    basic.recover and, once committed, frees exactly one prefetch slot."""
+    queue = fresh_queue(channel, uid)
+    publish_many(channel, queue, [b"1", b"2", b"3", b"4"])
+    channel.basic_qos(prefetch_count=2, global_qos=True)
+    channel.tx_select()
+    got = collect(connection, channel, queue, 2)
+    channel.basic_ack(got[0][0].delivery_tag)
+    channel.basic_recover(requeue=True)
+    wait_for(connection, lambda: len(got) == 3)
+    assert (got[2][2], got[2][0].redelivered) == (b"2", True)
+    channel.tx_commit()  # "1" settled: one slot frees up for "3"
+    wait_for(connection, lambda: len(got) == 4)
+    settle(connection)
+    assert [b for _, _, b in got] == [b"1", b"2", b"2", b"3"]

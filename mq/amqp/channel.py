@@ -591,12 +591,9 @@ class Channel:
     def _recover(self, m: Any) -> None:
         if not m.requeue:
             raise NotImplemented_("requeue=false")
-        taken = list(self.unacked.values())
+        # Deliveries whose settle waits in a transaction still count against prefetch.
+        taken = self._uncount(list(self.unacked.values()))
         self.unacked.clear()
-        for _, _, consumer in taken:
-            if consumer is not None:
-                consumer.unacked -= 1
-        self.global_unacked = 0
         self._requeue_entries(taken)
         if m.name == "Basic.Recover":
             self.send(spec.Basic.RecoverOk())
