@@ -19,6 +19,7 @@ cdef class MessageQueue:
     cdef readonly Py_ssize_t bytes
 
     cdef inline int _level_of(self, Message msg)
+    cdef Entry _take_first(self, object q)
     cpdef Entry push(self, Message msg, double expires_at=*)
     cpdef Entry pop(self)
     cpdef Entry peek(self)

@@ -58,19 +58,25 @@ cdef class MessageQueue:
             heappush(self._deadlines, (expires_at, e.seq, e))
         return e
 
+    cdef Entry _take_first(self, object q):
+        """Pop the first live entry of one level (skipping lazily removed ones), or None."""
+        cdef Entry e
+        while q:
+            e = q.popleft()
+            if e.removed:
+                continue
+            e.removed = True
+            self.count -= 1
+            self.bytes -= len(e.msg.body)
+            return e
+        return None
+
     cpdef Entry pop(self):
         """Remove and return the next message to deliver, or None."""
         cdef Entry e
-        cdef object q
         while self._top >= 0:
-            q = self._levels[self._top]
-            while q:
-                e = q.popleft()
-                if e.removed:
-                    continue
-                e.removed = True
-                self.count -= 1
-                self.bytes -= len(e.msg.body)
+            e = self._take_first(self._levels[self._top])
+            if e is not None:
                 return e
             if self._top == 0:
                 break
@@ -95,17 +101,10 @@ cdef class MessageQueue:
     cpdef Entry pop_lowest(self):
         """Remove and return the oldest message of the lowest non-empty level (drop-head)."""
         cdef int level
-        cdef object q
         cdef Entry e
         for level in range(self.max_priority + 1):
-            q = self._levels[level]
-            while q:
-                e = q.popleft()
-                if e.removed:
-                    continue
-                e.removed = True
-                self.count -= 1
-                self.bytes -= len(e.msg.body)
+            e = self._take_first(self._levels[level])
+            if e is not None:
                 return e
         return None
 
