@@ -194,24 +194,42 @@ def every_property() -> bytes:
             + _shortstr(b"app") + _shortstr(b"cluster"))
 
 
-def test_every_field_type_reaches_consumer_byte_for_byte(raw, uid):
-    """B-PUB-5: properties with headers of every field type (b B s u I i l f d D S A T F V x,
-    nested tables and arrays) reach the consumer as the exact bytes that were published."""
-    props = every_property()
-    body = b"payload"
-    raw.send_method(1, spec.Queue.Declare(queue=uid, exclusive=True))
-    raw.expect("Queue.DeclareOk")
-    raw.send_method(1, spec.Basic.Publish(exchange="", routing_key=uid))
+def publish_raw(raw: RawClient, key: str, props: bytes, body: bytes,
+                mandatory: bool = False) -> None:
+    """basic.publish on channel 1 with a hand-built content header."""
+    raw.send_method(1, spec.Basic.Publish(exchange="", routing_key=key, mandatory=mandatory))
     raw.send_frame(2, 1, struct.pack(">HHQ", 60, 0, len(body)) + props)
     raw.send_frame(3, 1, body)
+
+
+def read_content(raw: RawClient, method: str) -> tuple[bytes, bytes]:
+    """After `method` (deliver, get-ok, return): the raw property bytes and the body."""
+    raw.expect(method)
+    ftype, channel, header = raw.recv_raw()
+    assert (ftype, channel) == (2, 1)
+    class_id, _, size = struct.unpack(">HHQ", header[:12])
+    assert class_id == 60
+    ftype, channel, body = raw.recv_raw() if size else (3, 1, b"")
+    assert (ftype, channel, len(body)) == (3, 1, size)
+    return header[12:], body
+
+
+def test_every_field_type_reaches_consumer_byte_for_byte(raw, uid):
+    """B-PUB-5: properties with headers of every field type (b B s u I i l f d D S A T F V x,
+    nested tables and arrays) reach the consumer as the exact bytes that were published:
+    through basic.deliver, basic.get-ok and basic.return alike."""
+    props = every_property()
+    raw.send_method(1, spec.Queue.Declare(queue=uid, exclusive=True))
+    raw.expect("Queue.DeclareOk")
+    publish_raw(raw, uid, props, b"one")
+    publish_raw(raw, uid, props, b"two")
+    publish_raw(raw, "nowhere-" + uid, props, b"back", mandatory=True)
+    assert read_content(raw, "Basic.Return") == (props, b"back")
+    raw.send_method(1, spec.Basic.Get(queue=uid, no_ack=True))
+    assert read_content(raw, "Basic.GetOk") == (props, b"one")
     raw.send_method(1, spec.Basic.Consume(queue=uid, no_ack=True))
     raw.expect("Basic.ConsumeOk")
-    raw.expect("Basic.Deliver")
-    ftype, channel, payload = raw.recv_raw()
-    assert (ftype, channel) == (2, 1)
-    assert payload[:12] == struct.pack(">HHQ", 60, 0, len(body))
-    assert payload[12:] == props
-    assert raw.recv_raw() == (3, 1, body)
+    assert read_content(raw, "Basic.Deliver") == (props, b"two")
 
 
 def test_headers_round_trip_through_pika(connection, channel, uid):
