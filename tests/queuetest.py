@@ -34,9 +34,11 @@ class Scratch:
         self._queues.append(name)
         return name
 
-    def exchange(self, suffix: str, type_: str = "fanout") -> str:
+    def exchange(self, suffix: str, type_: str = "fanout", internal: bool = False,
+                 **arguments: Any) -> str:
         name = f"{self.uid}-{suffix}"
-        self.channel.exchange_declare(name, type_)
+        self.channel.exchange_declare(name, type_, internal=internal,
+                                      arguments=arguments or None)
         self._exchanges.append(name)
         return name
 
