@@ -33,9 +33,10 @@ log = logging.getLogger("mq.store")
 FORMAT = 1
 FORMAT_FILE = "format"
 DEFAULT_SEGMENT_SIZE = 32 * 1024 * 1024
-# A head segment holding nothing live is rolled over once it is this big, so a drained
-# broker returns to (almost) no disk use.
-ROLL_EMPTY_HEAD = 64 * 1024
+# A head segment this big and nearly all dead is sealed early (and so compacted), so that a
+# drained queue returns to (almost) no disk use without waiting for the segment to fill.
+ROLL_IDLE_HEAD = 1024 * 1024
+ROLL_IDLE_RATIO = 1 / 16
 COMPACT_RATIO = 0.25  # compact a sealed segment when less than this share of it is live
 
 # What a live record is, for the index.
@@ -119,7 +120,10 @@ class Store:
         self._dirty: set[Segment] = set()
         self._chunks: list[tuple[Segment, bytearray]] = []
         self._unlinks: list[Segment] = []
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)   # the flusher waits here for work
+        self._done = threading.Condition(lock)   # topology changes wait here for the disk
+        self._written_seq = 0
         self._thread: threading.Thread | None = None
         self._closing = False
         self._loop: Any = None
@@ -381,6 +385,7 @@ class Store:
         data = R.topology_record(rtype, obj_id, flags, strings, _args_bytes(arguments))
         seg, off = self._append(data)
         self._put_topo(obj_id, key, seg, off, len(data))
+        self.wait_durable()
         return obj_id
 
     def _forget(self, key: tuple) -> bool:
@@ -393,6 +398,7 @@ class Store:
         entries = self._queues.pop(obj_id, None)
         for mid, entry in (entries or {}).items():
             self._drop_entry(mid, entry)
+        self.wait_durable()
         return True
 
     def declare_queue(self, vhost: str, name: str, auto_delete: bool, arguments: dict) -> int:
@@ -457,8 +463,13 @@ class Store:
                 self._write(*batch)
             except BaseException as exc:  # disk full, I/O error: stop confirming
                 log.exception("store: writing the log failed; nothing more is confirmed")
-                self.failed = exc
+                with self._cond:
+                    self.failed = exc
+                    self._done.notify_all()
                 return
+            with self._cond:
+                self._written_seq = batch[2]
+                self._done.notify_all()
             self._loop.call_soon_threadsafe(self._flushed, batch[2])
 
     def _write(self, chunks: list, unlinks: list, seq: int) -> None:
@@ -487,6 +498,17 @@ class Store:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def wait_durable(self) -> None:
+        """Block until everything appended so far is on disk. Topology changes use it, so
+        that declare-ok means durable as in RabbitMQ (they are rare; messages never block)."""
+        if self._thread is None:
+            self.sync()
+            return
+        target = self.seq
+        with self._cond:
+            while self._written_seq < target and self.failed is None:
+                self._done.wait()
 
     def sync(self) -> None:
         """Write and fsync everything appended so far, in the caller's thread (no flusher)."""
@@ -537,7 +559,7 @@ class Store:
                 waiting.append(seg)  # not all on disk yet: look again after the next flush
                 continue
             if seg is self._head:
-                if seg.live or seg.size < ROLL_EMPTY_HEAD:
+                if seg.size < ROLL_IDLE_HEAD or seg.live_bytes > seg.size * ROLL_IDLE_RATIO:
                     continue
                 self._head = self._new_segment(seg.number + 1)
             if not seg.live:
