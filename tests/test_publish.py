@@ -142,6 +142,19 @@ def test_body_over_max_size_is_406(small_broker, uid):
         conn.close()
 
 
+def test_default_max_size_is_128_mib(raw):
+    """B-PUB-4: by default a body over 128 MiB is 406 (mq refuses as soon as the content
+    header announces the size, so no body needs sending)."""
+    size = 128 * 1024 * 1024 + 1
+    raw.send_method(1, spec.Basic.Publish(exchange="amq.fanout", routing_key=""))
+    raw.send_frame(2, 1, struct.pack(">HHQH", 60, 0, size, 0))
+    close = raw.expect("Channel.Close")
+    assert close.reply_code == 406
+    assert close.reply_text.startswith(f"PRECONDITION_FAILED - message size {size} is larger "
+                                       f"than"), close.reply_text
+    assert (close.class_id, close.method_id) == (60, 40)
+
+
 # ---- B-PUB-5: properties byte for byte ----------------------------------------------------
 
 def _shortstr(s: bytes) -> bytes:
