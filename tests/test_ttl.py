@@ -8,8 +8,8 @@ import pika
 import pytest
 
 from amqputil import assert_channel_closed, settle, wait_for
-from queuetest import (Scratch, bodies, drain, message_count, mq_only, publish, scratch,
-                       wait_count, wait_get, x_death)
+from queuetest import (Scratch, bodies, drain, mq_only, publish, scratch, wait_count, wait_get,
+                       x_death)
 
 __all__ = ["scratch"]
 
@@ -68,7 +68,7 @@ def test_expired_message_dead_lettered_with_reason_expired(scratch: Scratch) -> 
     [death] = x_death(props)
     assert (death["queue"], death["reason"], death["original-expiration"]) == \
         (q, "expired", "250")
-    assert message_count(ch, q) == 0
+    wait_count(ch, q, 0)
 
 
 def test_queue_ttl_expiry_has_no_original_expiration(scratch: Scratch) -> None:
@@ -96,7 +96,7 @@ def test_short_ttl_behind_long_ttl_expires_on_time(scratch: Scratch) -> None:
     _, props, body = wait_get(ch, dead, timeout=3.0)
     assert body == b"short" and time.monotonic() - started < 3.0
     assert x_death(props)[0]["reason"] == "expired"
-    assert message_count(ch, q) == 1
+    wait_count(ch, q, 1)
     assert bodies(drain(ch, q)) == [b"long"]
 
 
@@ -109,7 +109,7 @@ def test_expired_messages_leave_the_ready_count(scratch: Scratch) -> None:
     publish(ch, q, b"forever")
     for i in range(5):
         publish(ch, q, b"brief %d" % i, expiration="300")
-    assert message_count(ch, q) == 6
+    wait_count(ch, q, 6)
     wait_count(ch, q, 1)
 
 

@@ -23,5 +23,4 @@ cdef class MessageQueue:
     cpdef Entry push(self, Message msg, double expires_at=*)
     cpdef Entry pop(self)
     cpdef Entry peek(self)
-    cpdef Entry pop_lowest(self)
     cpdef void remove(self, Entry e)

@@ -98,16 +98,6 @@ cdef class MessageQueue:
             level -= 1
         return None
 
-    cpdef Entry pop_lowest(self):
-        """Remove and return the oldest message of the lowest non-empty level (drop-head)."""
-        cdef int level
-        cdef Entry e
-        for level in range(self.max_priority + 1):
-            e = self._take_first(self._levels[level])
-            if e is not None:
-                return e
-        return None
-
     cpdef void remove(self, Entry e):
         """Take an entry out of the ready set in O(1); its slot is skipped lazily later."""
         if not e.removed:

@@ -118,7 +118,7 @@ class Queue:
                 (settings.max_length is not None and ready.count > settings.max_length)
                 or (settings.max_length_bytes is not None
                     and ready.bytes > settings.max_length_bytes)):
-            dropped.append(ready.pop_lowest())
+            dropped.append(ready.pop())  # the head: in a priority queue, the highest first
         if dropped:
             self._dead_letter(dropped, "maxlen")
 
@@ -129,6 +129,8 @@ class Queue:
             return
         self.unacked -= len(entries)
         self.ready.requeue(entries)
+        if self._limited and self.settings.overflow == "drop-head":
+            self._drop_over_limit()  # requeued at the head, they may be dropped again
         now = time.time()
         expired = self.ready.expire_due(now)
         if expired:
