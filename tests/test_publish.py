@@ -310,14 +310,15 @@ def test_confirms_sequence_and_mixed_routing(raw, uid):
 
 def test_confirms_over_separate_reads_count_on(raw, uid):
     """B-PUB-6: the sequence continues across separate round trips (1, 2, 3 ...), never
-    restarting; each publish waited for on its own gets its own number."""
+    restarting; each publish waited for on its own gets its own ack (multiple=false, as
+    RabbitMQ sends it)."""
     raw.send_method(1, spec.Confirm.Select())
     raw.expect("Confirm.SelectOk")
     for expected in (1, 2, 3):
         raw.send_method(1, spec.Basic.Publish(exchange="amq.fanout", routing_key=""))
         raw.send_content(1, b"x")
         ack = raw.expect("Basic.Ack")
-        assert ack.delivery_tag == expected
+        assert (ack.delivery_tag, ack.multiple) == (expected, False)
 
 
 def test_confirms_before_a_channel_error_are_sent(raw):

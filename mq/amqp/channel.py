@@ -427,21 +427,22 @@ class Channel:
 
     def flush_confirms(self) -> None:
         """Write the confirms that are settled, in order: runs of acks as one
-        basic.ack(multiple), each refused publish as a basic.nack."""
+        basic.ack(multiple), each refused publish as a basic.nack. A lone ack is not
+        multiple, as RabbitMQ sends it."""
         pending = self.unconfirmed
-        last_ack = 0
+        last_ack = run = 0
         out = []
         while pending and pending[0][1] is not None:
             seq, ok = pending.popleft()[:2]
             if ok:
-                last_ack = seq
+                last_ack, run = seq, run + 1
                 continue
             if last_ack:
-                out.append(frames.encode_basic_ack(self.number, last_ack, True))
-                last_ack = 0
+                out.append(frames.encode_basic_ack(self.number, last_ack, run > 1))
+                last_ack = run = 0
             out.append(frames.encode_basic_ack(self.number, seq, False, True))
         if last_ack:
-            out.append(frames.encode_basic_ack(self.number, last_ack, True))
+            out.append(frames.encode_basic_ack(self.number, last_ack, run > 1))
         if out and self.state == "open":
             self.conn.write(b"".join(out))
 
