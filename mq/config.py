@@ -23,6 +23,11 @@ class Settings:
     heartbeat: int = 60
     handshake_timeout: float = 10.0
     loopback_users: str = "guest"
+    definitions: str = ""
+    tls_port: int = 5671
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -38,6 +43,11 @@ HELP = {
     "heartbeat": "heartbeat interval proposed to clients, seconds (0 disables)",
     "handshake_timeout": "seconds a client has to finish the AMQP handshake",
     "loopback_users": "comma-separated users allowed to connect only from loopback",
+    "definitions": "definitions JSON (RabbitMQ's format) to load at start",
+    "tls_port": "amqps port, used when --tls-cert and --tls-key are given",
+    "tls_cert": "PEM certificate (chain) for the amqps listener",
+    "tls_key": "PEM private key for the amqps listener",
+    "tls_ca": "PEM CA bundle: when set, clients must present a certificate it signed",
 }
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import json
 import signal
+import ssl
 import threading
 from typing import Any
 
@@ -14,6 +16,7 @@ import anyio
 from mq.amqp.connection import Connection
 from mq.broker.broker import Broker
 from mq.broker.errors import ConnectionForced
+from mq.broker.definitions import import_definitions
 from mq.config import Settings
 from mq.store import Store, StoreError
 
@@ -95,6 +98,7 @@ class Server:
                              loopback_users=tuple(u for u in settings.loopback_users.split(",") if u))
         self.connections: set[Connection] = set()
         self.port = settings.port
+        self.tls_port = settings.tls_port
 
     async def serve(self, started: Any = None) -> None:
         """Run until cancelled or SIGTERM/SIGINT."""
@@ -108,11 +112,16 @@ class Server:
             log.error("cannot start: %s", exc)
             raise SystemExit(f"mq: {exc}") from None
         self.broker.restore(store, recovered)
+        if self.settings.definitions:
+            with open(self.settings.definitions) as fh:
+                import_definitions(self.broker, json.load(fh))
+            log.info("loaded definitions from %s", self.settings.definitions)
         store.start(loop)
         self.broker.timers.attach(loop)
         listener = await loop.create_server(lambda: AMQPProtocol(self), self.settings.host,
                                             self.settings.port, reuse_address=True, backlog=1024)
         self.port = listener.sockets[0].getsockname()[1]
+        tls_listener = await self._tls_listener(loop)
         log.info("mq listening on amqp://%s:%d (data dir %s)", self.settings.host, self.port,
                  self.settings.data_dir)
         if started is not None:
@@ -123,8 +132,27 @@ class Server:
                 tg.start_soon(self._signals, tg.cancel_scope)
         finally:
             listener.close()
+            if tls_listener is not None:
+                tls_listener.close()
             self.shutdown()
             store.close()
+
+    async def _tls_listener(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """The amqps listener (B-AUTH-3), when a certificate and key are configured."""
+        settings = self.settings
+        if not (settings.tls_cert and settings.tls_key):
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        if settings.tls_ca:
+            context.load_verify_locations(settings.tls_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        listener = await loop.create_server(lambda: AMQPProtocol(self), settings.host,
+                                            settings.tls_port, ssl=context, reuse_address=True,
+                                            backlog=1024)
+        self.tls_port = listener.sockets[0].getsockname()[1]
+        log.info("mq listening on amqps://%s:%d", settings.host, self.tls_port)
+        return listener
 
     async def _ticker(self) -> None:
         while True:

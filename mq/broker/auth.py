@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -27,10 +28,15 @@ class Permission:
     read: str = ".*"
 
     def allows(self, kind: str, name: str) -> bool:
-        """kind is 'configure', 'write' or 'read'; patterns match the whole name, as in
-        RabbitMQ (an empty pattern allows nothing)."""
+        """kind is 'configure', 'write' or 'read'. As in RabbitMQ the pattern is searched
+        for, not anchored ('^…$' anchors it), and an empty pattern allows nothing."""
         pattern = getattr(self, kind)
-        return bool(pattern) and re.fullmatch(pattern, name) is not None
+        return bool(pattern) and _compiled(pattern).search(name) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
 
 
 @dataclass

@@ -1,0 +1,88 @@
+"""Definitions export/import in the JSON shape of RabbitMQ's (users, vhosts, permissions,
+exchanges, queues, bindings), so files move between the two brokers."""
+from __future__ import annotations
+
+from typing import Any
+
+import mq
+from mq.broker.auth import Permission, User, hash_password
+from mq.broker.errors import NotFound
+
+HASHING = "rabbit_password_hashing_sha256"
+
+
+def export_definitions(broker: Any) -> dict:
+    """Users, vhosts, permissions and the durable topology, as RabbitMQ exports them."""
+    users, permissions = [], []
+    for user in broker.users.users.values():
+        users.append({"name": user.name, "password_hash": user.password_hash,
+                      "hashing_algorithm": HASHING, "tags": list(user.tags), "limits": {}})
+        for vhost, perm in user.permissions.items():
+            permissions.append({"user": user.name, "vhost": vhost, "configure": perm.configure,
+                                "write": perm.write, "read": perm.read})
+    exchanges, queues, bindings = [], [], []
+    for vhost in broker.vhosts.values():
+        for ex in vhost.exchanges.values():
+            if ex.durable and ex.name and not ex.name.startswith("amq."):
+                exchanges.append({"name": ex.name, "vhost": vhost.name, "type": ex.type,
+                                  "durable": True, "auto_delete": ex.auto_delete,
+                                  "internal": ex.internal, "arguments": dict(ex.arguments)})
+            for b in ex.bindings.values():
+                if ex.name and ex.durable and b.destination.durable:
+                    bindings.append({
+                        "source": ex.name, "vhost": vhost.name,
+                        "destination": b.destination.name,
+                        "destination_type": "queue" if hasattr(b.destination, "ready")
+                        else "exchange",
+                        "routing_key": b.routing_key, "arguments": dict(b.arguments)})
+        for q in vhost.queues.values():
+            if q.durable and not q.exclusive:
+                queues.append({"name": q.name, "vhost": vhost.name, "durable": True,
+                               "auto_delete": q.auto_delete, "arguments": dict(q.arguments)})
+    return {
+        "rabbit_version": "3.10.8", "rabbitmq_version": "3.10.8",
+        "product_name": "mq", "product_version": mq.__version__,
+        "users": users,
+        "vhosts": [{"name": v, "limits": [], "metadata": {"description": "", "tags": []}}
+                   for v in broker.vhosts],
+        "permissions": permissions, "topic_permissions": [], "parameters": [],
+        "global_parameters": [], "policies": [],
+        "queues": queues, "exchanges": exchanges, "bindings": bindings,
+    }
+
+
+def import_definitions(broker: Any, data: dict) -> None:
+    """Create what the file names; existing objects are kept (declares are idempotent)."""
+    for v in data.get("vhosts", []):
+        broker.add_vhost(v["name"])
+    for u in data.get("users", []):
+        tags = u.get("tags", [])
+        if isinstance(tags, str):  # older RabbitMQ files: comma-separated
+            tags = [t for t in tags.split(",") if t]
+        password_hash = u.get("password_hash") or hash_password(u.get("password", ""))
+        old = broker.users.users.get(u["name"])
+        broker.users.users[u["name"]] = User(u["name"], password_hash, list(tags),
+                                             old.permissions if old else {})
+    for p in data.get("permissions", []):
+        user = broker.users.users.get(p["user"])
+        if user is None:
+            raise NotFound(f"no user '{p['user']}' for permissions in the definitions")
+        user.permissions[p["vhost"]] = Permission(p.get("configure", ""), p.get("write", ""),
+                                                  p.get("read", ""))
+    for x in data.get("exchanges", []):
+        broker.add_vhost(x["vhost"]).declare_exchange(
+            x["name"], x.get("type", "direct"), durable=x.get("durable", True),
+            auto_delete=x.get("auto_delete", False), internal=x.get("internal", False),
+            arguments=x.get("arguments") or {})
+    for q in data.get("queues", []):
+        broker.add_vhost(q["vhost"]).declare_queue(
+            q["name"], durable=q.get("durable", True), auto_delete=q.get("auto_delete", False),
+            arguments=q.get("arguments") or {})
+    for b in data.get("bindings", []):
+        vhost = broker.add_vhost(b["vhost"])
+        source = vhost.get_exchange(b["source"])
+        if b.get("destination_type", "queue") == "queue":
+            destination = vhost.get_queue(b["destination"])
+        else:
+            destination = vhost.get_exchange(b["destination"])
+        vhost.bind(source, destination, b.get("routing_key", ""), b.get("arguments") or {})
