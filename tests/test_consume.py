@@ -400,3 +400,31 @@ def test_cancel_unacked_requeued_on_close(connection, uid):
     ch.close()
     assert get_all(connection.channel(), queue) == [(b"m1", True), (b"m2", True)]
     assert len(got) == 2
+
+
+def test_many_consumers_requeue_no_loss_no_duplicate(connection, uid):
+    """B-CON-5, B-CON-6, B-CON-7: 400 messages over three prefetch-limited consumers that
+    requeue every 7th delivery: each message is finally acked exactly once, none is lost."""
+    channels = [connection.channel() for _ in range(3)]
+    queue = fresh_queue(channels[0], uid)
+    acked: list[bytes] = []
+    deliveries = 0
+
+    def on_message(ch, method, props, body):
+        nonlocal deliveries
+        deliveries += 1
+        if deliveries % 7 == 0:
+            ch.basic_nack(method.delivery_tag, requeue=True)
+        else:
+            ch.basic_ack(method.delivery_tag)
+            acked.append(body)
+
+    for ch in channels:
+        ch.basic_qos(prefetch_count=5)
+        ch.basic_consume(queue, on_message)
+    sent = [b"%d" % i for i in range(400)]
+    publish_many(connection.channel(), queue, sent)
+    wait_for(connection, lambda: len(acked) >= len(sent), timeout=20)
+    settle(connection, 0.2)
+    assert sorted(acked) == sorted(sent)
+    assert ready_count(channels[0], queue) == 0
