@@ -282,13 +282,15 @@ def test_newer_data_format_is_refused(mq_fresh_broker: BrokerProcess) -> None:
 class CrashingPublisher:
     """Publishes numbered persistent messages with confirms, one by one, reconnecting after
     each crash; every few messages it takes one with basic.get and acks it. Keeps what was
-    confirmed and which acks are known durable (a confirmed publish followed them)."""
+    confirmed, which messages were acked, and which acks are known durable (a confirmed
+    publish followed them on the same connection)."""
 
     def __init__(self, broker: BrokerProcess, queue: str) -> None:
         self.broker = broker
         self.queue = queue
         self.next = 0
         self.confirmed: set[int] = set()
+        self.acked: set[int] = set()
         self.acked_durable: set[int] = set()
         self.stop = threading.Event()
         self.connected = threading.Event()
@@ -318,6 +320,7 @@ class CrashingPublisher:
             if n % 5 == 4:
                 method, _, body = ch.basic_get(self.queue)
                 if method is not None:
+                    self.acked.add(int(body))
                     ch.basic_ack(method.delivery_tag)
                     pending_acks.append(int(body))
         conn.close()
@@ -340,11 +343,15 @@ def crash_rounds(broker: BrokerProcess, rounds: int) -> None:
     got = [int(b) for b, _, _ in drain(conn.channel(), "crash")]
     conn.close()
     present = set(got)
-    assert publisher.confirmed - publisher.acked_durable - present == set(), \
-        "confirmed messages lost"
+    # An ack sent just before a crash may or may not have made it: such a message may be
+    # either there or gone; every other confirmed one must be there.
+    assert publisher.confirmed - publisher.acked - present == set(), "confirmed messages lost"
     assert publisher.acked_durable & present == set(), "acked messages came back"
     assert got == sorted(got), "messages out of order"
     assert len(publisher.confirmed) > 20 * rounds
+    print(f"crash rounds: {rounds} kills, {len(publisher.confirmed)} confirmed, "
+          f"{len(publisher.acked)} acked ({len(publisher.acked_durable)} known durable), "
+          f"{len(got)} left in the queue, {len(got) - len(present)} duplicates, 0 lost")
 
 
 def test_crash_never_loses_a_confirmed_message(mq_fresh_broker: BrokerProcess) -> None:
