@@ -290,6 +290,22 @@ def test_malformed_input_is_a_connection_error(mq_broker, witness, data, code, i
     assert "Traceback" not in log_since(mq_broker, offset)
 
 
+def test_non_latin1_credentials_are_refused_not_a_crash(mq_broker):
+    """B-CONN-3, B-CONN-8: a PLAIN response holding UTF-8 beyond Latin-1 is a failed login
+    (403), not an internal error."""
+    offset = len(mq_broker.log())
+    client = RawClient(mq_broker.port)
+    client.send(PROTOCOL_HEADER)
+    client.expect("Connection.Start")
+    client.send_method(0, spec.Connection.StartOk(
+        client_properties={"capabilities": {"authentication_failure_close": True}},
+        mechanism="PLAIN", response="\0gu\u0100st\0guest"))
+    close = client.expect("Connection.Close")
+    assert close.reply_code == 403 and "ACCESS_REFUSED" in close.reply_text
+    assert client.closed_by_peer(timeout=3.0)
+    assert "Traceback" not in log_since(mq_broker, offset)
+
+
 def test_frame_over_frame_min_before_tune_is_501(mq_broker, witness):
     """B-CONN-8: before tune-ok frames are limited to 4096 bytes (RabbitMQ's frame_min), so a
     client that is not logged in cannot make the broker buffer a huge frame."""

@@ -278,7 +278,9 @@ class Connection:
 
     def _credentials(self, method: Any) -> tuple[str, str] | None:
         response = method.response
-        raw = response.encode("latin-1") if isinstance(response, str) else bytes(response or b"")
+        # pamqp hands a longstr over as str when it is valid UTF-8: encoding it back as UTF-8
+        # restores the bytes on the wire.
+        raw = response.encode("utf-8") if isinstance(response, str) else bytes(response or b"")
         if method.mechanism == "PLAIN":
             parts = raw.split(b"\x00")
             if len(parts) != 3:
