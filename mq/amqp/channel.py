@@ -216,7 +216,7 @@ class Channel:
         # takes over then gets the requeued messages first, in their original order.
         uncommitted = [d for popped, _ in self._tx_settles for _, d in popped]
         self._tx_publishes, self._tx_settles = [], []
-        self._requeue_entries(list(self.unacked.values()) + uncommitted)
+        self._requeue_entries(self._uncount(list(self.unacked.values()) + uncommitted))
         self.unacked.clear()
         self.global_unacked = 0
         for consumer in list(self.consumers.values()):

@@ -14,6 +14,7 @@ class Consumer(Protocol):
     priority: int
     exclusive: bool
     no_ack: bool
+    unacked: int  # deliveries to this consumer not yet settled (acked, rejected, requeued)
 
     def has_room(self) -> bool:
         """True when the consumer may take one more delivery now (prefetch, flow, socket)."""

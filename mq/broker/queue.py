@@ -55,6 +55,10 @@ class Queue:
         # Consumers by priority, highest first; each group rotates for round-robin.
         self._groups: list[tuple[int, deque]] = []
         self._single_active: Consumer | None = None
+        # The single active consumer before a cancel, while it still holds unsettled
+        # deliveries: the next one waits for them, so that one consumer at a time holds
+        # messages and requeued ones come back first.
+        self._handing_over: Consumer | None = None
         self._arrivals: list[Consumer] = []  # in subscription order, for single active consumer
         self.consumer_count = 0
         self.unacked = 0
@@ -257,6 +261,10 @@ class Queue:
 
     def _pick_consumer(self) -> Consumer | None:
         if self._single_active is not None:
+            if self._handing_over is not None:
+                if self._handing_over.unacked:
+                    return None
+                self._handing_over = None
             return self._single_active if self._single_active.has_room() else None
         groups = self._groups
         if len(groups) == 1 and len(groups[0][1]) == 1:  # the common single consumer
@@ -304,6 +312,8 @@ class Queue:
                 self._arrivals.remove(consumer)
                 break
         if self._single_active is consumer:
+            if consumer.unacked:
+                self._handing_over = consumer
             # The longest-waiting remaining consumer takes over.
             self._single_active = self._arrivals[0] if self._arrivals else None
             self.dispatch()
@@ -326,6 +336,7 @@ class Queue:
         self._groups = []
         self._arrivals = []
         self._single_active = None
+        self._handing_over = None
         self.consumer_count = 0
         for consumer in consumers:
             consumer.cancelled_by_broker(self)
