@@ -104,6 +104,7 @@ class Channel:
         # (nack) / None (waiting)]; flushed once per read, runs of acks coalesced.
         self.unconfirmed: deque[list] = deque()
         self.reply_queue: Queue | None = None  # direct reply-to pseudo-queue
+        self._writable: set[str] = set()  # exchanges this user may publish to (checked once)
         self.tx = False
         self._tx_publishes: list[tuple[Any, Message, bool]] = []
         # Settles named in the transaction, already out of `unacked`: (tag, delivery) pairs
@@ -231,24 +232,39 @@ class Channel:
 
     # ---- exchanges ----------------------------------------------------------------------
 
+    def _allow(self, permission: str, kind: str, name: str) -> None:
+        """403 unless the user's permissions on this vhost allow it (B-AUTH-1)."""
+        user = self.conn.user
+        granted = user.permissions.get(self.vhost.name)
+        if granted is None or not granted.allows(permission, name):
+            raise AccessRefused(f"{permission} access to {kind} '{name}' in vhost "
+                                f"'{self.vhost.name}' refused for user '{user.name}'")
+
     def _exchange_declare(self, m: Any) -> None:
+        if not m.passive:
+            self._allow("configure", "exchange", m.exchange)
         self.vhost.declare_exchange(m.exchange, m.exchange_type, m.passive, m.durable,
                                     m.auto_delete, m.internal, m.arguments)
         if not m.nowait:
             self.send(spec.Exchange.DeclareOk())
 
     def _exchange_delete(self, m: Any) -> None:
+        self._allow("configure", "exchange", m.exchange)
         self.vhost.delete_exchange(m.exchange, m.if_unused)
         if not m.nowait:
             self.send(spec.Exchange.DeleteOk())
 
     def _exchange_bind(self, m: Any) -> None:
+        self._allow("write", "exchange", m.destination)
+        self._allow("read", "exchange", m.source)
         self.vhost.bind_names(m.source, m.destination, False, m.routing_key, m.arguments,
                               self.conn)
         if not m.nowait:
             self.send(spec.Exchange.BindOk())
 
     def _exchange_unbind(self, m: Any) -> None:
+        self._allow("write", "exchange", m.destination)
+        self._allow("read", "exchange", m.source)
         self.vhost.unbind_names(m.source, m.destination, False, m.routing_key, m.arguments,
                                 self.conn)
         if not m.nowait:
@@ -260,6 +276,8 @@ class Channel:
         if m.queue.startswith(REPLY_TO):
             self._reply_to_declare(m)
             return
+        if m.queue and not m.passive:
+            self._allow("configure", "queue", m.queue)
         queue = self.vhost.declare_queue(m.queue, m.passive, m.durable, m.exclusive,
                                          m.auto_delete, m.arguments, owner=self.conn)
         if not m.nowait:
@@ -274,20 +292,26 @@ class Channel:
             self.send(spec.Queue.DeclareOk(queue=m.queue, message_count=0, consumer_count=1))
 
     def _queue_bind(self, m: Any) -> None:
+        self._allow("write", "queue", m.queue)
+        self._allow("read", "exchange", m.exchange)
         self.vhost.bind_names(m.exchange, m.queue, True, m.routing_key, m.arguments, self.conn)
         if not m.nowait:
             self.send(spec.Queue.BindOk())
 
     def _queue_unbind(self, m: Any) -> None:
+        self._allow("write", "queue", m.queue)
+        self._allow("read", "exchange", m.exchange)
         self.vhost.unbind_names(m.exchange, m.queue, True, m.routing_key, m.arguments, self.conn)
         self.send(spec.Queue.UnbindOk())
 
     def _queue_purge(self, m: Any) -> None:
+        self._allow("read", "queue", m.queue)
         count = self.vhost.get_queue(m.queue, self.conn).purge()
         if not m.nowait:
             self.send(spec.Queue.PurgeOk(message_count=count))
 
     def _queue_delete(self, m: Any) -> None:
+        self._allow("configure", "queue", m.queue)
         count = self.vhost.delete_queue(m.queue, m.if_unused, m.if_empty, owner=self.conn)
         if not m.nowait:
             self.send(spec.Queue.DeleteOk(message_count=count))
@@ -372,6 +396,9 @@ class Channel:
         except ValueError as exc:
             raise SyntaxError_(f"malformed content header properties: {exc}") from None
         self._check_message(msg)
+        if exchange_name not in self._writable:
+            self._allow("write", "exchange", exchange_name)
+            self._writable.add(exchange_name)
         vhost = self.vhost
         exchange = vhost.get_exchange(exchange_name)
         if exchange.internal:
@@ -484,6 +511,7 @@ class Channel:
         if m.queue == REPLY_TO:
             queue = self._open_reply_queue(m.no_ack)
         else:
+            self._allow("read", "queue", m.queue)
             queue = self.vhost.get_queue(m.queue, self.conn)
         tag = m.consumer_tag or _ctag()
         if tag in self.consumers:
@@ -521,6 +549,7 @@ class Channel:
                 self.reply_queue = None
 
     def _get(self, m: Any) -> None:
+        self._allow("read", "queue", m.queue)
         queue = self.vhost.get_queue(m.queue, self.conn)
         entry = queue.get(m.no_ack)
         if entry is None:
