@@ -10,54 +10,15 @@ from typing import Any
 import pika
 import pytest
 
-from amqputil import settle, wait_for
+from consumers import Consumers
 from queuetest import Scratch, scratch
 
 __all__ = ["scratch"]
 
 
-class Consumers:
-    """Consumers on one queue, each on its own channel; records who got which message."""
-
-    def __init__(self, scratch: Scratch, queue: str) -> None:
-        self.scratch = scratch
-        self.queue = queue
-        self.got: list[tuple[int, str]] = []  # (message number, consumer name)
-        self.channels: dict[str, Any] = {}
-        self.tags: dict[str, list[int]] = {}
-
-    def add(self, name: str, priority: int | None = None, prefetch: int = 0) -> None:
-        channel = self.scratch.connection.channel()
-        if prefetch:
-            channel.basic_qos(prefetch_count=prefetch)
-        self.channels[name] = channel
-        self.tags[name] = []
-
-        def on_message(ch: Any, method: Any, props: Any, body: bytes) -> None:
-            self.got.append((int(body), name))
-            self.tags[name].append(method.delivery_tag)
-
-        channel.basic_consume(self.queue, on_message, auto_ack=not prefetch,
-                              arguments=None if priority is None else {"x-priority": priority})
-
-    def publish(self, numbers: range) -> None:
-        for n in numbers:
-            self.scratch.channel.basic_publish("", self.queue, str(n).encode())
-        wait_for(self.scratch.connection, lambda: len(self.got) >= numbers.stop - 1)
-        settle(self.scratch.connection, 0.2)
-
-    def who(self, numbers: range) -> list[str]:
-        """The consumer that got each message, in message order."""
-        by_number = dict(self.got)
-        return [by_number.get(n, "-") for n in numbers]
-
-    def ack_one(self, name: str) -> None:
-        self.channels[name].basic_ack(self.tags[name].pop(0))
-
-
 @pytest.fixture
 def consumers(scratch: Scratch) -> Consumers:
-    return Consumers(scratch, scratch.queue("q"))
+    return Consumers(scratch.channel, scratch.queue("q"))
 
 
 def test_higher_priority_gets_everything_while_it_has_room(consumers) -> None:
@@ -78,7 +39,7 @@ def test_lower_priority_gets_messages_when_higher_is_full(consumers) -> None:
     consumers.publish(range(1, 11))
     assert consumers.who(range(1, 11)) == ["high"] * 2 + ["low"] * 8
     consumers.ack_one("high")
-    settle(consumers.scratch.connection, 0.2)
+    consumers.pump(0.2)
     consumers.publish(range(11, 14))
     assert consumers.who(range(11, 14)) == ["high", "low", "low"]
 
@@ -91,11 +52,11 @@ def test_waiting_messages_go_to_higher_priority_as_soon_as_it_subscribes(scratch
     for n in range(1, 11):
         scratch.channel.basic_publish("", consumers.queue, str(n).encode())
     consumers.add("low", prefetch=3)
-    wait_for(scratch.connection, lambda: len(consumers.got) == 3)
+    consumers.wait(lambda: len(consumers.deliveries) == 3)
     consumers.add("high", priority=5, prefetch=3)
-    wait_for(scratch.connection, lambda: len(consumers.got) == 6)
+    consumers.wait(lambda: len(consumers.deliveries) == 6)
     consumers.ack_one("low")
-    wait_for(scratch.connection, lambda: len(consumers.got) == 7)
+    consumers.wait(lambda: len(consumers.deliveries) == 7)
     assert consumers.who(range(1, 8)) == ["low"] * 3 + ["high"] * 3 + ["low"]
 
 
