@@ -378,6 +378,27 @@ def test_pika_confirms_mixed_mandatory(connection, channel, uid):
     assert [b for _, _, b in got] == [b"1", b"4"]
 
 
+def test_confirms_mix_persistent_durable_and_transient(raw, uid):
+    """B-PUB-6: persistent publishes into a durable queue (acked after the store's fsync)
+    interleaved with transient ones are all acked, each number once."""
+    durable = "durable-" + uid
+    raw.send_method(1, spec.Queue.Declare(queue=durable, durable=True))
+    raw.expect("Queue.DeclareOk")
+    raw.send_method(1, spec.Queue.Declare(queue=uid, exclusive=True))
+    raw.expect("Queue.DeclareOk")
+    raw.send_method(1, spec.Confirm.Select())
+    raw.expect("Confirm.SelectOk")
+    persistent = spec.Basic.Properties(delivery_mode=2)
+    for i in range(10):
+        key, props = (durable, persistent) if i % 2 else (uid, None)
+        raw.send_method(1, spec.Basic.Publish(exchange="", routing_key=key))
+        raw.send_content(1, b"x", props)
+    events = read_confirms(raw, 10)
+    assert all(name == "Basic.Ack" for name, _, _ in events)
+    raw.send_method(1, spec.Queue.Delete(queue=durable))
+    assert raw.expect("Queue.DeleteOk").message_count == 5
+
+
 @pytest.mark.anyio
 async def test_aio_pika_confirms(mq_url, uid):
     """B-PUB-6: aio-pika publisher confirms: each publish is acked; a mandatory unroutable one
