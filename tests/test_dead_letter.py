@@ -4,13 +4,17 @@ MQ_TEST_URL=amqp://guest:guest@127.0.0.1:5672/ ."""
 from __future__ import annotations
 
 import datetime
+import struct
 import time
+import urllib.parse
 from decimal import Decimal
 
 import pika
 import pytest
+from pamqp import commands as spec
 
 from amqputil import settle
+from rawamqp import RawClient
 from queuetest import (Delivery, Scratch, bodies, drain, is_long, mq_only, publish, scratch,
                        wait_count, wait_get, x_death)
 
@@ -152,6 +156,78 @@ def test_expiration_removed_and_other_properties_kept(scratch: Scratch) -> None:
         ("text/plain", 2, 3, "c-1", "r", "m-1", int(stamp.timestamp()), "t", "app")
     assert {k: v for k, v in props.headers.items() if not k.startswith("x-")} == headers
     assert is_long(props.headers["big"]) and not is_long(props.headers["small"])
+
+
+def test_headers_keep_their_wire_encoding(mq_url: str, uid: str) -> None:
+    """B-DLX-2, B-PUB-5: dead lettering rewrites only what RabbitMQ rewrites: every other
+    header entry (narrow and wide integers, floats, doubles, decimals, byte arrays, void,
+    nested tables) reaches the dead-letter consumer as the exact bytes published, and the
+    other properties too (expiration aside). Raw frames, since clients hide wire types."""
+    def field(name: bytes, value: bytes) -> bytes:
+        return bytes([len(name)]) + name + value
+
+    def sized(kind: bytes, data: bytes) -> bytes:
+        return kind + struct.pack(">I", len(data)) + data
+
+    def shortstr(text: bytes) -> bytes:
+        return bytes([len(text)]) + text
+
+    # Entries in name order, so that after RabbitMQ's sort they are still in front.
+    nested = field(b"n", b"l" + struct.pack(">q", 1))
+    entries = b"".join([
+        field(b"a-short", b"s" + struct.pack(">h", 7)),
+        field(b"b-byte", b"b" + struct.pack(">b", 3)),
+        field(b"c-int", b"I" + struct.pack(">i", 5)),
+        field(b"d-long", b"l" + struct.pack(">q", 9)),
+        field(b"e-float", b"f" + struct.pack(">f", 1.5)),
+        field(b"f-double", b"d" + struct.pack(">d", -2.25)),
+        field(b"g-decimal", b"D" + struct.pack(">Bi", 2, 31415)),
+        field(b"h-bytes", sized(b"x", b"\x00\xff")),
+        field(b"i-void", b"V"),
+        field(b"j-table", sized(b"F", nested)),
+        field(b"k-array", sized(b"A", b"u" + struct.pack(">H", 1) + b"T" + struct.pack(">Q", 2))),
+    ])
+    head = shortstr(b"text/plain")
+    tail = b"\x02" + shortstr(b"corr-1")
+    props = struct.pack(">H", 0x8000 | 0x2000 | 0x1000 | 0x0400 | 0x0100) + head + \
+        struct.pack(">I", len(entries)) + entries + tail + shortstr(b"60000")
+    port = urllib.parse.urlparse(mq_url).port
+    raw = RawClient(port)
+    try:
+        raw.handshake()
+        raw.open_channel(1)
+        source, dead = f"{uid}-src", f"{uid}-dead"
+        for name, arguments in ((dead, {}), (source, {"x-dead-letter-exchange": "",
+                                                      "x-dead-letter-routing-key": dead})):
+            raw.send_method(1, spec.Queue.Declare(queue=name, exclusive=True,
+                                                  arguments=arguments))
+            raw.expect("Queue.DeclareOk")
+        raw.send_method(1, spec.Basic.Publish(exchange="", routing_key=source))
+        raw.send_frame(2, 1, struct.pack(">HHQ", 60, 0, 1) + props)
+        raw.send_frame(3, 1, b"m")
+        raw.send_method(1, spec.Basic.Get(queue=source))
+        tag = raw.expect("Basic.GetOk").delivery_tag
+        raw.recv_raw(), raw.recv_raw()
+        raw.send_method(1, spec.Basic.Reject(delivery_tag=tag, requeue=False))
+        deadline = time.monotonic() + 5
+        while True:
+            raw.send_method(1, spec.Basic.Get(queue=dead, no_ack=True))
+            _, reply = raw.recv_method()
+            if reply.name == "Basic.GetOk":
+                break
+            assert time.monotonic() < deadline, "no dead letter"
+            time.sleep(0.05)
+        _, _, header = raw.recv_raw()
+        raw.recv_raw()
+    finally:
+        raw.close()
+    got = header[12:]
+    assert struct.unpack(">H", got[:2])[0] == 0x8000 | 0x2000 | 0x1000 | 0x0400  # no expiration
+    assert got[2:2 + len(head)] == head
+    table_at = 2 + len(head)
+    table_len = struct.unpack(">I", got[table_at:table_at + 4])[0]
+    assert got[table_at + 4:table_at + 4 + len(entries)] == entries
+    assert got[table_at + 4 + table_len:] == tail
 
 
 # ---- B-DLX-3: the x-death header ---------------------------------------------------------
