@@ -33,10 +33,13 @@ log = logging.getLogger("mq.store")
 FORMAT = 1
 FORMAT_FILE = "format"
 DEFAULT_SEGMENT_SIZE = 32 * 1024 * 1024
-# A head segment this big and nearly all dead is sealed early (and so compacted), so that a
-# drained queue returns to (almost) no disk use without waiting for the segment to fill.
-ROLL_IDLE_HEAD = 1024 * 1024
-ROLL_IDLE_RATIO = 1 / 16
+# A head segment that is nearly all dead is sealed early (and so compacted), so that a
+# drained queue returns to (almost) no disk use without waiting for the segment to fill:
+# at this size when the log is idle, at the larger one while records keep coming (fewer
+# segment files and copies under load).
+ROLL_HEAD_IDLE = 64 * 1024
+ROLL_HEAD_BUSY = 4 * 1024 * 1024
+ROLL_HEAD_RATIO = 1 / 16
 COMPACT_RATIO = 0.25  # compact a sealed segment when less than this share of it is live
 
 # What a live record is, for the index.
@@ -524,6 +527,8 @@ class Store:
         for waiter in list(self.waiters):
             if not waiter.store_durable(seq):
                 self.waiters.discard(waiter)
+        if self.seq == self.durable_seq and self._head is not None:
+            self._dirty.add(self._head)  # idle: a mostly dead head may be sealed now
         self._maintain()
 
     def close(self) -> None:
@@ -559,7 +564,8 @@ class Store:
                 waiting.append(seg)  # not all on disk yet: look again after the next flush
                 continue
             if seg is self._head:
-                if seg.size < ROLL_IDLE_HEAD or seg.live_bytes > seg.size * ROLL_IDLE_RATIO:
+                limit = ROLL_HEAD_IDLE if self.seq == self.durable_seq else ROLL_HEAD_BUSY
+                if seg.size < limit or seg.live_bytes > seg.size * ROLL_HEAD_RATIO:
                     continue
                 self._head = self._new_segment(seg.number + 1)
             if not seg.live:
