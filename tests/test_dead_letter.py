@@ -13,7 +13,7 @@ import pika
 import pytest
 from pamqp import commands as spec
 
-from amqputil import settle
+from amqputil import assert_channel_closed, settle
 from rawamqp import RawClient
 from queuetest import (Delivery, Scratch, bodies, drain, is_long, mq_only, publish, scratch,
                        wait_count, wait_get, x_death)
@@ -133,6 +133,37 @@ def test_original_keys_route_dead_letters_cc_and_bcc(scratch: Scratch) -> None:
         assert death["routing-keys"] == ["main", "cc"] and death["exchange"] == source
     settle(scratch.connection)
     assert all(drain(ch, queue) == [] for queue in by_key.values())
+
+
+@pytest.mark.parametrize("headers,text", [
+    ({"CC": "k"}, 'invalid message: {unacceptable_type_in_header,"CC",longstr}'),
+    ({"BCC": 5}, 'invalid message: {unacceptable_type_in_header,"BCC",signedint}'),
+])
+def test_cc_and_bcc_must_be_arrays(connection: pika.BlockingConnection, uid: str,
+                                   headers: dict, text: str) -> None:
+    """B-DLX-2: CC/BCC headers route (and dead-letter) a message only as arrays of strings;
+    another type is 406 with RabbitMQ's text."""
+    ch = connection.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+        ch.basic_publish("amq.direct", uid, b"x", pika.BasicProperties(headers=headers))
+        ch.exchange_declare("amq.direct", passive=True)  # a round trip to see the close
+    assert_channel_closed(info, 406, f"PRECONDITION_FAILED - {text}")
+
+
+def test_cc_elements_that_are_not_strings_are_ignored(scratch: Scratch) -> None:
+    """B-DLX-2: only longstr elements of CC are routing keys (as in RabbitMQ): a byte-array
+    element naming a queue does not reach it; the header stays as published."""
+    ch = scratch.channel
+    q = scratch.queue("q")
+    by_bytes = scratch.queue("by-bytes")
+    by_text = scratch.queue("by-text")
+    cc = [7, by_bytes.encode(), by_text]
+    publish(ch, q, b"m", headers={"CC": cc})
+    _, props, _ = wait_get(ch, q)
+    assert props.headers["CC"] == cc
+    assert bodies([wait_get(ch, by_text)]) == [b"m"]
+    settle(scratch.connection, 0.2)
+    assert drain(ch, by_bytes) == []
 
 
 def test_expiration_removed_and_other_properties_kept(scratch: Scratch) -> None:

@@ -15,7 +15,7 @@ from mq._core.msgqueue import Entry
 from mq.amqp.methods import decode_method
 from mq.broker.errors import (AccessRefused, ChannelError, CommandInvalid, FrameError, NotAllowed,
                               NotImplemented_, PreconditionFailed, SyntaxError_, UnexpectedFrame)
-from mq.broker.deadletter import without_bcc
+from mq.broker.deadletter import check_routing_headers, without_bcc
 from mq.broker.properties import decode as decode_properties
 from mq.broker.properties import encode as encode_properties
 from mq.broker.queue import Queue
@@ -404,6 +404,7 @@ class Channel:
         if exchange.internal:
             raise AccessRefused(f"cannot publish to internal exchange '{exchange_name}' in "
                                 f"vhost '{vhost.name}'")
+        check_routing_headers(msg)
         # Direct reply-to is resolved at publish time, in a transaction too (as RabbitMQ).
         if msg.reply_to == REPLY_TO:
             msg = self._with_reply_queue(msg)

@@ -7,25 +7,34 @@ from typing import Any
 
 from mq._core.message import Message
 from mq.broker import rawprops
+from mq.broker.errors import PreconditionFailed
 
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
-def _cc_keys(msg: Message) -> list[str]:
-    cc = (msg.headers or {}).get("CC") if b"CC" in msg.props else None
-    return [_text(k) for k in cc] if isinstance(cc, list) else []
+def _header_keys(msg: Message, name: str) -> list[str]:
+    """The routing keys in a CC or BCC header: its longstr elements (RabbitMQ skips others)."""
+    keys = (msg.headers or {}).get(name) if name.encode() in msg.props else None
+    return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
+
+
+def check_routing_headers(msg: Message) -> None:
+    """CC and BCC, when present, must be arrays: otherwise 406, in RabbitMQ's words."""
+    if b"CC" not in msg.props or not msg.headers:
+        return
+    for name in ("CC", "BCC"):
+        if name in msg.headers and not isinstance(msg.headers[name], list):
+            value = dict(rawprops.split_table(rawprops.split_properties(msg.props)["headers"]))
+            raise PreconditionFailed("invalid message: {unacceptable_type_in_header,"
+                                     f'"{name}",{rawprops.type_name(value[name])}}}')
 
 
 def routing_keys(msg: Message) -> list[str]:
     """The keys a message is routed by: its routing key, then its CC and BCC keys (BCC from
     the header on publish, later from the message record, since the header is removed)."""
-    keys = [msg.routing_key] + _cc_keys(msg)
-    if b"BCC" in msg.props and msg.headers:
-        bcc = msg.headers.get("BCC")
-        if isinstance(bcc, list):
-            keys.extend(_text(k) for k in bcc)
+    keys = [msg.routing_key] + _header_keys(msg, "CC") + _header_keys(msg, "BCC")
     if msg.bcc:
         keys.extend(msg.bcc)
     return keys
@@ -36,12 +45,11 @@ def without_bcc(msg: Message) -> Message:
     for dead lettering, which RabbitMQ routes by the original keys, BCC included."""
     if b"BCC" not in msg.props or not msg.headers or "BCC" not in msg.headers:
         return msg
-    bcc = msg.headers["BCC"]
     fields = rawprops.split_properties(msg.props)
     fields["headers"] = rawprops.join_table(
         [e for e in rawprops.split_table(fields["headers"]) if e[0] != "BCC"])
     out = msg.with_route(msg.exchange, msg.routing_key, rawprops.join_properties(fields))
-    out.bcc = tuple(_text(k) for k in bcc) if isinstance(bcc, list) else None
+    out.bcc = tuple(_header_keys(msg, "BCC")) or None
     return out
 
 
@@ -63,7 +71,7 @@ def dead_lettered(msg: Message, queue: str, reason: str, exchange: str,
     and moved to the front. Every other header keeps its exact encoding."""
     fields = rawprops.split_properties(msg.props)
     headers = rawprops.split_table(fields["headers"]) if "headers" in fields else []
-    keys = [msg.routing_key] + _cc_keys(msg)
+    keys = [msg.routing_key] + _header_keys(msg, "CC")
     info: rawprops.Entries = [
         ("reason", rawprops.longstr(reason)),
         ("queue", rawprops.longstr(queue)),

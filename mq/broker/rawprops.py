@@ -27,6 +27,17 @@ _SIZED = (b"S", b"x", b"A", b"F")
 Entries = list[tuple[str, bytes]]  # (name, type byte + encoded value)
 
 
+# Field types as RabbitMQ names them in its error texts.
+TYPE_NAMES = {b"t": "bool", b"b": "byte", b"B": "unsignedbyte", b"s": "short",
+              b"u": "unsignedshort", b"I": "signedint", b"i": "unsignedint", b"l": "long",
+              b"f": "float", b"d": "double", b"D": "decimal", b"S": "longstr", b"x": "binary",
+              b"A": "array", b"T": "timestamp", b"F": "table", b"V": "void"}
+
+
+def type_name(value: bytes) -> str:
+    return TYPE_NAMES.get(value[:1], "unknown")
+
+
 def _u32(data: bytes, off: int) -> int:
     return struct.unpack_from(">I", data, off)[0]
 
