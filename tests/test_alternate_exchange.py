@@ -135,6 +135,21 @@ def test_alternate_not_used_when_bound_exchange_routes_nothing(scratch, returns)
     assert drain(scratch.channel, caught) == []
 
 
+def test_alternate_of_exchange_reached_through_binding(scratch, topology, returns) -> None:
+    """B-EX-11: an exchange reached through an exchange-to-exchange binding uses its own
+    alternate for what it can't route; CC keys count as routing keys."""
+    exchange, main, caught = topology
+    ch = scratch.channel
+    upstream = scratch.exchange("up", "fanout")
+    ch.exchange_bind(exchange, upstream)
+    ch.basic_publish(upstream, "other", b"via upstream", mandatory=True)
+    ch.basic_publish(exchange, "other", b"cc hit", pika.BasicProperties(headers={"CC": ["k"]}))
+    ch.basic_publish(exchange, "other", b"cc miss", pika.BasicProperties(headers={"CC": ["z"]}))
+    assert bodies(drain(ch, caught)) == [b"via upstream", b"cc miss"]
+    assert bodies(drain(ch, main)) == [b"cc hit"]
+    assert returns.seen == []
+
+
 def test_internal_exchange_can_be_alternate(scratch) -> None:
     """B-EX-11: an internal exchange refuses publishes but works as an alternate."""
     ch = scratch.channel
