@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", help="comma-separated client names (default: all)")
     p.add_argument("--scenarios", help="comma-separated scenario names (default: all)")
     p.add_argument("--short", action="store_true", help="short waits (heartbeat idle of seconds, not a minute)")
-    p.add_argument("--jobs", type=int, default=6, help="driver processes run at once (default 6)")
+    p.add_argument("--jobs", type=int, default=8, help="driver processes run at once (default 8)")
     p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every scenario timeout")
     p.add_argument("--report", metavar="FILE.html", help="write the matrix as an HTML page")
     p.add_argument("--json", metavar="FILE", help="write every observation as JSON")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .compare import difference
 from .expect import to_json
-from .outcome import FAILING, PASS
+from .outcome import FAILING
 from .registry import Client
 from .scenarios import Scenario
 from .suite import BrokerResult

@@ -6,7 +6,6 @@ the scenario "not applicable" for this client. Usage: driver.py SCENARIO URL < s
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time

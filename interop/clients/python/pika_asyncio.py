@@ -9,9 +9,8 @@ import pika
 from pika import spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-from .common import ConsumerLog, Driver, deadline, main, message
+from .common import ConsumerLog, Driver, deadline, main, message, sent
 from .pika_blocking import properties
-from .common import sent
 
 Step = dict[str, Any]
 

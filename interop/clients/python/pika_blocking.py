@@ -5,7 +5,6 @@ import time
 from typing import Any
 
 import pika
-from pika.exceptions import ChannelWrongStateError
 
 from .common import ConsumerLog, Driver, deadline, main, message, native_headers, sent
 
