@@ -99,15 +99,23 @@ class RawClient:
             return False
         return False
 
+    def login(self, user: str = "guest", password: str = "guest",
+              client_properties: dict | None = None, mechanism: str = "PLAIN",
+              response: str | None = None) -> None:
+        """Protocol header, connection.start, then start-ok with these credentials."""
+        self.send(PROTOCOL_HEADER)
+        self.expect("Connection.Start")
+        self.send_method(0, spec.Connection.StartOk(
+            client_properties={} if client_properties is None else client_properties,
+            mechanism=mechanism,
+            response=f"\0{user}\0{password}" if response is None else response))
+
     def handshake(self, user: str = "guest", password: str = "guest", vhost: str = "/",
                   heartbeat: int = 0, frame_max: int = 131072,
                   capabilities: dict | None = None) -> None:
-        self.send(PROTOCOL_HEADER)
-        self.expect("Connection.Start")
-        props = {"capabilities": capabilities if capabilities is not None
-                 else {"authentication_failure_close": True, "consumer_cancel_notify": True}}
-        self.send_method(0, spec.Connection.StartOk(
-            client_properties=props, mechanism="PLAIN", response=f"\0{user}\0{password}"))
+        self.login(user, password, {"capabilities": capabilities if capabilities is not None
+                                    else {"authentication_failure_close": True,
+                                          "consumer_cancel_notify": True}})
         tune = self.expect("Connection.Tune")
         self.send_method(0, spec.Connection.TuneOk(channel_max=tune.channel_max,
                                                    frame_max=frame_max, heartbeat=heartbeat))

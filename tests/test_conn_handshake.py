@@ -4,6 +4,7 @@ from __future__ import annotations
 import pika
 import pytest
 from pamqp import commands as spec
+from pamqp.encode import field_table
 
 from rawamqp import PROTOCOL_HEADER, RawClient
 
@@ -47,10 +48,7 @@ def test_wrong_password_with_failure_close_capability(mq_broker):
 def test_wrong_password_without_capability_just_closes(mq_broker):
     """B-CONN-3: without authentication_failure_close the socket simply closes."""
     client = RawClient(mq_broker.port)
-    client.send(PROTOCOL_HEADER)
-    client.expect("Connection.Start")
-    client.send_method(0, spec.Connection.StartOk(client_properties={}, mechanism="PLAIN",
-                                                  response="\0guest\0nope"))
+    client.login("guest", "nope")
     assert client.closed_by_peer()
     assert client.buf == b""
 
@@ -58,12 +56,8 @@ def test_wrong_password_without_capability_just_closes(mq_broker):
 def test_amqplain_login(mq_broker):
     """B-CONN-2: the AMQPLAIN mechanism logs in too."""
     client = RawClient(mq_broker.port)
-    client.send(PROTOCOL_HEADER)
-    client.expect("Connection.Start")
-    from pamqp.encode import field_table
     table = field_table({"LOGIN": "guest", "PASSWORD": "guest"})[4:]
-    client.send_method(0, spec.Connection.StartOk(client_properties={}, mechanism="AMQPLAIN",
-                                                  response=table.decode("latin-1")))
+    client.login(mechanism="AMQPLAIN", response=table.decode("latin-1"))
     tune = client.expect("Connection.Tune")
     assert tune.channel_max == 2047
 
@@ -71,10 +65,7 @@ def test_amqplain_login(mq_broker):
 def test_tune_proposes_limits_and_frame_max_enforced(mq_broker):
     """B-CONN-4: tune proposes 2047 / 131072 / 60; a frame over frame_max is 501."""
     client = RawClient(mq_broker.port)
-    client.send(PROTOCOL_HEADER)
-    client.expect("Connection.Start")
-    client.send_method(0, spec.Connection.StartOk(client_properties={}, mechanism="PLAIN",
-                                                  response="\0guest\0guest"))
+    client.login()
     tune = client.expect("Connection.Tune")
     assert (tune.channel_max, tune.frame_max, tune.heartbeat) == (2047, 131072, 60)
     client.send_method(0, spec.Connection.TuneOk(channel_max=100, frame_max=4096, heartbeat=0))
@@ -98,10 +89,7 @@ def test_pika_negotiates_lower_heartbeat(mq_broker):
 def test_unknown_vhost_is_530(mq_broker):
     """B-CONN-5: connection.open to an unknown vhost is 530 NOT_ALLOWED."""
     client = RawClient(mq_broker.port)
-    client.send(PROTOCOL_HEADER)
-    client.expect("Connection.Start")
-    client.send_method(0, spec.Connection.StartOk(client_properties={}, mechanism="PLAIN",
-                                                  response="\0guest\0guest"))
+    client.login()
     client.expect("Connection.Tune")
     client.send_method(0, spec.Connection.TuneOk(channel_max=0, frame_max=131072, heartbeat=0))
     client.send_method(0, spec.Connection.Open(virtual_host="/nope"))
