@@ -4,6 +4,7 @@ delivered messages, removals, purges and expiry (B-PRI-1, B-PRI-2, B-TTL-2, B-TT
 B-LEN-1: what the queue-level behaviour is built on)."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from hypothesis import settings, strategies as st
@@ -154,3 +155,25 @@ def test_requeued_entry_keeps_deadline_and_place() -> None:
     assert queue.next_deadline() == 11.0
     assert [e.msg.body for e in queue.expire_due(11.0)] == [b"first"]
     assert first.redelivered and queue.count == 2
+
+
+def test_deadlines_do_not_keep_delivered_messages_alive() -> None:
+    """B-TTL-2, B-TTL-4: with a long TTL, delivered (or repeatedly requeued) messages are not
+    held by the deadline heap until they would have expired: memory stays bounded by the
+    ready messages, and expiry still finds exactly the ready ones that are due."""
+    queue = MessageQueue(2)
+    msg = make_message(b"x" * 100, 1, None)
+    baseline = sys.getrefcount(msg)
+    for _ in range(5000):
+        queue.push(msg, 1e12)
+        queue.pop()
+    assert sys.getrefcount(msg) - baseline < 200
+    looping = queue.push(make_message(b"looping", 2, None), 50.0)
+    kept = queue.push(make_message(b"kept", 0, None), 60.0)
+    for _ in range(5000):
+        assert queue.pop() is looping
+        queue.requeue([looping])
+    assert sys.getrefcount(looping) < 200
+    assert queue.next_deadline() == 50.0
+    assert queue.expire_due(55.0) == [looping]
+    assert queue.expire_due(1e13) == [kept] and queue.count == 0

@@ -24,3 +24,5 @@ cdef class MessageQueue:
     cpdef Entry pop(self)
     cpdef Entry peek(self)
     cpdef void remove(self, Entry e)
+    cdef void _track(self, Entry e)
+    cdef void _compact(self)

@@ -6,7 +6,7 @@ O(levels) at worst and O(1) for a plain queue (one level). A requeued message go
 its level at its original place (entries carry a publish sequence number).
 """
 from collections import deque
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 
 from mq._core.message cimport Message
 
@@ -55,8 +55,28 @@ cdef class MessageQueue:
         self.count += 1
         self.bytes += len(msg.body)
         if expires_at:
-            heappush(self._deadlines, (expires_at, e.seq, e))
+            self._track(e)
         return e
+
+    cdef void _track(self, Entry e):
+        """Remember an entry's deadline. Entries delivered since are left in the heap (lazy)
+        and requeues add duplicates: once the heap is over twice the ready count they are
+        swept out, so a long TTL never keeps delivered messages alive (amortised O(1))."""
+        heappush(self._deadlines, (e.expires_at, e.seq, e))
+        if len(self._deadlines) > 2 * self.count + 64:
+            self._compact()
+
+    cdef void _compact(self):
+        cdef list live = []
+        cdef set seen = set()
+        cdef Entry e
+        for item in self._deadlines:
+            e = item[2]
+            if not e.removed and e.seq not in seen:
+                seen.add(e.seq)
+                live.append(item)
+        heapify(live)
+        self._deadlines = live
 
     cdef Entry _take_first(self, object q):
         """Pop the first live entry of one level (skipping lazily removed ones), or None."""
@@ -132,7 +152,7 @@ cdef class MessageQueue:
             self.count += 1
             self.bytes += len(e.msg.body)
             if e.expires_at:
-                heappush(self._deadlines, (e.expires_at, e.seq, e))
+                self._track(e)
 
     def purge(self) -> list:
         """Remove every ready message; returns the removed entries."""
