@@ -28,6 +28,8 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
+    management_host: str = ""
+    management_port: int = 15672
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -48,6 +50,9 @@ HELP = {
     "tls_cert": "PEM certificate (chain) for the amqps listener",
     "tls_key": "PEM private key for the amqps listener",
     "tls_ca": "PEM CA bundle: when set, clients must present a certificate it signed",
+    "management_host": "address of the management HTTP API (default: --host)",
+    "management_port": "management HTTP API, dashboard and /metrics port (0 picks a free "
+                       "one and logs it, -1 turns it off)",
 }
 
 

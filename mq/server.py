@@ -9,6 +9,7 @@ import json
 import signal
 import ssl
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -36,6 +37,8 @@ class AMQPProtocol(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._in_read = False
+        self.recv_oct = self.send_oct = 0  # bytes in and out, for the management API
+        self.connected_at = time.time()
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -49,6 +52,7 @@ class AMQPProtocol(asyncio.Protocol):
         log.info("accepting AMQP connection %s", self.conn.name)
 
     def data_received(self, data: bytes) -> None:
+        self.recv_oct += len(data)
         self._in_read = True
         try:
             self.conn.data_received(data)
@@ -73,7 +77,9 @@ class AMQPProtocol(asyncio.Protocol):
         if self._out and self.transport is not None and not self.transport.is_closing():
             out = self._out
             self._out = []
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self.send_oct += len(data)
+            self.transport.write(data)
 
     def pause_writing(self) -> None:
         self.conn.set_writable(False)
@@ -99,6 +105,7 @@ class Server:
         self.connections: set[Connection] = set()
         self.port = settings.port
         self.tls_port = settings.tls_port
+        self.management_port = settings.management_port
 
     async def serve(self, started: Any = None) -> None:
         """Run until cancelled or SIGTERM/SIGINT."""
@@ -122,6 +129,7 @@ class Server:
                                             self.settings.port, reuse_address=True, backlog=1024)
         self.port = listener.sockets[0].getsockname()[1]
         tls_listener = await self._tls_listener(loop)
+        management = await self._management()
         log.info("mq listening on amqp://%s:%d (data dir %s)", self.settings.host, self.port,
                  self.settings.data_dir)
         if started is not None:
@@ -129,6 +137,8 @@ class Server:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._ticker)
+                if management is not None:
+                    tg.start_soon(management.run)  # rate sampling; closes the HTTP side at the end
                 tg.start_soon(self._signals, tg.cancel_scope)
         finally:
             listener.close()
@@ -153,6 +163,18 @@ class Server:
         self.tls_port = listener.sockets[0].getsockname()[1]
         log.info("mq listening on amqps://%s:%d", settings.host, self.tls_port)
         return listener
+
+    async def _management(self) -> Any:
+        """The management HTTP API, dashboard and metrics (B-MGMT), unless the port is -1."""
+        settings = self.settings
+        if settings.management_port < 0:
+            return None
+        from mq.management import Management  # aiohttp is loaded only when it is used
+
+        management = Management(self)
+        self.management_port = await management.start(settings.management_host or settings.host,
+                                                      settings.management_port)
+        return management
 
     async def _ticker(self) -> None:
         while True:

@@ -100,6 +100,7 @@ class Channel:
         self.global_unacked = 0
         self.confirm = False
         self.publish_seq = 0
+        self.published = 0  # messages the client published here (management API)
         # Publish sequence numbers not yet confirmed, in order: [seq, True (ack) / False
         # (nack) / None (waiting)]; flushed once per read, runs of acks coalesced.
         self.unconfirmed: deque[list] = deque()
@@ -395,6 +396,7 @@ class Channel:
             msg = Message(exchange_name, routing_key, props, body)
         except ValueError as exc:
             raise SyntaxError_(f"malformed content header properties: {exc}") from None
+        self.published += 1
         self._check_message(msg)
         if exchange_name not in self._writable:
             self._allow("write", "exchange", exchange_name)

@@ -62,6 +62,8 @@ class Queue:
         self._arrivals: list[Consumer] = []  # in subscription order, for single active consumer
         self.consumer_count = 0
         self.unacked = 0
+        # Plain counters read (and turned into rates) by the management API.
+        self.published = self.delivered = self.got = self.acked = self.redelivered = 0
         self.deleted = False
         self.incoming: dict[tuple, Any] = {}  # bindings that lead here, for cleanup on delete
         self._had_consumer = False
@@ -94,6 +96,7 @@ class Queue:
         expires_at = _deadline(msg, settings.message_ttl, now) \
             if settings.message_ttl is not None or msg.expiration is not None else 0.0
         entry = self.ready.push(msg, expires_at)
+        self.published += 1
         if self.store_qid and msg.delivery_mode == 2:
             self.store.enqueue(self.store_qid, msg, expires_at)
         if self.consumer_count:
@@ -196,6 +199,8 @@ class Queue:
             if not consumer.no_ack:
                 self.unacked += 1
             consumer.deliver(entry, self)
+            self.delivered += 1
+            self.redelivered += entry.redelivered
             if self.store_qid and entry.msg.store_id:
                 self._handed_out(entry, consumer.no_ack)
 
@@ -209,8 +214,11 @@ class Queue:
             self._dead_letter([entry], "expired")
         if entry is not None and self.store_qid and entry.msg.store_id:
             self._handed_out(entry, no_ack)
-        if entry is not None and not no_ack:
-            self.unacked += 1
+        if entry is not None:
+            self.got += 1
+            self.redelivered += entry.redelivered
+            if not no_ack:
+                self.unacked += 1
         return entry
 
     def settle(self, entries: Iterable[Entry]) -> None:
@@ -218,6 +226,7 @@ class Queue:
         if not self.deleted:
             entries = list(entries)
             self.unacked -= len(entries)
+            self.acked += len(entries)
             self._unstore(entries)
 
     def reject(self, entries: list[Entry]) -> None:

@@ -22,6 +22,7 @@ import time
 from typing import Iterator
 
 _LISTENING = re.compile(r"mq listening on amqp://[^:]+:(\d+)")
+_MANAGEMENT = re.compile(r"mq management listening on http://[^ ]+:(\d+)")
 
 
 class BrokerProcess:
@@ -35,6 +36,7 @@ class BrokerProcess:
         self.args = tuple(args)
         self.startup_timeout = startup_timeout
         self.port = 0
+        self.management_port = 0  # with args ("--management-port", "0"): the port it got
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(self.data_dir, "broker.log")
 
@@ -42,12 +44,18 @@ class BrokerProcess:
     def url(self) -> str:
         return f"amqp://guest:guest@{self.host}:{self.port}/"
 
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.host}:{self.management_port}"
+
     def start(self) -> BrokerProcess:
         """Start the broker; on a restart it keeps the port it had."""
         log = open(self.log_path, "ab")
         offset = log.tell()
         cmd = [sys.executable, "-m", "mq", "--host", self.host, "--port", str(self.port),
-               "--data-dir", self.data_dir, *self.args]
+               "--data-dir", self.data_dir, "--management-port", "-1", *self.args]
+        if self.management_port:  # a restart keeps the management port too
+            cmd += ["--management-port", str(self.management_port)]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         log.close()
@@ -55,9 +63,13 @@ class BrokerProcess:
         while time.monotonic() < deadline:
             with open(self.log_path, "rb") as fh:
                 fh.seek(offset)
-                match = _LISTENING.search(fh.read().decode("utf-8", "replace"))
+                text = fh.read().decode("utf-8", "replace")
+            match = _LISTENING.search(text)
             if match:
                 self.port = int(match.group(1))
+                management = _MANAGEMENT.search(text)
+                if management:
+                    self.management_port = int(management.group(1))
                 return self
             if self.proc.poll() is not None:
                 break
@@ -104,7 +116,7 @@ class BrokerThread:
 
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="mq-test-")
-        self.settings = Settings(host=host, port=0, data_dir=self.data_dir)
+        self.settings = Settings(host=host, port=0, data_dir=self.data_dir, management_port=-1)
         self.host = host
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,0 +1,628 @@
+"""The HTTP API: RabbitMQ's management API routes for what mq has, with basic auth against
+the broker's users. Changes go through the same vhost methods the AMQP side uses."""
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import json
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from mq._core.message import Message
+from mq.amqp.connection import _is_loopback
+from mq.broker.auth import Permission, User, hash_password
+from mq.broker.deadletter import without_bcc
+from mq.broker.definitions import HASHING, export_definitions, import_definitions
+from mq.broker.errors import AMQPError, ConnectionForced, NotFound
+from mq.broker.exchange import Exchange
+from mq.broker.properties import decode as decode_properties
+from mq.broker.properties import encode as encode_properties
+from mq.broker.queue import Queue
+from mq.broker.vhost import VirtualHost
+from mq.management.metrics import render_metrics
+from mq.management.views import Views, jsonable, properties_key
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+READ_TAGS = {"administrator", "monitoring", "management"}
+# What RabbitMQ's publish / get bodies call a property, and pamqp's attribute for it.
+PROPERTY_ATTRIBUTES = {"type": "message_type"}
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, error: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.error, self.reason = status, error, reason
+
+
+def not_found(reason: str = "Not Found") -> HTTPError:
+    return HTTPError(404, "Object Not Found", reason)
+
+
+def bad_request(reason: str) -> HTTPError:
+    return HTTPError(400, "bad_request", reason)
+
+
+def _error_response(exc: HTTPError, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": exc.error, "reason": exc.reason}, status=exc.status,
+                             headers=headers)
+
+
+class Api:
+    """Route handlers; `views` reads the broker, the handlers below change it."""
+
+    def __init__(self, views: Views) -> None:
+        self.views = views
+        self.broker = views.broker
+
+    # ---- auth and errors ----------------------------------------------------------------
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if request.path.startswith("/api/"):
+                request["user"] = self._authenticate(request)
+            return await handler(request)
+        except HTTPError as exc:
+            # A browser prompt only when no credentials came (the dashboard sends its own).
+            prompt = exc.status == 401 and "Authorization" not in request.headers
+            return _error_response(exc, {"WWW-Authenticate": 'Basic realm="mq management"'}
+                                   if prompt else None)
+        except NotFound as exc:
+            return _error_response(not_found(exc.text))
+        except AMQPError as exc:
+            return _error_response(bad_request(exc.text))
+
+    def _authenticate(self, request: web.Request) -> User:
+        """Basic auth; reads for administrator, monitoring and management users, changes
+        for administrators only (RabbitMQ's tags)."""
+        header = request.headers.get("Authorization", "")
+        user = None
+        if header.startswith("Basic "):
+            try:
+                name, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                name = password = ""
+            user = self.broker.users.authenticate(name, password)
+        if user is None:
+            raise HTTPError(401, "not_authorized", "Login failed")
+        if user.name in self.broker.loopback_users and not _is_loopback(request.remote or ""):
+            raise HTTPError(401, "not_authorized", "User can only log in via localhost")
+        tags = set(user.tags)
+        if not tags & READ_TAGS:
+            raise HTTPError(401, "not_authorised", "Not management user")
+        if request.method not in ("GET", "HEAD") and "administrator" not in tags:
+            raise HTTPError(401, "not_authorised", "Not administrator user")
+        return user
+
+    def _visible(self, request: web.Request) -> set[str] | None:
+        """The vhosts a user may see: all for administrators and monitoring users, their
+        own for management users (as in RabbitMQ)."""
+        user: User = request["user"]
+        if {"administrator", "monitoring"} & set(user.tags):
+            return None
+        return set(user.permissions)
+
+    def _vhost(self, request: web.Request) -> VirtualHost:
+        name = request.match_info["vhost"]
+        visible = self._visible(request)
+        vhost = self.broker.vhosts.get(name)
+        if vhost is None or (visible is not None and name not in visible):
+            raise not_found()
+        return vhost
+
+    def _vhosts(self, request: web.Request) -> list[VirtualHost]:
+        if "vhost" in request.match_info:
+            return [self._vhost(request)]
+        return self.views.vhosts(self._visible(request))
+
+    def _queue(self, request: web.Request) -> Queue:
+        queue = self._vhost(request).queues.get(request.match_info["name"])
+        if queue is None:
+            raise not_found()
+        return queue
+
+    def _exchange(self, request: web.Request, key: str = "name") -> Exchange:
+        name = request.match_info[key]
+        exchange = self._vhost(request).exchanges.get("" if name == "amq.default" else name)
+        if exchange is None:
+            raise not_found()
+        return exchange
+
+    @staticmethod
+    async def _body(request: web.Request) -> dict[str, Any]:
+        if not request.can_read_body:
+            return {}
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except ValueError as exc:
+            raise bad_request(f"invalid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise bad_request("the body must be a JSON object")
+        return body
+
+    @staticmethod
+    def _flag(request: web.Request, name: str) -> bool:
+        return request.query.get(name, "false").lower() == "true"
+
+    def _connection(self, request: web.Request) -> Any:
+        name = request.match_info["name"]
+        visible = self._visible(request)
+        for conn in self.views.connections():
+            if conn.name == name and (visible is None or conn.vhost.name in visible):
+                return conn
+        raise not_found()
+
+    # ---- overview, node ---------------------------------------------------------------
+
+    async def overview(self, request: web.Request) -> web.Response:
+        return web.json_response(self.views.overview(self._visible(request)))
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        user: User = request["user"]
+        return web.json_response({"name": user.name, "tags": list(user.tags)})
+
+    async def healthcheck(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def aliveness(self, request: web.Request) -> web.Response:
+        """Declare a queue, publish to it and get the message back, as RabbitMQ does."""
+        vhost = self._vhost(request)
+        queue = vhost.declare_queue("aliveness-test", durable=False)
+        queue.purge()
+        self._route(vhost, vhost.get_exchange(""), Message("", queue.name, b"\x00\x00",
+                                                             b"test_message"))
+        entry = queue.get(no_ack=True)
+        ok = entry is not None and entry.msg.body == b"test_message"
+        return web.json_response({"status": "ok"} if ok else
+                                 {"status": "failed", "reason": "message not returned"},
+                                 status=200 if ok else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=render_metrics(self.views),
+                            content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Format": "text/plain; version=0.0.4"})
+
+    # ---- queues -------------------------------------------------------------------------
+
+    async def list_queues(self, request: web.Request) -> web.Response:
+        return web.json_response([self.views.queue(q) for v in self._vhosts(request)
+                                  for q in sorted(v.queues.values(), key=lambda q: q.name)])
+
+    async def get_queue(self, request: web.Request) -> web.Response:
+        queue = self._queue(request)
+        view = self.views.queue(queue)
+        view["consumer_details"] = [c for c in self.views.consumers(self._vhost(request))
+                                    if c["queue"]["name"] == queue.name]
+        return web.json_response(view)
+
+    async def put_queue(self, request: web.Request) -> web.Response:
+        vhost, name = self._vhost(request), request.match_info["name"]
+        body = await self._body(request)
+        if body.get("exclusive"):
+            raise bad_request("exclusive queues can only be declared over AMQP")
+        existed = name in vhost.queues
+        vhost.declare_queue(name, durable=bool(body.get("durable", True)),
+                            auto_delete=bool(body.get("auto_delete", False)),
+                            arguments=body.get("arguments") or {})
+        return web.Response(status=204 if existed else 201)
+
+    async def delete_queue(self, request: web.Request) -> web.Response:
+        queue = self._queue(request)
+        if self._flag(request, "if-unused") and queue.consumer_count:
+            raise bad_request(f"queue '{queue.name}' in vhost '{queue.vhost}' in use")
+        if self._flag(request, "if-empty") and queue.message_count:
+            raise bad_request(f"queue '{queue.name}' in vhost '{queue.vhost}' not empty")
+        # Exclusive queues too: an operator may delete any queue (as in RabbitMQ).
+        self._vhost(request).remove_queue(queue)
+        return web.Response(status=204)
+
+    async def purge_queue(self, request: web.Request) -> web.Response:
+        self._queue(request).purge()
+        return web.Response(status=204)
+
+    async def queue_bindings(self, request: web.Request) -> web.Response:
+        queue, vhost = self._queue(request), self._vhost(request)
+        out = [self.views.default_binding(queue)]
+        out += [self.views.binding(vhost.name, b) for b in queue.incoming.values()]
+        return web.json_response(out)
+
+    async def get_messages(self, request: web.Request) -> web.Response:
+        """POST /api/queues/{vhost}/{name}/get: RabbitMQ's count / ackmode / encoding /
+        truncate; ack_requeue_true puts them back (redelivered)."""
+        queue = self._queue(request)
+        body = await self._body(request)
+        ackmode = body.get("ackmode", "ack_requeue_true")
+        if ackmode not in ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true",
+                           "reject_requeue_false"):
+            raise bad_request(f"unknown ackmode '{ackmode}'")
+        encoding = body.get("encoding", "auto")
+        truncate = body.get("truncate")
+        entries, out = [], []
+        for _ in range(int(body.get("count", 1))):
+            entry = queue.get(no_ack=False)
+            if entry is None:
+                break
+            entries.append(entry)
+            msg = entry.msg
+            payload = msg.body[:truncate] if truncate else msg.body
+            out.append({"payload_bytes": len(msg.body), "redelivered": entry.redelivered,
+                        "exchange": msg.exchange, "routing_key": msg.routing_key,
+                        "message_count": queue.message_count,
+                        "properties": _properties_json(msg.props),
+                        **_payload_json(bytes(payload), encoding)})
+        if ackmode.endswith("requeue_true"):
+            queue.requeue(entries)
+        elif ackmode == "ack_requeue_false":
+            queue.settle(entries)
+        else:
+            queue.reject(entries)
+        return web.json_response(out)
+
+    # ---- exchanges ----------------------------------------------------------------------
+
+    async def list_exchanges(self, request: web.Request) -> web.Response:
+        return web.json_response([self.views.exchange(e) for v in self._vhosts(request)
+                                  for e in sorted(v.exchanges.values(), key=lambda e: e.name)])
+
+    async def get_exchange(self, request: web.Request) -> web.Response:
+        return web.json_response(self.views.exchange(self._exchange(request)))
+
+    async def put_exchange(self, request: web.Request) -> web.Response:
+        vhost, name = self._vhost(request), request.match_info["name"]
+        body = await self._body(request)
+        existed = name in vhost.exchanges
+        vhost.declare_exchange(name, body.get("type", "direct"),
+                               durable=bool(body.get("durable", True)),
+                               auto_delete=bool(body.get("auto_delete", False)),
+                               internal=bool(body.get("internal", False)),
+                               arguments=body.get("arguments") or {})
+        return web.Response(status=204 if existed else 201)
+
+    async def delete_exchange(self, request: web.Request) -> web.Response:
+        exchange = self._exchange(request)
+        self._vhost(request).delete_exchange(exchange.name, self._flag(request, "if-unused"))
+        return web.Response(status=204)
+
+    async def exchange_bindings(self, request: web.Request) -> web.Response:
+        exchange, vhost = self._exchange(request), self._vhost(request)
+        source = request.match_info["direction"] == "source"
+        bindings = exchange.bindings.values() if source else exchange.incoming.values()
+        return web.json_response([self.views.binding(vhost.name, b) for b in bindings])
+
+    async def publish(self, request: web.Request) -> web.Response:
+        """POST /api/exchanges/{vhost}/{name}/publish: {"routed": bool}."""
+        vhost, exchange = self._vhost(request), self._exchange(request)
+        body = await self._body(request)
+        payload = body.get("payload", "")
+        if body.get("payload_encoding", "string") == "base64":
+            try:
+                raw = base64.b64decode(payload, validate=True)
+            except binascii.Error:
+                raise bad_request("payload is not valid base64") from None
+        else:
+            raw = str(payload).encode()
+        props = _properties_bytes(body.get("properties") or {})
+        msg = Message(exchange.name, str(body.get("routing_key", "")), props, raw)
+        return web.json_response({"routed": self._route(vhost, exchange, msg)})
+
+    @staticmethod
+    def _route(vhost: VirtualHost, exchange: Exchange, msg: Message) -> bool:
+        queues = vhost.route(exchange, msg)
+        msg = without_bcc(msg)
+        for queue in queues:
+            queue.publish(msg)
+        return bool(queues)
+
+    # ---- bindings -----------------------------------------------------------------------
+
+    async def list_bindings(self, request: web.Request) -> web.Response:
+        return web.json_response([b for v in self._vhosts(request)
+                                  for b in self.views.bindings(v)])
+
+    def _binding_ends(self, request: web.Request) -> tuple[VirtualHost, Exchange, Any]:
+        vhost = self._vhost(request)
+        source = self._exchange(request, "source")
+        dest_name = request.match_info["destination"]
+        to_queue = request.match_info["kind"] == "q"
+        destination = (vhost.queues if to_queue else vhost.exchanges).get(dest_name)
+        if destination is None:
+            raise not_found()
+        return vhost, source, destination
+
+    async def between(self, request: web.Request) -> web.Response:
+        vhost, source, destination = self._binding_ends(request)
+        return web.json_response([self.views.binding(vhost.name, b)
+                                  for b in source.bindings_to(destination)])
+
+    async def add_binding(self, request: web.Request) -> web.Response:
+        vhost, source, destination = self._binding_ends(request)
+        body = await self._body(request)
+        key = str(body.get("routing_key", ""))
+        arguments = body.get("arguments") or {}
+        vhost.bind(source, destination, key, arguments)
+        binding = source.find_binding(destination, key, arguments)
+        location = properties_key(binding) if binding is not None else key
+        return web.Response(status=201, headers={"Location": location})
+
+    def _find_binding(self, request: web.Request) -> tuple[VirtualHost, Any]:
+        vhost, source, destination = self._binding_ends(request)
+        props = request.match_info["props"]
+        for binding in source.bindings_to(destination):
+            if properties_key(binding) == props:
+                return vhost, binding
+        raise not_found()
+
+    async def get_binding(self, request: web.Request) -> web.Response:
+        vhost, binding = self._find_binding(request)
+        return web.json_response(self.views.binding(vhost.name, binding))
+
+    async def delete_binding(self, request: web.Request) -> web.Response:
+        vhost, b = self._find_binding(request)
+        vhost.unbind(b.source, b.destination, b.routing_key, b.arguments)
+        return web.Response(status=204)
+
+    # ---- connections, channels, consumers ----------------------------------------------
+
+    def _visible_connections(self, request: web.Request) -> list[Any]:
+        visible = self._visible(request)
+        return [c for c in self.views.connections()
+                if visible is None or c.vhost.name in visible]
+
+    async def list_connections(self, request: web.Request) -> web.Response:
+        return web.json_response([self.views.connection(c)
+                                  for c in self._visible_connections(request)])
+
+    async def get_connection(self, request: web.Request) -> web.Response:
+        return web.json_response(self.views.connection(self._connection(request)))
+
+    async def close_connection(self, request: web.Request) -> web.Response:
+        """Close with 320 CONNECTION_FORCED; X-Reason gives the text, as in RabbitMQ."""
+        conn = self._connection(request)
+        conn.close_with(ConnectionForced(request.headers.get("X-Reason",
+                                                             "Closed via management plugin")))
+        return web.Response(status=204)
+
+    async def connection_channels(self, request: web.Request) -> web.Response:
+        conn = self._connection(request)
+        return web.json_response([self.views.channel(conn.channels[n])
+                                  for n in sorted(conn.channels)])
+
+    async def list_channels(self, request: web.Request) -> web.Response:
+        return web.json_response([self.views.channel(c.channels[n])
+                                  for c in self._visible_connections(request)
+                                  for n in sorted(c.channels)])
+
+    async def get_channel(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        for conn in self._visible_connections(request):
+            for ch in conn.channels.values():
+                if self.views.channel(ch)["name"] == name:
+                    return web.json_response(self.views.channel(ch))
+        raise not_found()
+
+    async def list_consumers(self, request: web.Request) -> web.Response:
+        return web.json_response([c for v in self._vhosts(request)
+                                  for c in self.views.consumers(v)])
+
+    # ---- vhosts -------------------------------------------------------------------------
+
+    async def list_vhosts(self, request: web.Request) -> web.Response:
+        return web.json_response([self.views.vhost(v)
+                                  for v in self.views.vhosts(self._visible(request))])
+
+    async def get_vhost(self, request: web.Request) -> web.Response:
+        return web.json_response(self.views.vhost(self._vhost(request)))
+
+    async def put_vhost(self, request: web.Request) -> web.Response:
+        name = request.match_info["vhost"]
+        existed = name in self.broker.vhosts
+        self.broker.add_vhost(name)
+        return web.Response(status=204 if existed else 201)
+
+    async def delete_vhost(self, request: web.Request) -> web.Response:
+        """Everything in it goes: its clients (320), queues, exchanges, permissions."""
+        vhost = self._vhost(request)
+        for conn in self.views.connections():
+            if conn.vhost is vhost:
+                conn.close_with(ConnectionForced(f"vhost '{vhost.name}' is deleted"))
+        for queue in list(vhost.queues.values()):
+            vhost.remove_queue(queue)
+        for name in [n for n in vhost.exchanges if n and not n.startswith("amq.")]:
+            vhost.delete_exchange(name)
+        del self.broker.vhosts[vhost.name]
+        for user in self.broker.users.users.values():
+            user.permissions.pop(vhost.name, None)
+        return web.Response(status=204)
+
+    # ---- users and permissions --------------------------------------------------------
+
+    @staticmethod
+    def _user_json(user: User) -> dict[str, Any]:
+        return {"name": user.name, "password_hash": user.password_hash,
+                "hashing_algorithm": HASHING, "tags": list(user.tags), "limits": {}}
+
+    def _user(self, request: web.Request) -> User:
+        user = self.broker.users.users.get(request.match_info["user"])
+        if user is None:
+            raise not_found()
+        return user
+
+    async def list_users(self, request: web.Request) -> web.Response:
+        return web.json_response([self._user_json(u)
+                                  for u in self.broker.users.users.values()])
+
+    async def get_user(self, request: web.Request) -> web.Response:
+        return web.json_response(self._user_json(self._user(request)))
+
+    async def put_user(self, request: web.Request) -> web.Response:
+        """RabbitMQ's body: password or password_hash, tags (a list or "a,b")."""
+        name = request.match_info["user"]
+        body = await self._body(request)
+        tags = body.get("tags", [])
+        if isinstance(tags, str):
+            tags = [t.strip() for t in tags.split(",") if t.strip()]
+        if "password" in body:
+            password_hash = hash_password(str(body["password"]))
+        elif "password_hash" in body:
+            password_hash = str(body["password_hash"])
+            try:
+                base64.b64decode(password_hash, validate=True)
+            except binascii.Error:
+                raise bad_request("password_hash is not base64") from None
+        else:
+            raise bad_request("password or password_hash must be set")
+        old = self.broker.users.users.get(name)
+        self.broker.users.users[name] = User(name, password_hash, list(tags),
+                                             old.permissions if old else {})
+        return web.Response(status=204 if old else 201)
+
+    async def delete_user(self, request: web.Request) -> web.Response:
+        del self.broker.users.users[self._user(request).name]
+        return web.Response(status=204)
+
+    @staticmethod
+    def _permission_json(user: str, vhost: str, p: Permission) -> dict[str, Any]:
+        return {"user": user, "vhost": vhost, "configure": p.configure, "write": p.write,
+                "read": p.read}
+
+    def _permissions(self, vhost: str | None = None, user: str | None = None) -> list[dict]:
+        return [self._permission_json(u.name, v, p)
+                for u in self.broker.users.users.values() if user in (None, u.name)
+                for v, p in u.permissions.items() if vhost in (None, v)]
+
+    async def list_permissions(self, request: web.Request) -> web.Response:
+        if "user" in request.match_info:
+            return web.json_response(self._permissions(user=self._user(request).name))
+        if "vhost" in request.match_info:
+            return web.json_response(self._permissions(vhost=self._vhost(request).name))
+        return web.json_response(self._permissions())
+
+    async def get_permission(self, request: web.Request) -> web.Response:
+        user, vhost = self._user(request), self._vhost(request)
+        permission = user.permissions.get(vhost.name)
+        if permission is None:
+            raise not_found()
+        return web.json_response(self._permission_json(user.name, vhost.name, permission))
+
+    async def put_permission(self, request: web.Request) -> web.Response:
+        user, vhost = self._user(request), self._vhost(request)
+        body = await self._body(request)
+        existed = vhost.name in user.permissions
+        user.permissions[vhost.name] = Permission(str(body.get("configure", "")),
+                                                  str(body.get("write", "")),
+                                                  str(body.get("read", "")))
+        return web.Response(status=204 if existed else 201)
+
+    async def delete_permission(self, request: web.Request) -> web.Response:
+        user, vhost = self._user(request), self._vhost(request)
+        if user.permissions.pop(vhost.name, None) is None:
+            raise not_found()
+        return web.Response(status=204)
+
+    # ---- definitions --------------------------------------------------------------------
+
+    async def get_definitions(self, request: web.Request) -> web.Response:
+        return web.json_response(export_definitions(self.broker))
+
+    async def post_definitions(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        try:
+            import_definitions(self.broker, body)
+        except (KeyError, TypeError) as exc:
+            raise bad_request(f"malformed definitions: missing or wrong {exc}") from None
+        return web.Response(status=204)
+
+    # ---- routes ---------------------------------------------------------------------------
+
+    def routes(self) -> list[web.RouteDef]:
+        q = "/api/queues/{vhost}/{name}"
+        x = "/api/exchanges/{vhost}/{name}"
+        b = "/api/bindings/{vhost}/e/{source}/{kind:[qe]}/{destination}"
+        return [
+            web.get("/api/overview", self.overview),
+            web.get("/api/whoami", self.whoami),
+            web.get("/api/healthchecks/node", self.healthcheck),
+            web.get("/api/aliveness-test/{vhost}", self.aliveness),
+            web.get("/metrics", self.metrics),
+            web.get("/api/queues", self.list_queues),
+            web.get("/api/queues/{vhost}", self.list_queues),
+            web.get(q, self.get_queue), web.put(q, self.put_queue),
+            web.delete(q, self.delete_queue),
+            web.delete(q + "/contents", self.purge_queue),
+            web.get(q + "/bindings", self.queue_bindings),
+            web.post(q + "/get", self.get_messages),
+            web.get("/api/exchanges", self.list_exchanges),
+            web.get("/api/exchanges/{vhost}", self.list_exchanges),
+            web.get(x, self.get_exchange), web.put(x, self.put_exchange),
+            web.delete(x, self.delete_exchange),
+            web.get(x + "/bindings/{direction:source|destination}", self.exchange_bindings),
+            web.post(x + "/publish", self.publish),
+            web.get("/api/bindings", self.list_bindings),
+            web.get("/api/bindings/{vhost}", self.list_bindings),
+            web.get(b, self.between), web.post(b, self.add_binding),
+            web.get(b + "/{props}", self.get_binding),
+            web.delete(b + "/{props}", self.delete_binding),
+            web.get("/api/connections", self.list_connections),
+            web.get("/api/connections/{name}", self.get_connection),
+            web.delete("/api/connections/{name}", self.close_connection),
+            web.get("/api/connections/{name}/channels", self.connection_channels),
+            web.get("/api/channels", self.list_channels),
+            web.get("/api/channels/{name}", self.get_channel),
+            web.get("/api/consumers", self.list_consumers),
+            web.get("/api/consumers/{vhost}", self.list_consumers),
+            web.get("/api/vhosts", self.list_vhosts),
+            web.get("/api/vhosts/{vhost}", self.get_vhost),
+            web.put("/api/vhosts/{vhost}", self.put_vhost),
+            web.delete("/api/vhosts/{vhost}", self.delete_vhost),
+            web.get("/api/vhosts/{vhost}/permissions", self.list_permissions),
+            web.get("/api/users", self.list_users),
+            web.get("/api/users/{user}", self.get_user),
+            web.put("/api/users/{user}", self.put_user),
+            web.delete("/api/users/{user}", self.delete_user),
+            web.get("/api/users/{user}/permissions", self.list_permissions),
+            web.get("/api/permissions", self.list_permissions),
+            web.get("/api/permissions/{vhost}/{user}", self.get_permission),
+            web.put("/api/permissions/{vhost}/{user}", self.put_permission),
+            web.delete("/api/permissions/{vhost}/{user}", self.delete_permission),
+            web.get("/api/definitions", self.get_definitions),
+            web.post("/api/definitions", self.post_definitions),
+        ]
+
+
+def _properties_json(raw: bytes) -> dict[str, Any]:
+    """Message properties as RabbitMQ's get shows them: only those set, by AMQP name."""
+    props = decode_properties(raw)
+    out = {}
+    for name in ("content_type", "content_encoding", "headers", "delivery_mode", "priority",
+                 "correlation_id", "reply_to", "expiration", "message_id", "timestamp",
+                 "type", "user_id", "app_id", "cluster_id"):
+        value = getattr(props, PROPERTY_ATTRIBUTES.get(name, name), None)
+        if value is not None:
+            out[name] = jsonable(value)
+    return out
+
+
+def _properties_bytes(properties: dict[str, Any]) -> bytes:
+    """The encoded properties of a message published through the API."""
+    from pamqp.commands import Basic
+
+    kwargs = {PROPERTY_ATTRIBUTES.get(k, k): v for k, v in properties.items()}
+    if "timestamp" in kwargs and isinstance(kwargs["timestamp"], int):
+        kwargs["timestamp"] = datetime.datetime.fromtimestamp(kwargs["timestamp"],
+                                                              datetime.timezone.utc)
+    try:
+        return encode_properties(Basic.Properties(**kwargs))
+    except (TypeError, ValueError) as exc:
+        raise bad_request(f"invalid properties: {exc}") from None
+
+
+def _payload_json(payload: bytes, encoding: str) -> dict[str, Any]:
+    """`auto`: text when it is UTF-8, else base64 (RabbitMQ's choice)."""
+    if encoding == "auto":
+        try:
+            return {"payload": payload.decode("utf-8"), "payload_encoding": "string"}
+        except UnicodeDecodeError:
+            pass
+    return {"payload": base64.b64encode(payload).decode(), "payload_encoding": "base64"}
