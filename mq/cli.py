@@ -1,4 +1,4 @@
-"""`python -m mq` / `mq`: start the broker."""
+"""`python -m mq` / `mq`: start the broker; `mq ctl …`: manage a running one."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ import sys
 import anyio
 
 from mq import __version__
-from mq.config import Settings, add_arguments, load
+from mq.config import ConfigError, Settings, add_arguments, load
 
 
 def _setup_logging(level: str) -> None:
@@ -36,11 +36,21 @@ def run_server(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ctl"]:  # `mq ctl …`: the admin client of a running broker
+        from mq.ctl import main as ctl_main
+
+        ctl_main(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="mq", description="mq: an AMQP 0-9-1 message broker")
     parser.add_argument("--version", action="version", version=f"mq {__version__}")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    settings = load(args)
+    try:
+        settings = load(args)
+    except ConfigError as exc:
+        print(f"mq: {exc}", file=sys.stderr)  # one line, exit 2 as argparse does for bad flags
+        raise SystemExit(2) from None
     if args.print_config:
         for key, value in dataclasses.asdict(settings).items():
             print(f"{key} = {value!r}")

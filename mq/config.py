@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message is one line for the operator."""
 
 
 def default_data_dir() -> str:
@@ -30,6 +35,11 @@ class Settings:
     tls_ca: str = ""
     management_host: str = ""
     management_port: int = 15672
+    memory_high_watermark: str = "0.4"
+    disk_free_limit: str = "50MB"
+    max_connections: int = 0
+    max_channels_per_connection: int = 2047
+    max_queues: int = 0
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -53,7 +63,65 @@ HELP = {
     "management_host": "address of the management HTTP API (default: --host)",
     "management_port": "management HTTP API, dashboard and /metrics port (0 picks a free "
                        "one and logs it, -1 turns it off)",
+    "memory_high_watermark": "block publishers above this much memory (RSS): a fraction of "
+                             "total RAM like 0.4, or bytes like 512MB",
+    "disk_free_limit": "block publishers when the data dir's disk has less free space "
+                       "(bytes, e.g. 50MB)",
+    "max_connections": "most client connections at once (0: no limit)",
+    "max_channels_per_connection": "channel_max proposed to clients (1..2047)",
+    "max_queues": "most queues in the broker, all vhosts together (0: no limit)",
 }
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000 ** 2, "g": 1000 ** 3, "t": 1000 ** 4,
+          "ki": 1024, "mi": 1024 ** 2, "gi": 1024 ** 3, "ti": 1024 ** 4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '52428800', '50MB' or '1GiB' (RabbitMQ's units: MB = 1000^2, MiB = 1024^2)."""
+    match = _SIZE.match(str(text))
+    if match is None:
+        raise ValueError(f"{text!r} is not a size (bytes, or a number with kB/MB/GB/KiB/MiB/GiB)")
+    unit = (match.group(2) or "").lower().rstrip("b")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def total_memory() -> int:
+    """Physical RAM in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_limit(text: str) -> int:
+    """The memory watermark in bytes: a number up to 1 is a fraction of total RAM (RabbitMQ's
+    relative watermark), anything else an absolute size."""
+    try:
+        fraction = float(text)
+    except ValueError:
+        return parse_size(text)
+    if 0 < fraction <= 1:
+        return int(fraction * total_memory())
+    return parse_size(text)
+
+
+def _check(settings: Settings) -> None:
+    """Values that have the right type but no meaning."""
+    if not 0 <= settings.port <= 65535:
+        raise ConfigError(f"port must be 0..65535, not {settings.port}")
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, "
+                          f"not {settings.log_level!r}")
+    if not 1 <= settings.max_channels_per_connection <= 2047:
+        raise ConfigError("max_channels_per_connection must be 1..2047, not "
+                          f"{settings.max_channels_per_connection}")
+    for name in ("max_connections", "max_queues", "max_message_size", "heartbeat"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{name} must not be negative")
+    for name, parse in (("memory_high_watermark", memory_limit), ("disk_free_limit", parse_size)):
+        try:
+            parse(getattr(settings, name))
+        except ValueError as exc:
+            raise ConfigError(f"invalid {name}: {exc}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,25 +133,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"{HELP[f.name]} (env MQ_{f.name.upper()})")
 
 
-def _coerce(name: str, value: object) -> object:
+_KINDS = {int: "an integer", float: "a number", str: "a string"}
+
+
+def _coerce(name: str, value: object, source: str) -> object:
     kind = type(getattr(Settings(), name))
-    return kind(value) if not isinstance(value, kind) else value
+    if isinstance(value, kind) and not isinstance(value, bool):
+        return value
+    if isinstance(value, (bool, dict, list)) or (kind is int and isinstance(value, float)):
+        raise ConfigError(f"{name} (from {source}) must be {_KINDS[kind]}, not {value!r}")
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"{name} (from {source}) must be {_KINDS[kind]}, "
+                          f"not {value!r}") from None
+
+
+def _read_file(path: str) -> dict[str, object]:
+    """A TOML file of settings; keys are the flag names with '_' or '-'."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    data = {key.replace("-", "_"): value for key, value in data.items()}
+    unknown = set(data) - {f.name for f in fields(Settings)}
+    if unknown:
+        raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
+    return data
 
 
 def load(args: argparse.Namespace) -> Settings:
+    """The effective settings; ConfigError (one line) when any is unusable."""
     values: dict[str, object] = {}
-    if getattr(args, "config", None):
-        with open(args.config, "rb") as fh:
-            data = tomllib.load(fh)
-        unknown = set(data) - {f.name for f in fields(Settings)}
-        if unknown:
-            raise SystemExit(f"mq: unknown settings in {args.config}: {', '.join(sorted(unknown))}")
-        values.update(data)
+    config = getattr(args, "config", None)
+    if config:
+        values.update({k: _coerce(k, v, config) for k, v in _read_file(config).items()})
     for f in fields(Settings):
         env = os.environ.get(f"MQ_{f.name.upper()}")
         if env is not None:
-            values[f.name] = env
+            values[f.name] = _coerce(f.name, env, f"MQ_{f.name.upper()}")
         flag = getattr(args, f.name, None)
         if flag is not None:
-            values[f.name] = flag
-    return Settings(**{k: _coerce(k, v) for k, v in values.items()})
+            values[f.name] = _coerce(f.name, flag, "--" + f.name.replace("_", "-"))
+    settings = Settings(**values)
+    _check(settings)
+    return settings
