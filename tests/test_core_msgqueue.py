@@ -63,6 +63,13 @@ class MessageQueueMachine(RuleBasedStateMachine):
         self.ready.append(Model(body, level, self.published, expires_at))
         assert entry.level == level
 
+    @rule(count=st.integers(30, 120), priority=st.integers(0, 3),
+          expires_at=st.sampled_from([10.0, 20.0]))
+    def push_batch(self, count: int, priority: int, expires_at: float) -> None:
+        """Many at once, so the lazy-removal sweeps of heap and levels happen too."""
+        for _ in range(count):
+            self.push(priority, expires_at, 1)
+
     @rule(target=delivered)
     def pop(self):
         entry = self.queue.pop()
@@ -177,3 +184,19 @@ def test_deadlines_do_not_keep_delivered_messages_alive() -> None:
     assert queue.next_deadline() == 50.0
     assert queue.expire_due(55.0) == [looping]
     assert queue.expire_due(1e13) == [kept] and queue.count == 0
+
+
+def test_expired_entries_behind_the_head_are_not_kept() -> None:
+    """B-TTL-2: messages expired far from the head (behind one that never expires) leave
+    memory too, not only the ready count; the order of what remains is kept."""
+    queue = MessageQueue(0)
+    queue.push(make_message(b"head", None, None))
+    msg = make_message(b"x" * 100, None, "5000")
+    baseline = sys.getrefcount(msg)
+    for _ in range(5000):
+        queue.push(msg, 5.0)
+        assert len(queue.expire_due(10.0)) == 1
+    queue.push(make_message(b"tail", None, None))
+    assert sys.getrefcount(msg) - baseline < 200
+    assert [e.msg.body for e in queue] == [b"head", b"tail"]
+    assert queue.pop().msg.body == b"head" and queue.pop().msg.body == b"tail"

@@ -14,6 +14,7 @@ cdef class MessageQueue:
     cdef int _top
     cdef long long _seq
     cdef list _deadlines
+    cdef Py_ssize_t _holes  # removed entries still sitting in a level's deque
     cdef readonly int max_priority
     cdef readonly Py_ssize_t count
     cdef readonly Py_ssize_t bytes
@@ -26,3 +27,4 @@ cdef class MessageQueue:
     cpdef void remove(self, Entry e)
     cdef void _track(self, Entry e)
     cdef void _compact(self)
+    cdef void _sweep_levels(self)

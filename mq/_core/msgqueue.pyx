@@ -35,6 +35,7 @@ cdef class MessageQueue:
         self._top = 0
         self._seq = 0
         self._deadlines = []
+        self._holes = 0
         self.count = 0
         self.bytes = 0
 
@@ -84,6 +85,7 @@ cdef class MessageQueue:
         while q:
             e = q.popleft()
             if e.removed:
+                self._holes -= 1
                 continue
             e.removed = True
             self.count -= 1
@@ -115,15 +117,27 @@ cdef class MessageQueue:
                 if not e.removed:
                     return e
                 q.popleft()
+                self._holes -= 1
             level -= 1
         return None
 
     cpdef void remove(self, Entry e):
-        """Take an entry out of the ready set in O(1); its slot is skipped lazily later."""
+        """Take a ready entry out in O(1); its slot is skipped lazily later, and the slots
+        are swept once they outnumber the ready entries (an expired message far from the
+        head must not stay in memory until the head reaches it)."""
         if not e.removed:
             e.removed = True
             self.count -= 1
             self.bytes -= len(e.msg.body)
+            self._holes += 1
+            if self._holes > self.count + 64:
+                self._sweep_levels()
+
+    cdef void _sweep_levels(self):
+        cdef Py_ssize_t i
+        for i in range(len(self._levels)):
+            self._levels[i] = deque([e for e in self._levels[i] if not (<Entry>e).removed])
+        self._holes = 0
 
     def requeue(self, entries) -> None:
         """Put delivered entries back at their original places, marked redelivered."""
@@ -165,6 +179,7 @@ cdef class MessageQueue:
                     out.append(e)
             q.clear()
         self._deadlines = []
+        self._holes = 0
         self._top = 0
         self.count = 0
         self.bytes = 0
