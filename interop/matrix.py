@@ -8,7 +8,7 @@ from .scenarios import Scenario
 from .suite import BrokerResult
 
 SYMBOL = {PASS: "pass", "FAIL": "FAIL", "timeout": "TIME", "n/a": "-", "skipped": "skip",
-          NOT_INSTALLED: "n/i"}
+          NOT_INSTALLED: "n/i", "xfail": "xfail"}
 
 
 def render(scenarios: list[Scenario], clients: list[Client], results: list[BrokerResult]) -> str:
@@ -31,7 +31,7 @@ def render(scenarios: list[Scenario], clients: list[Client], results: list[Broke
         lines.append(row + " ".join(cells))
     lines.append("")
     lines.append(f"cells: {labels}; pass, FAIL, TIME(out), skip(ped), - (not applicable), "
-                 "n/i (client not installed), != (brokers differ)")
+                 "n/i (client not installed), xfail (a known client bug), != (brokers differ)")
     for r in results:
         failures = [(k, o) for k, o in r.cells.items() if o.status in FAILING]
         notes = sorted({f"{k[1]}: {n}" for k, o in r.cells.items() for n in o.notes})
@@ -41,6 +41,9 @@ def render(scenarios: list[Scenario], clients: list[Client], results: list[Broke
         skipped = sorted({o.reason for o in r.cells.values() if o.status == "skipped"})
         for reason in skipped:
             lines.append(f"  skipped: {reason}")
+        for (s, c), o in sorted(r.cells.items(), key=lambda kv: kv[0]):
+            if o.status == "xfail":
+                lines.append(f"  xfail {s} x {c}: {o.reason}")
         for note in notes:
             lines.append(f"  note {note}")
     missing = [c for c in clients if c.not_installed()]

@@ -22,9 +22,14 @@ class Client:
     command: tuple[str, ...]        # scenario name and URL are appended
     missing: Callable[[], str | None]  # why it cannot run, or None when installed
     only_own_scenarios: bool = False   # runs only scenarios written for it (Celery)
+    # scenario -> the client library's own bug that makes it fail on every broker (shown as xfail)
+    known_failures: tuple[tuple[str, str], ...] = ()
 
     def not_installed(self) -> str | None:
         return self.missing()
+
+    def known_failure(self, scenario: str) -> str | None:
+        return dict(self.known_failures).get(scenario)
 
 
 def python_module(*modules: str) -> Callable[[], str | None]:
@@ -77,9 +82,14 @@ def py(module: str) -> tuple[str, ...]:
 
 PHP_AMQPLIB = Path("/usr/share/php/PhpAmqpLib")
 
+# Bugs of the client libraries themselves, seen on RabbitMQ as well: the cell shows xfail.
+PIKA_BUGS = (("headers-read", "pika 1.x decodes a 32-bit float header ('f') as an integer"),)
+
 CLIENTS: list[Client] = [
-    Client("pika", "python", "pika BlockingConnection", py("pika_blocking"), python_module("pika")),
-    Client("pika-asyncio", "python", "pika AsyncioConnection", py("pika_asyncio"), python_module("pika")),
+    Client("pika", "python", "pika BlockingConnection", py("pika_blocking"), python_module("pika"),
+           known_failures=PIKA_BUGS),
+    Client("pika-asyncio", "python", "pika AsyncioConnection", py("pika_asyncio"), python_module("pika"),
+           known_failures=PIKA_BUGS),
     Client("aio-pika", "python", "aio-pika", py("aio_pika_driver"), python_module("aio_pika")),
     Client("aiormq", "python", "aiormq", py("aiormq_driver"), python_module("aiormq")),
     Client("py-amqp", "python", "amqp (py-amqp)", py("py_amqp"), python_module("amqp")),
@@ -89,7 +99,8 @@ CLIENTS: list[Client] = [
     Client("amqplib", "node", "amqplib (npm)", ("node", str(CLIENTS_DIR / "node" / "amqplib.js")),
            node_package("amqplib")),
     Client("amqp-client.js", "node", "@cloudamqp/amqp-client (npm)",
-           ("node", str(CLIENTS_DIR / "node" / "amqp-client.js")), node_package("@cloudamqp/amqp-client")),
+           ("node", str(CLIENTS_DIR / "node" / "amqp-client.js")), node_package("@cloudamqp/amqp-client"),
+           known_failures=(("headers-read", "it decodes a decimal header into a JS number"),)),
     Client("go-amqp091", "go", "amqp091-go (Debian)", (str(CLIENTS_DIR / "go" / "driver"),),
            files(CLIENTS_DIR / "go" / "driver")),
     Client("java", "java", "RabbitMQ Java client (Debian)",
@@ -97,7 +108,9 @@ CLIENTS: list[Client] = [
             "Driver"),
            files(JAVA_JAR, CLIENTS_DIR / "java" / "classes" / "Driver.class", tools=("java",))),
     Client("bunny", "ruby", "bunny (Debian ruby-bunny)", ("ruby", str(CLIENTS_DIR / "ruby" / "driver.rb")),
-           ruby_gem("bunny", CLIENTS_DIR / "ruby" / "driver.rb")),
+           ruby_gem("bunny", CLIENTS_DIR / "ruby" / "driver.rb"),
+           known_failures=(("headers-read", "amq-protocol 2.3.2 decodes a signed 8-bit int ('b') as unsigned "
+                                            "and a 32-bit float ('f') in the wrong byte order"),)),
     Client("php-amqplib", "php", "php-amqplib (Debian)", ("php", str(CLIENTS_DIR / "php" / "driver.php")),
            files(PHP_AMQPLIB, CLIENTS_DIR / "php" / "driver.php", tools=("php",))),
     Client("amqp-tools", "c", "rabbitmq-c amqp-tools (Debian)",

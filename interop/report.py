@@ -18,7 +18,7 @@ body{font:14px system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:4px 8px;text-align:center}
 th{background:#f4f4f4}td.name{text-align:left}td.name small{color:#777}
 .pass{background:#d9f2d9}.FAIL,.timeout{background:#f8d0d0;font-weight:bold}
-.skipped,.n\\/a{background:#f0f0f0;color:#888}.not{background:#fff3cd}
+.skipped,.n\\/a{background:#f0f0f0;color:#888}.not{background:#fff3cd}.xfail{background:#efe3f7}
 .diff{outline:3px solid #e08a00;outline-offset:-3px}
 pre{background:#f7f7f7;padding:8px;overflow:auto;max-height:30em;text-align:left}
 details{margin:.4em 0}summary{cursor:pointer}
@@ -52,7 +52,7 @@ def render(scenarios: list[Scenario], clients: list[Client], results: list[Broke
             classes = cell_class(outs[0].status) + (" diff" if diff else "")
             text = " / ".join(o.status for o in outs)
             anchor = f"{s.name}--{c.name}"
-            if diff or any(o.status in FAILING or o.notes for o in outs):
+            if diff or any(o.status in FAILING or o.status == "xfail" or o.notes for o in outs):
                 text = f"<a href='#{e(anchor)}'>{e(text)}</a>"
                 details.append(detail(anchor, s, c, results, outs, diff))
             out.append(f"<td class='{e(classes)}' title='{e(title)}'>{text}</td>")

@@ -34,6 +34,10 @@ class Plan:
     expected: dict[str, Any]
     # Steps run by a fresh driver process after the broker was restarted (B-DUR-2).
     after_restart: list[Step] | None = None
+    # Steps the reference client (REFERENCE_CLIENT) runs before / after the client under test,
+    # so one client reads what another wrote; their observations join the client's.
+    reference_before: list[Step] | None = None
+    reference_after: list[Step] | None = None
     timeout: float = 20.0  # a healthy broker needs a few seconds; this bounds a hung client
 
 
@@ -290,7 +294,7 @@ def headers(ctx: Ctx) -> Plan:
         op("channel"),
         op("queue_declare", queue=q),
         op("publish", exchange="", routing_key=q, body="typed", props=props, save="sent"),
-        op("get", queue=q, wait=2, save="message"),
+        op("get", queue=q, wait=2, full=True, save="message"),
         op("queue_delete", queue=q),
         op("close"),
     ]
@@ -298,6 +302,41 @@ def headers(ctx: Ctx) -> Plan:
     want_headers = {k: reported_header(v) for k, v in HEADER_VALUES.items()}
     # The harness drops header names a driver said it cannot send (its "sent.unsent").
     return Plan(steps, {"message": {"body": "typed", "props": want_props, "headers": want_headers}})
+
+
+# aiormq (pamqp) can write and read every field type, so it is the other side of the
+# cross-client header scenarios.
+REFERENCE_CLIENT = "aiormq"
+
+
+def headers_read(ctx: Ctx) -> Plan:
+    """B-PUB-5: every field type written by the reference client, read by this one."""
+    q = ctx.name("headers-in")
+    user = urlsplit(ctx.url).username or "guest"
+    props = dict(PROPERTIES, user_id=user, headers=HEADER_VALUES)
+    before = [op("connect"), op("channel"), op("queue_declare", queue=q),
+              op("publish", exchange="", routing_key=q, body="typed", props=props), op("close")]
+    steps = [op("connect"), op("channel"), op("get", queue=q, wait=2, full=True, save="message"),
+             op("queue_delete", queue=q), op("close")]
+    want = {"body": "typed", "props": dict(PROPERTIES, user_id=user),
+            "headers": {k: reported_header(v) for k, v in HEADER_VALUES.items()}}
+    return Plan(steps, {"message": want}, reference_before=before)
+
+
+def headers_write(ctx: Ctx) -> Plan:
+    """B-PUB-5: every field type this client can write, read back by the reference client."""
+    q = ctx.name("headers-out")
+    user = urlsplit(ctx.url).username or "guest"
+    props = dict(PROPERTIES, user_id=user, headers=HEADER_VALUES)
+    # Confirmed before closing, so the publish is known to be in the queue for the reader.
+    steps = [op("connect"), op("channel"), op("queue_declare", queue=q), op("confirm"),
+             op("publish", exchange="", routing_key=q, body="typed", props=props, save="sent"),
+             op("wait_confirms", save="confirmed"), op("close")]
+    after = [op("connect"), op("channel"), op("get", queue=q, wait=2, full=True, save="message"),
+             op("queue_delete", queue=q), op("close")]
+    want = {"body": "typed", "props": dict(PROPERTIES, user_id=user),
+            "headers": {k: reported_header(v) for k, v in HEADER_VALUES.items()}}
+    return Plan(steps, {"message": want}, reference_after=after)
 
 
 def priority(ctx: Ctx) -> Plan:
@@ -496,6 +535,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("mandatory", "mandatory publish returned", ("B-PUB-2",), mandatory),
     Scenario("bodies", "10 MiB and empty bodies", ("B-PUB-4",), bodies),
     Scenario("headers", "every property and header field type", ("B-PUB-5",), headers),
+    Scenario("headers-read", "header types written by aiormq, read here", ("B-PUB-5",), headers_read),
+    Scenario("headers-write", "header types written here, read by aiormq", ("B-PUB-5",), headers_write),
     Scenario("priority", "priority queue order", ("B-PRI-1",), priority),
     Scenario("ttl-dlx", "TTL expiry dead-lettered, x-death", ("B-TTL-1", "B-TTL-2", "B-DLX-3"), ttl_dlx),
     Scenario("reject-dlx", "reject to dead-letter queue", ("B-DLX-1", "B-DLX-3"), reject_dlx),

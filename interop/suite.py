@@ -9,9 +9,11 @@ from typing import Callable
 
 from .broker import Broker
 from .driver_process import run_driver
-from .outcome import FAIL, NA, NOT_INSTALLED, SKIPPED, TIMEOUT, Outcome, judge
-from .registry import Client
-from .scenarios import Ctx, Plan, Scenario
+from .outcome import FAIL, NA, NOT_INSTALLED, SKIPPED, TIMEOUT, Outcome, judge, known_failure
+from .registry import BY_NAME as CLIENTS_BY_NAME, Client
+from .scenarios import REFERENCE_CLIENT, Ctx, Plan, Scenario
+
+REFERENCE = CLIENTS_BY_NAME[REFERENCE_CLIENT]
 
 Cell = tuple[str, str]  # (scenario, client)
 
@@ -87,12 +89,32 @@ class Suite:
 
     def _run_cell(self, res: BrokerResult, s: Scenario, c: Client) -> None:
         plan = self.plan(s, c, res.broker.url)
-        run = run_driver(c, s.name, res.broker.url, plan.steps, self._timeout(plan))
-        res.cells[(s.name, c.name)] = self._verdict(plan, run.observed, run.problem, run.seconds, run.where)
+        url, timeout = res.broker.url, self._timeout(plan)
+        runs = []
+        for who, steps in ((REFERENCE, plan.reference_before), (c, plan.steps), (REFERENCE, plan.reference_after)):
+            if steps:
+                runs.append((who, run_driver(who, s.name, url, steps, timeout)))
+        seconds = sum(r.seconds for _, r in runs)
+        broken = next(((who, r) for who, r in runs if r.observed is None or "_abort" in r.observed), None)
+        if broken and broken[0] is not c:
+            # The reference side failed: say so rather than blame the client under test.
+            who, r = broken
+            why = r.problem or f"{r.observed['_abort']['op']}: {r.observed['_abort'].get('detail', '')}"
+            res.cells[(s.name, c.name)] = Outcome(FAIL, f"reference client {who.name} failed: {why}"[:300],
+                                                  seconds=seconds)
+        elif broken:
+            _, r = broken
+            res.cells[(s.name, c.name)] = self._verdict(plan, r.observed, r.problem, seconds, r.where, c)
+        else:
+            merged: dict = {}
+            for _, r in runs:
+                merged.update(r.observed or {})
+            res.cells[(s.name, c.name)] = self._verdict(plan, merged, None, seconds, "", c)
+        known_failure(res.cells[(s.name, c.name)], c.known_failure(s.name))
         self.progress(f"{res.broker.label}: {s.name} x {c.name}: {res.cells[(s.name, c.name)].status}")
 
     def _verdict(self, plan: Plan, observed: dict | None, problem: str | None, seconds: float,
-                 where: str = "") -> Outcome:
+                 where: str = "", client: Client | None = None) -> Outcome:
         if problem == "timeout":
             out = Outcome(TIMEOUT, f"timeout after {self._timeout(plan):.0f}s {where}".strip())
         elif observed is None:

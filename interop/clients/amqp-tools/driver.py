@@ -100,8 +100,8 @@ class AmqpTools(Driver):
         return "ok"
 
     def op_get(self, step: Step) -> Any:
-        if step.get("ack", "ack") != "ack":
-            raise Unsupported("get")
+        if step.get("ack", "ack") != "ack" or step.get("full"):
+            raise Unsupported("get")  # amqp-get prints the body only
         until = time.monotonic() + step.get("wait", 0)
         while True:
             try:

@@ -54,6 +54,10 @@ def from_native(v)
   when Time then typed('timestamp', v.to_i)
   when Hash then typed('table', v.transform_values { |x| from_native(x) })
   when Array then typed('array', v.map { |x| from_native(x) })
+  when String
+    # amq-protocol returns a byte array ('x') as a binary String; text is valid UTF-8.
+    utf8 = v.dup.force_encoding('UTF-8')
+    utf8.valid_encoding? ? typed('str', utf8) : typed('bytes', v.unpack1('H*'))
   else typed('str', v.to_s)
   end
 end
