@@ -192,3 +192,28 @@ def test_bad_hash_arguments_are_406(scratch, arguments: dict, text: str) -> None
         scratch.connection.channel().exchange_declare(name, CH, passive=True)
     assert info.value.reply_code == 404
 
+
+
+def test_same_key_same_queue_after_restart(mq_fresh_broker, uid) -> None:
+    """B-EX-12: a durable x-consistent-hash exchange comes back from a restart with its
+    bindings and the same ring: every key reaches the queue it reached before."""
+    exchange, queues = f"{uid}-chx", [f"{uid}-q{i}" for i in range(3)]
+    keys = [f"account-{i}" for i in range(300)]
+
+    def mapping(declare: bool) -> dict[bytes, str]:
+        connection = pika.BlockingConnection(pika.URLParameters(mq_fresh_broker.url))
+        session = Scratch(connection, uid)
+        if declare:
+            session.channel.exchange_declare(exchange, CH, durable=True)
+            for weight, queue in enumerate(queues, start=1):
+                session.channel.queue_declare(queue, durable=True)
+                session.channel.queue_bind(queue, exchange, str(weight))
+        publish_keys(session, exchange, keys)
+        reached = where_each_went(session, queues, len(keys))
+        connection.close()
+        return {key: qs[0] for key, qs in reached.items()}
+
+    before = mapping(declare=True)
+    assert len(set(before.values())) == 3
+    mq_fresh_broker.restart()
+    assert mapping(declare=False) == before
