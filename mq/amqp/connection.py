@@ -21,6 +21,7 @@ from mq.amqp.methods import decode_method
 from mq.broker.broker import Broker
 from mq.broker.errors import (AMQPError, ChannelError, CommandInvalid, FrameError, InternalError,
                               NotAllowed, UnexpectedFrame)
+from mq.logfmt import kv
 
 log = logging.getLogger("mq.connection")
 
@@ -37,7 +38,7 @@ CAPABILITIES = {
     "exchange_exchange_bindings": True,
     "basic.nack": True,
     "consumer_cancel_notify": True,
-    "connection.blocked": False,
+    "connection.blocked": True,
     "consumer_priorities": True,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
@@ -52,13 +53,18 @@ class Transport(Protocol):
 
     def close(self) -> None: ...
 
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
 
 class Connection:
     """One client connection. Feed it bytes with `data_received`; call `tick` every second."""
 
     def __init__(self, broker: Broker, transport: Transport, peer: tuple[str, int] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 heartbeat: int = HEARTBEAT, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 heartbeat: int = HEARTBEAT, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 channel_max: int = CHANNEL_MAX) -> None:
         self.broker = broker
         self.transport = transport
         self.peer = peer or ("?", 0)
@@ -70,7 +76,8 @@ class Connection:
         self.channels: dict[int, Channel] = {}
         # Queues whose consumers got room back during a read: dispatched once at its end.
         self.pending_dispatch: dict[Any, None] = {}
-        self.channel_max = CHANNEL_MAX
+        self._max_channels = channel_max  # what we propose in tune (--max-channels-per-connection)
+        self.channel_max = channel_max
         self.frame_max = FRAME_MAX
         self.heartbeat = 0
         self._proposed_heartbeat = heartbeat
@@ -85,6 +92,11 @@ class Connection:
         self._last_recv = self._last_sent = self._closing_since = self._opened_at
         self.name = f"{self.peer[0]}:{self.peer[1]}"
         self._current_method = (0, 0)  # class and method id of the last method frame
+        # Resource alarms (B-CONN-10), as RabbitMQ: while an alarm is on the connection is
+        # 'blocking'; its next publish makes it 'blocked' (connection.blocked, reading paused).
+        self.alarms: tuple[str, ...] = ()
+        self.blocked = False
+        self._counted = False  # counted in broker.open_connections
 
     # ---- output ---------------------------------------------------------------------
 
@@ -146,6 +158,9 @@ class Connection:
                     self._frame(*event)
                 if self.closed:
                     return
+                if self.alarms and not self.blocked and (kind == frames.EVENT_PUBLISH
+                                                         or kind == 2):  # a content header
+                    self._block()
 
     def _hot(self, event: tuple) -> None:
         """A publish (with its content) or an ack that the frame reader decoded itself.
@@ -187,7 +202,7 @@ class Connection:
         return True
 
     def _reject_header(self) -> None:
-        log.info("connection %s: bad protocol header, closing", self.name)
+        log.info("connection refused %s", kv(peer=self.name, reason="bad protocol header"))
         self.write(PROTOCOL_HEADER)
         self.close_transport()
 
@@ -219,10 +234,16 @@ class Connection:
             return
         if self.state != "open":
             raise CommandInvalid(f"channel {channel} used before the connection was opened")
+        ch = self.channels.get(channel)
+        if ch is None and len(self.channels) >= self.channel_max and ftype == 1 \
+                and frames.method_id(payload) == 0x0014000A:
+            log.warning("channel refused %s", kv(peer=self.name, channel=channel,
+                                                 limit=self.channel_max))
+            raise NotAllowed(f"number of channels opened ({len(self.channels)}) has reached "
+                             f"the negotiated channel_max ({self.channel_max})")
         if channel > self.channel_max:
             raise ChannelError(f"channel id {channel} exceeds the negotiated channel_max "
                                f"{self.channel_max}")
-        ch = self.channels.get(channel)
         if ch is None:
             if ftype != 1 or frames.method_id(payload) != 0x0014000A:
                 raise ChannelError(f"expected 'channel.open' on channel {channel}")
@@ -241,8 +262,9 @@ class Connection:
 
     def channel_error(self, ch: Channel, exc: AMQPError) -> None:
         """A channel-level error: channel.close with the code and the offending method."""
-        log.info("channel error on connection %s channel %d: %d %s", self.name, ch.number,
-                 exc.reply_code, exc.reply_text)
+        log.info("channel error %s", kv(peer=self.name, user=getattr(self.user, "name", None),
+                                        channel=ch.number, code=exc.reply_code,
+                                        text=exc.reply_text))
         class_id, method_id = ch.current_method
         ch.flush_confirms()  # publishes routed before the error are acked before the close
         ch.closing()
@@ -265,8 +287,7 @@ class Connection:
             self._open(method)
         elif name == "Connection.Close":
             self.send_method(0, spec.Connection.CloseOk())
-            log.info("connection closed by client %s user=%s", self.name,
-                     getattr(self.user, "name", None))
+            self._log_closed("client closed")
             self.close_transport()
         elif name in ("Connection.Blocked", "Connection.Unblocked", "Connection.UpdateSecret"):
             if name == "Connection.UpdateSecret":
@@ -316,11 +337,11 @@ class Connection:
             return
         self.user = user
         self.state = "tune-ok"
-        self.send_method(0, spec.Connection.Tune(channel_max=CHANNEL_MAX, frame_max=FRAME_MAX,
+        self.send_method(0, spec.Connection.Tune(channel_max=self._max_channels, frame_max=FRAME_MAX,
                                                  heartbeat=self._proposed_heartbeat))
 
     def _refuse_login(self, text: str, username: str) -> None:
-        log.warning("authentication failed on connection %s user=%s: %s", self.name, username, text)
+        log.warning("authentication failed %s", kv(peer=self.name, user=username, text=text))
         if self.capabilities.get("authentication_failure_close"):
             self.send_method(0, spec.Connection.Close(reply_code=403,
                                                       reply_text=f"ACCESS_REFUSED - {text}"[:255],
@@ -328,10 +349,10 @@ class Connection:
         self.close_transport()
 
     def _tune_ok(self, method: Any) -> None:
-        channel_max = method.channel_max or CHANNEL_MAX
+        channel_max = method.channel_max or self._max_channels
         frame_max = method.frame_max or FRAME_MAX
-        if channel_max > CHANNEL_MAX:
-            raise NotAllowed(f"channel_max={channel_max} > {CHANNEL_MAX} max channels")
+        if channel_max > self._max_channels:
+            raise NotAllowed(f"channel_max={channel_max} > {self._max_channels} max channels")
         if frame_max > FRAME_MAX:
             raise NotAllowed(f"frame_max={frame_max} > {FRAME_MAX} max size")
         if frame_max < FRAME_MIN:
@@ -348,10 +369,18 @@ class Connection:
                              if vhost is None else
                              f"access to vhost '{method.virtual_host}' refused for user "
                              f"'{self.user.name}'")
+        limit = self.broker.max_connections
+        if limit and self.broker.open_connections >= limit:
+            log.warning("connection refused %s", kv(peer=self.name, user=self.user.name,
+                                                    reason="connection limit", limit=limit))
+            raise NotAllowed(f"connection refused: node connection limit ({limit}) is reached")
+        self.broker.open_connections += 1
+        self._counted = True
         self.vhost = vhost
         self.state = "open"
         self.send_method(0, spec.Connection.OpenOk())
-        log.info("connection opened %s user=%s vhost=%s", self.name, self.user.name, vhost.name)
+        log.info("connection opened %s", kv(peer=self.name, user=self.user.name,
+                                            vhost=vhost.name))
 
     # ---- errors, timers, teardown -----------------------------------------------------
 
@@ -363,7 +392,8 @@ class Connection:
             if broken:  # garbage while waiting for close-ok: no point waiting longer
                 self.close_transport()
             return
-        log.warning("connection error on %s: %d %s", self.name, exc.reply_code, exc.reply_text)
+        log.warning("connection error %s", kv(peer=self.name, user=getattr(self.user, "name", None),
+                                              code=exc.reply_code, text=exc.reply_text))
         handshaking = self.state in ("header", "start-ok", "tune-ok")
         self.state = "closing"
         self._closing_since = self.clock()
@@ -397,16 +427,41 @@ class Connection:
                 self.close_transport()
         elif self.state != "open":
             if now - self._opened_at > self._handshake_timeout:
-                log.warning("connection %s: handshake not finished in %.0fs, dropping",
-                            self.name, self._handshake_timeout)
+                log.warning("connection closed %s", kv(
+                    peer=self.name, reason=f"handshake not finished in "
+                                           f"{self._handshake_timeout:.0f}s"))
                 self.close_transport()
         elif self.heartbeat:
-            if now - self._last_recv > 2 * self.heartbeat:
-                log.warning("missed heartbeats from client %s, timeout: %ds", self.name,
-                            self.heartbeat)
+            # Not reading a blocked connection is our doing: its silence is no timeout.
+            if now - self._last_recv > 2 * self.heartbeat and not self.blocked:
+                log.warning("connection closed %s", kv(
+                    peer=self.name, user=getattr(self.user, "name", None),
+                    reason=f"missed heartbeats, timeout {self.heartbeat}s"))
                 self.close_transport()
             elif now - self._last_sent >= self.heartbeat / 2:
                 self.write(frames.HEARTBEAT_FRAME)
+
+    def set_alarms(self, alarms: tuple[str, ...]) -> None:
+        """The broker's resource alarms changed (B-CONN-10). A blocked connection is told
+        and read again once none is left; others block at their next publish."""
+        self.alarms = alarms
+        if not alarms and self.blocked and not self.closed:
+            self.blocked = False
+            self._last_recv = self.clock()
+            if self.capabilities.get("connection.blocked"):
+                self.send_method(0, spec.Connection.Unblocked())
+            self.transport.resume_reading()
+            log.info("connection unblocked %s", kv(peer=self.name,
+                                                   user=getattr(self.user, "name", None)))
+
+    def _block(self) -> None:
+        self.blocked = True
+        reason = " & ".join(f"low on {alarm}" for alarm in self.alarms)
+        if self.capabilities.get("connection.blocked"):
+            self.send_method(0, spec.Connection.Blocked(reason=reason))
+        self.transport.pause_reading()
+        log.info("connection blocked %s", kv(peer=self.name, user=getattr(self.user, "name", None),
+                                             reason=reason))
 
     def set_writable(self, writable: bool) -> None:
         """Back-pressure from the socket: consumers pause while the peer can't keep up."""
@@ -430,11 +485,20 @@ class Connection:
         self.transport.close()
 
     def connection_lost(self) -> None:
-        """The socket went away: same cleanup as a close."""
+        """The socket went away: same cleanup as a close. Never raises, so that the server
+        always forgets the connection."""
         if not self.closed:
-            log.info("connection lost %s user=%s", self.name, getattr(self.user, "name", None))
+            self._log_closed("socket closed")
             self._mark_closed()
-            self._release()
+            try:
+                self._release()
+            except Exception:
+                log.exception("error releasing connection %s", self.name)
+
+    def _log_closed(self, reason: str) -> None:
+        log.info("connection closed %s", kv(peer=self.name, user=getattr(self.user, "name", None),
+                                            vhost=getattr(self.vhost, "name", None),
+                                            reason=reason))
 
     def _mark_closed(self) -> None:
         # Before the release: if that fails, the connection still counts as closed.
@@ -447,6 +511,9 @@ class Connection:
         for ch in list(self.channels.values()):
             ch.release()
         self.channels.clear()
+        if self._counted:
+            self._counted = False
+            self.broker.open_connections -= 1
         if self.vhost is not None:
             self.vhost.connection_closed(self)
 
