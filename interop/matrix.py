@@ -14,21 +14,23 @@ SYMBOL = {PASS: "pass", "FAIL": "FAIL", "timeout": "TIME", "n/a": "-", "skipped"
 def render(scenarios: list[Scenario], clients: list[Client], results: list[BrokerResult]) -> str:
     lines: list[str] = []
     labels = " / ".join(r.broker.label for r in results)
-    head_w = max(len(s.name) for s in scenarios) + 2
-    widths = [max(len(c.name), 9 if len(results) > 1 else 4) for c in clients]
-    lines.append(f"{'scenario':<{head_w}}" + " ".join(f"{c.name:<{w}}" for c, w in zip(clients, widths)))
     diffs: list[str] = []
+    rows: list[list[str]] = []
     for s in scenarios:
-        row = f"{s.name:<{head_w}}"
-        cells = []
-        for c, w in zip(clients, widths):
+        row = []
+        for c in clients:
             outs = [r.cells[(s.name, c.name)] for r in results]
             text = "/".join(SYMBOL.get(o.status, o.status) for o in outs)
             if len(outs) > 1 and (d := difference(outs[0], outs[1])):
                 text += " !="
                 diffs.append(f"  {s.name} x {c.name}: {d}")
-            cells.append(f"{text:<{w}}")
-        lines.append(row + " ".join(cells))
+            row.append(text)
+        rows.append(row)
+    head_w = max(len(s.name) for s in scenarios) + 2
+    widths = [max([len(c.name)] + [len(row[i]) for row in rows]) for i, c in enumerate(clients)]
+    lines.append(f"{'scenario':<{head_w}}" + " ".join(f"{c.name:<{w}}" for c, w in zip(clients, widths)))
+    for s, row in zip(scenarios, rows):
+        lines.append(f"{s.name:<{head_w}}" + " ".join(f"{t:<{w}}" for t, w in zip(row, widths)).rstrip())
     lines.append("")
     lines.append(f"cells: {labels}; pass, FAIL, TIME(out), skip(ped), - (not applicable), "
                  "n/i (client not installed), xfail (a known client bug), != (brokers differ)")
@@ -36,7 +38,7 @@ def render(scenarios: list[Scenario], clients: list[Client], results: list[Broke
         failures = [(k, o) for k, o in r.cells.items() if o.status in FAILING]
         notes = sorted({f"{k[1]}: {n}" for k, o in r.cells.items() for n in o.notes})
         lines.append(f"\n[{r.broker.label}] {r.broker.url} - {summary(r)} in {r.seconds:.0f}s")
-        for (s, c), o in sorted(failures):
+        for (s, c), o in sorted(failures, key=lambda kv: kv[0]):
             lines.append(f"  {o.status} {s} x {c}: {o.reason}")
         skipped = sorted({o.reason for o in r.cells.values() if o.status == "skipped"})
         for reason in skipped:

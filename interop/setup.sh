@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs every client library the interop suite drives (PyPI, npm, Debian).
 # Safe to re-run; each part is independent so one failing registry does not stop the rest.
+#   setup.sh [--rabbitmq]   --rabbitmq also installs Debian's rabbitmq-server, for comparing
+#                           with a private node (tools/rabbitmq-local.sh)
 set -u
+with_rabbitmq=0
+[ "${1:-}" = "--rabbitmq" ] && with_rabbitmq=1
 here="$(cd "$(dirname "$0")" && pwd)"
 status=0
 step() { echo "== $*"; }
@@ -25,6 +29,10 @@ if command -v apt-get >/dev/null; then
         golang-go golang-github-rabbitmq-amqp091-go-dev \
         default-jdk-headless librabbitmq-client-java \
         ruby ruby-bunny php-cli php-amqplib amqp-tools >/dev/null || status=1
+    if [ "$with_rabbitmq" = 1 ]; then
+        apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends rabbitmq-server >/dev/null \
+            || status=1
+    fi
 fi
 
 step "Building compiled drivers"
