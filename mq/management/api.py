@@ -599,7 +599,7 @@ def _properties_json(raw: bytes) -> dict[str, Any]:
                  "correlation_id", "reply_to", "expiration", "message_id", "timestamp",
                  "type", "user_id", "app_id", "cluster_id"):
         value = getattr(props, PROPERTY_ATTRIBUTES.get(name, name), None)
-        if value is not None:
+        if value is not None and not (name == "cluster_id" and value == ""):  # pamqp's default
             out[name] = jsonable(value)
     return out
 
