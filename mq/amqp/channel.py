@@ -71,8 +71,9 @@ class ChannelConsumer:
             self.unacked += 1
             ch.global_unacked += 1
         msg = entry.msg
+        props = queue.delivery_props(entry) if queue.counts_deliveries else msg.props
         ch.conn.write(frames.encode_deliver(ch.number, self.tag, tag, entry.redelivered,
-                                            msg.exchange, msg.routing_key, msg.props, msg.body,
+                                            msg.exchange, msg.routing_key, props, msg.body,
                                             ch.conn.frame_max))
 
     def cancelled_by_broker(self, queue: Queue) -> None:
@@ -564,7 +565,8 @@ class Channel:
         msg = entry.msg
         self.conn.write(frames.encode_get_ok(self.number, self.delivery_tag, entry.redelivered,
                                              msg.exchange, msg.routing_key, queue.message_count,
-                                             msg.props, msg.body, self.conn.frame_max))
+                                             queue.delivery_props(entry), msg.body,
+                                             self.conn.frame_max))
 
     # ---- settling deliveries ------------------------------------------------------------
 

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 from mq._core.message import Message
 from mq._core.msgqueue import Entry, MessageQueue
-from mq.broker.queue_args import parse_queue_arguments
+from mq.broker.queue_args import check_queue_properties, parse_queue_arguments
+from mq.broker.rawprops import long, with_header
 from mq.broker.timers import Timer, Timers
 
 if TYPE_CHECKING:
@@ -49,6 +50,11 @@ class Queue:
         self.auto_delete = auto_delete
         self.arguments = dict(arguments or {})
         self.settings = parse_queue_arguments(self.arguments, name, host.name)
+        check_queue_properties(self.settings, {"durable": durable,
+                                               "exclusive": exclusive_owner is not None,
+                                               "auto_delete": auto_delete}, name, host.name)
+        # Quorum queues count returns per message (x-delivery-count, x-delivery-limit).
+        self.counts_deliveries = self.settings.queue_type == "quorum"
         self.ready = MessageQueue(self.settings.max_priority)
         self._limited = self.settings.max_length is not None or \
             self.settings.max_length_bytes is not None
@@ -135,6 +141,8 @@ class Queue:
         if self.deleted or not entries:
             return
         self.unacked -= len(entries)
+        if self.counts_deliveries:
+            entries = self._count_returns(entries)
         self.ready.requeue(entries)
         if self._limited and self.settings.overflow == "drop-head":
             self._drop_over_limit()  # requeued at the head, they may be dropped again
@@ -144,6 +152,25 @@ class Queue:
             self._dead_letter(expired, "expired")
         self.dispatch(now)
         self._arm_expiry()
+
+    def _count_returns(self, entries: list[Entry]) -> list[Entry]:
+        """Quorum queues: one more return each; past x-delivery-limit a message is dead
+        lettered (reason delivery_limit) instead of requeued. Returns those to requeue."""
+        limit = self.settings.delivery_limit
+        kept, spent = [], []
+        for entry in entries:
+            entry.delivery_count += 1
+            (spent if limit is not None and entry.delivery_count > limit else kept).append(entry)
+        if spent:
+            self._dead_letter(spent, "delivery_limit")
+        return kept
+
+    def delivery_props(self, entry: Entry) -> bytes:
+        """The property bytes a delivery carries: as published, plus x-delivery-count for a
+        quorum queue (as RabbitMQ adds it)."""
+        if not self.counts_deliveries:
+            return entry.msg.props
+        return with_header(entry.msg.props, "x-delivery-count", long(entry.delivery_count))
 
     # ---- expiry -----------------------------------------------------------------------
 

@@ -10,7 +10,11 @@ from mq.broker.errors import PreconditionFailed
 
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_MODES = ("default", "lazy")
-QUEUE_TYPES = ("classic",)
+QUEUE_TYPES = ("classic", "quorum")
+# Arguments a quorum queue refuses (RabbitMQ 3.10), and the queue properties it can't have.
+QUORUM_UNSUPPORTED = ("x-max-priority", "x-queue-mode")
+QUORUM_PROPERTIES = (("durable", False, "non-durable"), ("exclusive", True, "exclusive-owner"),
+                     ("auto_delete", True, "auto-delete"))
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,8 @@ class QueueSettings:
     dead_letter_routing_key: str | None = None
     max_priority: int = 0
     single_active_consumer: bool = False
+    queue_type: str = "classic"
+    delivery_limit: int | None = None  # quorum queues: returns before dead lettering
 
 
 # RabbitMQ caps x-message-ttl and x-expires at ten years (in ms).
@@ -65,6 +71,17 @@ def _choice(where: str, key: str, value: Any, allowed: tuple[str, ...], what: st
     return text
 
 
+def check_queue_properties(settings: QueueSettings, properties: dict[str, bool], queue: str,
+                           vhost: str) -> None:
+    """A quorum queue must be durable, not exclusive, not auto-delete (RabbitMQ's 406)."""
+    if settings.queue_type != "quorum":
+        return
+    for name, refused, word in QUORUM_PROPERTIES:
+        if properties[name] == refused:
+            raise PreconditionFailed(f"invalid property '{word}' for queue '{queue}' in vhost "
+                                     f"'{vhost}'")
+
+
 def parse_queue_arguments(arguments: dict, queue: str, vhost: str) -> QueueSettings:
     """Check every argument RabbitMQ checks, in the order it checks them (so the first bad
     one is named as RabbitMQ names it); unknown x- arguments are kept and ignored."""
@@ -80,6 +97,14 @@ def parse_queue_arguments(arguments: dict, queue: str, vhost: str) -> QueueSetti
         out["dead_letter_exchange"] = value
     if "x-queue-type" in a:
         _choice(where, "x-queue-type", a["x-queue-type"], QUEUE_TYPES, "queue type")
+        out["queue_type"] = _str(a["x-queue-type"])
+        if out["queue_type"] == "quorum":
+            for key in QUORUM_UNSUPPORTED:
+                if key in a:
+                    raise PreconditionFailed(f"invalid arg '{key}' for {where} of queue type "
+                                             "rabbit_quorum_queue")
+            if "x-delivery-limit" in a:
+                out["delivery_limit"] = _int(where, "x-delivery-limit", a["x-delivery-limit"], 0)
     if "x-expires" in a:
         out["expires"] = _int(where, "x-expires", a["x-expires"], 1, MAX_EXPIRY)
     if "x-message-ttl" in a:

@@ -149,3 +149,13 @@ def integer(value: bytes) -> int | None:
 def shortstr_text(field: bytes) -> str:
     """The text of an encoded shortstr property."""
     return field[1:].decode("utf-8", "surrogateescape")
+
+
+def with_header(raw: bytes, name: str, value: bytes) -> bytes:
+    """Properties with one header set to an encoded value (others kept byte for byte)."""
+    fields = split_properties(raw)
+    entries = [e for e in split_table(fields["headers"]) if e[0] != name] \
+        if "headers" in fields else []
+    entries.append((name, value))
+    fields["headers"] = join_table(entries)
+    return join_properties(fields)
