@@ -119,9 +119,11 @@ def parser() -> argparse.ArgumentParser:
                                 "through its management HTTP API.")
     p.add_argument("--url", default=os.environ.get("MQ_CTL_URL", "http://127.0.0.1:15672"),
                    help="management API URL (env MQ_CTL_URL)")
-    p.add_argument("--user", default=os.environ.get("MQ_CTL_USER", "guest"),
+    # Own dests: subcommands have positionals named user and password.
+    p.add_argument("--user", dest="api_user", default=os.environ.get("MQ_CTL_USER", "guest"),
                    help="user with the administrator tag (env MQ_CTL_USER)")
-    p.add_argument("--password", default=os.environ.get("MQ_CTL_PASSWORD", "guest"),
+    p.add_argument("--password", dest="api_password",
+                   default=os.environ.get("MQ_CTL_PASSWORD", "guest"),
                    help="env MQ_CTL_PASSWORD")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -299,7 +301,7 @@ def run(args: argparse.Namespace, client: ApiClient) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    client = ApiClient(args.url, args.user, args.password)
+    client = ApiClient(args.url, args.api_user, args.api_password)
     try:
         result = run(args, client)
     except ApiError as exc:
