@@ -319,3 +319,64 @@ def test_group_commit_shares_fsyncs_and_reports_on_the_loop(data_dir: str) -> No
     store, rec = reopen(store)
     assert len(rec.queues[0].messages) == 10_000
     store.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.tuples(st.sampled_from(["pub", "pub", "pub", "ack", "ack", "dlv",
+                                               "delq", "sync", "reopen"]),
+                              st.integers(0, 2), st.integers(0, 10_000)),
+                    min_size=1, max_size=300))
+def test_random_operations_match_a_model(ops: list) -> None:
+    """B-DUR-2, B-DUR-4, B-DUR-5: any sequence of publishes, acks, deliveries, queue deletes,
+    compactions (tiny segments) and reopenings recovers exactly what a simple model says."""
+    data_dir = tempfile.mkdtemp(prefix="mq-store-model-")
+    size = 1024
+    try:
+        store = Store(data_dir, segment_size=size)
+        store.open()
+        model: dict[str, list[list]] = {}   # queue name -> [[body, redelivered]] in order
+        qids: dict[str, int] = {}
+        ids: dict[bytes, int] = {}
+        n = 0
+        for op, q, pick in ops:
+            name = f"q{q}"
+            if name not in qids:
+                qids[name] = store.declare_queue("/", name, False, {})
+                model[name] = []
+            qid, entries = qids[name], model[name]
+            if op == "pub":
+                n += 1
+                msg = persistent(b"%d" % n + b"-" * (pick % 300))
+                store.enqueue(qid, msg)
+                ids[msg.body] = msg.store_id
+                entries.append([msg.body, False])
+            elif op in ("ack", "dlv") and entries:
+                entry = entries[pick % len(entries)]
+                if op == "ack":
+                    store.ack(qid, ids[entry[0]])
+                    entries.remove(entry)
+                else:
+                    store.delivered(qid, ids[entry[0]])
+                    entry[1] = True
+            elif op == "delq":
+                store.delete_queue("/", name)
+                del qids[name], model[name]
+            elif op == "sync":
+                store.sync()
+            elif op == "reopen":
+                store.sync()
+                store, rec = reopen(store, segment_size=size)
+                qids = {rq.name: rq.store_qid for rq in rec.queues}
+                ids.update({m.body: m.store_id for rq in rec.queues for m, _, _ in rq.messages})
+                assert {rq.name: [[m.body, red] for m, _, red in rq.messages]
+                        for rq in rec.queues} == model
+        store.sync()
+        store.sync()
+        store, rec = reopen(store, segment_size=size)
+        assert {rq.name: [[m.body, red] for m, _, red in rq.messages]
+                for rq in rec.queues} == model
+        live = sum(len(body) + 100 for entries in model.values() for body, _ in entries)
+        assert store.disk_usage() <= 4 * live + 4 * size
+        store.close()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)

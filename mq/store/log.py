@@ -4,9 +4,11 @@ Writers (the event loop) append encoded records to an in-memory batch; one flush
 writes each batch and fsyncs it, so many publishes share one fsync (group commit), and then
 tells the loop the highest durable sequence number.
 
-Every record is either live (part of the current state) or dead. The index below knows, per
-segment, the offsets of its live records. A segment whose records are all dead is deleted; a
-segment with few live ones is compacted by copying them to the head and deleting it.
+Every record is either live (part of the current state) or dead. The index below knows
+where each live record is (a location: segment number << 32 | offset) and, per segment, how
+many live records and bytes it holds. A segment whose records are all dead is deleted; a
+segment with few live ones is compacted: its records are read back, those the index still
+points at are copied to the head, and the segment is deleted.
 Deleting records is done with tombstones (ACK, DELETE) that stay live only while the record
 they cancel still exists in an older segment: the tombstone is "pinned" by that segment.
 
@@ -23,7 +25,7 @@ import os
 import pickle
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from mq._core import records as R
 from mq._core.message import Message
@@ -42,8 +44,9 @@ ROLL_HEAD_BUSY = 4 * 1024 * 1024
 ROLL_HEAD_RATIO = 1 / 16
 COMPACT_RATIO = 0.25  # compact a sealed segment when less than this share of it is live
 
-# What a live record is, for the index.
-K_MSG, K_ENQ, K_DLV, K_TOPO, K_TOMB = range(5)
+# Framed sizes of the fixed-size records.
+ENQ_SIZE = R.HEADER_SIZE + 25
+REF_SIZE = R.HEADER_SIZE + 17   # DLV, ACK
 
 
 class StoreError(Exception):
@@ -51,16 +54,17 @@ class StoreError(Exception):
 
 
 class Segment:
-    __slots__ = ("number", "path", "fd", "size", "live", "live_bytes", "pins", "last_seq",
-                 "synced")
+    __slots__ = ("number", "path", "fd", "size", "live_count", "live_bytes", "tombs", "pins",
+                 "last_seq", "synced")
 
     def __init__(self, number: int, path: str, size: int = 0) -> None:
         self.number = number
         self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.size = size
-        self.live: dict[int, tuple[int, int, Any]] = {}  # offset -> (size, kind, ref)
+        self.live_count = 0
         self.live_bytes = 0
+        self.tombs: dict[int, tuple[int, Tomb]] = {}  # its live tombstones: offset -> (size, tomb)
         self.pins: list[Tomb] = []  # tombstones elsewhere that cancel dead records here
         self.last_seq = 0           # the append sequence of its last record
         self.synced = size > 0      # its directory entry is durable
@@ -98,6 +102,10 @@ class Recovered:
     damaged: str | None = None  # what was cut off, if anything
 
 
+def _loc(seg: Segment, off: int) -> int:
+    return (seg.number << 32) | off
+
+
 def _args_bytes(arguments: dict | None) -> bytes:
     return pickle.dumps(dict(sorted((arguments or {}).items())), protocol=4)
 
@@ -116,9 +124,10 @@ class Store:
         self._segments: dict[int, Segment] = {}
         self._head: Segment | None = None
         self._next_id = 1
-        self._msgs: dict[int, list] = {}    # msg id -> [seg, off, refs]
-        self._queues: dict[int, dict[int, list]] = {}  # qid -> msg id -> [seg, off, dseg, doff]
-        self._topo: dict[int, tuple[Segment, int, tuple]] = {}  # object id -> (seg, off, key)
+        self._msgs: dict[int, list] = {}    # msg id -> [location, size, queues holding it]
+        self._queues: dict[int, dict[int, int]] = {}  # qid -> msg id -> its ENQ location
+        self._dlvs: dict[int, dict[int, int]] = {}    # qid -> msg id -> its DLV location
+        self._topo: dict[int, tuple[int, int, tuple]] = {}  # object id -> (location, size, key)
         self._ids: dict[tuple, int] = {}    # topology key -> object id
         self._dirty: set[Segment] = set()
         self._chunks: list[tuple[Segment, bytearray]] = []
@@ -258,6 +267,7 @@ class Store:
         objects: dict[int, Message] = {}
         for rq in recovered.queues:
             index = self._queues[rq.store_qid]
+            delivered: dict[int, int] = {}
             for mid, (seg, off, size, expires) in sorted(enqs.get(rq.store_qid, {}).items()):
                 m = msgs.get(mid)
                 if m is None:
@@ -267,19 +277,22 @@ class Store:
                     mseg, moff, msize, f = m
                     msg = objects[mid] = Message(f[2], f[3], f[4], f[5])
                     msg.store_id = mid
-                    self._live(mseg, moff, msize, K_MSG, mid)
-                    self._msgs[mid] = [mseg, moff, 0]
+                    self._live(mseg, msize)
+                    self._msgs[mid] = [_loc(mseg, moff), msize, 0]
                 self._msgs[mid][2] += 1
-                entry = index[mid] = [seg, off, None, 0]
-                self._live(seg, off, size, K_ENQ, (rq.store_qid, mid))
+                index[mid] = _loc(seg, off)
+                self._live(seg, size)
                 dlv = dlvs.get((rq.store_qid, mid))
                 if dlv is not None:
-                    entry[2], entry[3] = dlv[0], dlv[1]
-                    self._live(dlv[0], dlv[1], dlv[2], K_DLV, (rq.store_qid, mid))
+                    delivered[mid] = _loc(dlv[0], dlv[1])
+                    self._live(dlv[0], dlv[2])
                 rq.messages.append((msg, expires, dlv is not None))
+            if delivered:
+                self._dlvs[rq.store_qid] = delivered
         for seg, off, size, target in tombs:
             tomb = Tomb(seg, off)
-            self._live(seg, off, size, K_TOMB, tomb)
+            seg.tombs[off] = (size, tomb)
+            self._live(seg, size)
             target.pins.append(tomb)
         self._dirty.update(self._segments.values())
         log.info("store: recovered %d exchanges, %d queues, %d bindings, %d messages from %d "
@@ -289,26 +302,30 @@ class Store:
 
     # ---- the index ----------------------------------------------------------------------
 
-    def _live(self, seg: Segment, off: int, size: int, kind: int, ref: Any) -> None:
-        seg.live[off] = (size, kind, ref)
+    def _live(self, seg: Segment, size: int) -> None:
+        seg.live_count += 1
         seg.live_bytes += size
 
-    def _dead(self, seg: Segment, off: int) -> None:
-        size = seg.live.pop(off)[0]
+    def _dead(self, loc: int, size: int) -> None:
+        seg = self._segments[loc >> 32]
+        seg.live_count -= 1
         seg.live_bytes -= size
         self._dirty.add(seg)
 
     def _put_topo(self, obj_id: int, key: tuple, seg: Segment, off: int, size: int) -> None:
-        self._topo[obj_id] = (seg, off, key)
+        self._topo[obj_id] = (_loc(seg, off), size, key)
         self._ids[key] = obj_id
-        self._live(seg, off, size, K_TOPO, obj_id)
+        self._live(seg, size)
 
-    def _tombstone(self, data: bytes, target: Segment) -> None:
-        """Append a record cancelling a dead record in `target`; live while target exists."""
+    def _tombstone(self, data: bytes, target_loc: int) -> None:
+        """Append a record cancelling a dead record at target_loc; it stays live while that
+        record's segment exists."""
         seg, off = self._append(data)
+        target = self._segments[target_loc >> 32]
         if seg is not target:
             tomb = Tomb(seg, off)
-            self._live(seg, off, len(data), K_TOMB, tomb)
+            seg.tombs[off] = (len(data), tomb)
+            self._live(seg, len(data))
             target.pins.append(tomb)
 
     # ---- appending ----------------------------------------------------------------------
@@ -345,35 +362,39 @@ class Store:
             mid = msg.store_id = self._new_id()
             data = R.message_record(mid, msg.exchange, msg.routing_key, msg.props, msg.body)
             seg, off = self._append(data)
-            self._live(seg, off, len(data), K_MSG, mid)
-            m = self._msgs[mid] = [seg, off, 0]
+            self._live(seg, len(data))
+            m = self._msgs[mid] = [_loc(seg, off), len(data), 0]
         m[2] += 1
-        data = R.enqueue_record(qid, mid, expires_at)
-        seg, off = self._append(data)
-        self._live(seg, off, len(data), K_ENQ, (qid, mid))
-        self._queues[qid][mid] = [seg, off, None, 0]
+        seg, off = self._append(R.enqueue_record(qid, mid, expires_at))
+        self._live(seg, ENQ_SIZE)
+        self._queues[qid][mid] = _loc(seg, off)
 
     def delivered(self, qid: int, mid: int) -> None:
         """Handed to a consumer that must ack: after a crash it comes back redelivered."""
-        entry = self._queues.get(qid, {}).get(mid)
-        if entry is not None and entry[2] is None:
-            data = R.ref_record(R.DLV, qid, mid)
-            seg, off = self._append(data)
-            self._live(seg, off, len(data), K_DLV, (qid, mid))
-            entry[2], entry[3] = seg, off
+        if mid not in self._queues.get(qid, ()):
+            return
+        delivered = self._dlvs.setdefault(qid, {})
+        if mid not in delivered:
+            seg, off = self._append(R.ref_record(R.DLV, qid, mid))
+            self._live(seg, REF_SIZE)
+            delivered[mid] = _loc(seg, off)
 
     def ack(self, qid: int, mid: int) -> None:
         """The message left queue `qid` (acked, expired, dropped, dead-lettered)."""
-        entry = self._queues.get(qid, {}).pop(mid, None)
-        if entry is None:
+        index = self._queues.get(qid)
+        loc = index.pop(mid, None) if index is not None else None
+        if loc is None:
             return
-        self._drop_entry(mid, entry)
-        self._tombstone(R.ref_record(R.ACK, qid, mid), entry[0])
+        self._drop_entry(qid, mid, loc)
+        self._tombstone(R.ref_record(R.ACK, qid, mid), loc)
 
-    def _drop_entry(self, mid: int, entry: list) -> None:
-        self._dead(entry[0], entry[1])
-        if entry[2] is not None:
-            self._dead(entry[2], entry[3])
+    def _drop_entry(self, qid: int, mid: int, loc: int) -> None:
+        self._dead(loc, ENQ_SIZE)
+        delivered = self._dlvs.get(qid)
+        if delivered:
+            dloc = delivered.pop(mid, None)
+            if dloc is not None:
+                self._dead(dloc, REF_SIZE)
         m = self._msgs[mid]
         m[2] -= 1
         if not m[2]:
@@ -395,12 +416,12 @@ class Store:
         obj_id = self._ids.pop(key, None)
         if obj_id is None:
             return False
-        seg, off, _ = self._topo.pop(obj_id)
-        self._dead(seg, off)
-        self._tombstone(R.delete_record(obj_id), seg)
-        entries = self._queues.pop(obj_id, None)
-        for mid, entry in (entries or {}).items():
-            self._drop_entry(mid, entry)
+        loc, size, _ = self._topo.pop(obj_id)
+        self._dead(loc, size)
+        self._tombstone(R.delete_record(obj_id), loc)
+        for mid, enq_loc in self._queues.pop(obj_id, {}).items():
+            self._drop_entry(obj_id, mid, enq_loc)
+        self._dlvs.pop(obj_id, None)
         self.wait_durable()
         return True
 
@@ -568,35 +589,48 @@ class Store:
                 if seg.size < limit or seg.live_bytes > seg.size * ROLL_HEAD_RATIO:
                     continue
                 self._head = self._new_segment(seg.number + 1)
-            if not seg.live:
+            if not seg.live_count:
                 self._remove(seg)
             elif seg.live_bytes < seg.size * COMPACT_RATIO:
                 self._compact(seg)
         self._dirty.update(waiting)
 
     def _compact(self, seg: Segment) -> None:
-        """Copy the live records of a sealed segment to the head, then remove it."""
+        """Copy the live records of a sealed segment to the head, then remove it. A record
+        is live when the index still points at it (or, for a tombstone, lists it)."""
         with open(seg.path, "rb") as fh:
             data = fh.read()
-        for off, (size, kind, ref) in sorted(seg.live.items()):
-            new_seg, new_off = self._append(data[off:off + size])
-            self._live(new_seg, new_off, size, kind, ref)
-            if kind == K_MSG:
-                m = self._msgs[ref]
-                m[0], m[1] = new_seg, new_off
-            elif kind == K_ENQ:
-                e = self._queues[ref[0]][ref[1]]
-                e[0], e[1] = new_seg, new_off
-            elif kind == K_DLV:
-                e = self._queues[ref[0]][ref[1]]
-                e[2], e[3] = new_seg, new_off
-            elif kind == K_TOPO:
-                self._topo[ref] = (new_seg, new_off, self._topo[ref][2])
+        base = seg.number << 32
+        for off, size, f in R.scan(data)[0]:
+            loc, rtype = base | off, f[0]
+            if rtype == R.MSG:
+                m = self._msgs.get(f[1])
+                if m is not None and m[0] == loc:
+                    m[0] = self._copy(data, off, size)
+            elif rtype == R.ENQ or rtype == R.DLV:
+                index = (self._queues if rtype == R.ENQ else self._dlvs).get(f[1])
+                if index is not None and index.get(f[2]) == loc:
+                    index[f[2]] = self._copy(data, off, size)
+            elif rtype == R.ACK or rtype == R.DELETE:
+                live = seg.tombs.get(off)
+                if live is not None:
+                    new = self._copy(data, off, size)
+                    tomb = live[1]
+                    tomb.seg, tomb.off = self._segments[new >> 32], new & 0xFFFFFFFF
+                    tomb.seg.tombs[tomb.off] = live
             else:
-                ref.seg, ref.off = new_seg, new_off
-        seg.live.clear()
-        seg.live_bytes = 0
+                t = self._topo.get(f[1])
+                if t is not None and t[0] == loc:
+                    self._topo[f[1]] = (self._copy(data, off, size), t[1], t[2])
+        seg.live_count = seg.live_bytes = 0
+        seg.tombs.clear()
         self._remove(seg)
+
+    def _copy(self, data: bytes, off: int, size: int) -> int:
+        """Append an existing record unchanged (its CRC still holds); returns its location."""
+        seg, new_off = self._append(data[off:off + size])
+        self._live(seg, size)
+        return _loc(seg, new_off)
 
     def _remove(self, seg: Segment) -> None:
         del self._segments[seg.number]
@@ -605,8 +639,12 @@ class Store:
             self._unlinks.append(seg)
             self._cond.notify()
         for tomb in seg.pins:
-            if tomb.seg is not None and self._segments.get(tomb.seg.number) is tomb.seg:
-                self._dead(tomb.seg, tomb.off)
+            holder = tomb.seg
+            if holder is not None and self._segments.get(holder.number) is holder:
+                size = holder.tombs.pop(tomb.off)[0]
+                holder.live_count -= 1
+                holder.live_bytes -= size
+                self._dirty.add(holder)
             tomb.seg = None
         seg.pins = []
 
