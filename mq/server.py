@@ -14,17 +14,21 @@ from typing import Any
 
 import anyio
 
+from mq.alarms import ResourceMonitor
 from mq.amqp.connection import Connection
 from mq.broker.broker import Broker
 from mq.broker.errors import ConnectionForced
 from mq.broker.definitions import import_definitions
-from mq.config import Settings
+from mq.config import Settings, memory_limit, parse_size
+from mq.logfmt import kv
 from mq.store import Store, StoreError
 
 log = logging.getLogger("mq.server")
 
 WRITE_BUFFER_HIGH = 4 * 1024 * 1024  # pause deliveries above this much unsent output
 WRITE_BUFFER_LOW = 1024 * 1024
+ALARM_CHECK_INTERVAL = 0.25  # seconds between memory measurements (a read of /proc/self/statm)
+SHUTDOWN_DRAIN_TIMEOUT = 2.0  # seconds for clients to be sent their 320 before we exit
 
 
 class AMQPProtocol(asyncio.Protocol):
@@ -47,9 +51,11 @@ class AMQPProtocol(asyncio.Protocol):
         settings = self.server.settings
         self.conn = Connection(self.server.broker, self, (str(peer[0]), int(peer[1])),
                                heartbeat=settings.heartbeat,
-                               handshake_timeout=settings.handshake_timeout)
+                               handshake_timeout=settings.handshake_timeout,
+                               channel_max=settings.max_channels_per_connection)
+        self.conn.set_alarms(self.server.monitor.alarms)
         self.server.connections.add(self.conn)
-        log.info("accepting AMQP connection %s", self.conn.name)
+        log.info("connection accepted %s", kv(peer=self.conn.name))
 
     def data_received(self, data: bytes) -> None:
         self.recv_oct += len(data)
@@ -81,6 +87,14 @@ class AMQPProtocol(asyncio.Protocol):
             self.send_oct += len(data)
             self.transport.write(data)
 
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
     def pause_writing(self) -> None:
         self.conn.set_writable(False)
 
@@ -101,7 +115,12 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.broker = Broker(max_message_size=settings.max_message_size,
-                             loopback_users=tuple(u for u in settings.loopback_users.split(",") if u))
+                             loopback_users=tuple(u for u in settings.loopback_users.split(",") if u),
+                             max_connections=settings.max_connections,
+                             max_queues=settings.max_queues)
+        self.monitor = ResourceMonitor(memory_limit(settings.memory_high_watermark),
+                                       parse_size(settings.disk_free_limit), settings.data_dir,
+                                       self._alarms_changed)
         self.connections: set[Connection] = set()
         self.port = settings.port
         self.tls_port = settings.tls_port
@@ -137,6 +156,7 @@ class Server:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._ticker)
+                tg.start_soon(self._watch_resources)
                 if management is not None:
                     tg.start_soon(management.run)  # rate sampling; closes the HTTP side at the end
                 tg.start_soon(self._signals, tg.cancel_scope)
@@ -145,7 +165,10 @@ class Server:
             if tls_listener is not None:
                 tls_listener.close()
             self.shutdown()
+            with anyio.CancelScope(shield=True):
+                await self._drain()
             store.close()
+            log.info("mq stopped")
 
     async def _tls_listener(self, loop: asyncio.AbstractEventLoop) -> Any:
         """The amqps listener (B-AUTH-3), when a certificate and key are configured."""
@@ -182,6 +205,18 @@ class Server:
             for conn in list(self.connections):
                 conn.tick()
 
+    async def _watch_resources(self) -> None:
+        self.monitor.check()
+        log.info("resource limits %s", kv(memory_high_watermark=self.monitor.memory_limit,
+                                          disk_free_limit=self.monitor.disk_limit))
+        while True:
+            await anyio.sleep(ALARM_CHECK_INTERVAL)
+            self.monitor.check()
+
+    def _alarms_changed(self, alarms: tuple[str, ...]) -> None:
+        for conn in list(self.connections):
+            conn.set_alarms(alarms)
+
     async def _signals(self, scope: anyio.CancelScope) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # embedded in a thread: the host program owns the signals
@@ -192,7 +227,14 @@ class Server:
                 return
 
     def shutdown(self) -> None:
-        """Close every client with 320 CONNECTION_FORCED."""
+        """Close every client with 320 CONNECTION_FORCED, in RabbitMQ's words."""
         for conn in list(self.connections):
-            conn.close_with(ConnectionForced("broker shutdown"))
+            conn.close_with(ConnectionForced(
+                "broker forced connection closure with reason 'shutdown'"))
             conn.close_transport()
+
+    async def _drain(self) -> None:
+        """Let the sockets send their connection.close before the loop ends."""
+        deadline = time.monotonic() + SHUTDOWN_DRAIN_TIMEOUT
+        while self.connections and time.monotonic() < deadline:
+            await anyio.sleep(0.01)

@@ -280,6 +280,8 @@ class Channel:
             return
         if m.queue and not m.passive:
             self._allow("configure", "queue", m.queue)
+        if not m.passive and m.queue not in self.vhost.queues:
+            self.conn.broker.check_queue_limit(self.vhost.name, m.queue)
         queue = self.vhost.declare_queue(m.queue, m.passive, m.durable, m.exclusive,
                                          m.auto_delete, m.arguments, owner=self.conn)
         if not m.nowait:
@@ -398,7 +400,6 @@ class Channel:
         except ValueError as exc:
             raise SyntaxError_(f"malformed content header properties: {exc}") from None
         self.published += 1
-        self._check_message(msg)
         if exchange_name not in self._writable:
             self._allow("write", "exchange", exchange_name)
             self._writable.add(exchange_name)
@@ -407,7 +408,7 @@ class Channel:
         if exchange.internal:
             raise AccessRefused(f"cannot publish to internal exchange '{exchange_name}' in "
                                 f"vhost '{vhost.name}'")
-        check_routing_headers(msg)
+        self._check_message(msg)
         # Direct reply-to is resolved at publish time, in a transaction too (as RabbitMQ).
         if msg.reply_to == REPLY_TO:
             msg = self._with_reply_queue(msg)
@@ -450,11 +451,13 @@ class Channel:
         return msg.with_route(msg.exchange, msg.routing_key, encode_properties(props))
 
     def _check_message(self, msg: Message) -> None:
+        """RabbitMQ's checks of the message itself, in its order (after the exchange's)."""
         if msg.user_id is not None and msg.user_id != self.conn.user.name:
             raise PreconditionFailed(f"user_id property set to '{msg.user_id}' but authenticated "
                                      f"user was '{self.conn.user.name}'")
         if msg.expiration is not None:
             check_expiration(msg.expiration)
+        check_routing_headers(msg)
 
     def flush_confirms(self) -> None:
         """Write the confirms that are settled, in order: runs of acks as one

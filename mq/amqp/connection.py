@@ -436,7 +436,7 @@ class Connection:
             if now - self._last_recv > 2 * self.heartbeat and not self.blocked:
                 log.warning("connection closed %s", kv(
                     peer=self.name, user=getattr(self.user, "name", None),
-                    reason=f"missed heartbeats, timeout {self.heartbeat}s"))
+                    reason=f"missed heartbeats from client, timeout: {self.heartbeat}s"))
                 self.close_transport()
             elif now - self._last_sent >= self.heartbeat / 2:
                 self.write(frames.HEARTBEAT_FRAME)
@@ -488,7 +488,7 @@ class Connection:
         """The socket went away: same cleanup as a close. Never raises, so that the server
         always forgets the connection."""
         if not self.closed:
-            self._log_closed("socket closed")
+            self._log_closed("connection lost")
             self._mark_closed()
             try:
                 self._release()

@@ -1,21 +1,30 @@
 """The broker: virtual hosts and users. Knows nothing of sockets or frames."""
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from mq.broker.auth import Permission, UserStore
+from mq.broker.errors import PreconditionFailed
 from mq.broker.timers import Timers
 from mq.broker.vhost import VirtualHost
+from mq.logfmt import kv
 
 if TYPE_CHECKING:
     from mq.store import Recovered, Store
 
+log = logging.getLogger("mq.broker")
+
 
 class Broker:
     def __init__(self, max_message_size: int = 128 * 1024 * 1024,
-                 loopback_users: tuple[str, ...] = ("guest",)) -> None:
+                 loopback_users: tuple[str, ...] = ("guest",), max_connections: int = 0,
+                 max_queues: int = 0) -> None:
         self.max_message_size = max_message_size
         self.loopback_users = loopback_users
+        self.max_connections = max_connections  # 0: no limit
+        self.open_connections = 0  # past connection.open, maintained by mq.amqp.connection
+        self.max_queues = max_queues  # 0: no limit
         self.timers = Timers()
         self.store: Store | None = None  # None: nothing is durable (in-memory broker)
         self.vhosts: dict[str, VirtualHost] = {}
@@ -23,6 +32,15 @@ class Broker:
         self.add_vhost("/")
         guest = self.users.add("guest", "guest", ["administrator"])
         guest.permissions["/"] = Permission()
+
+    def check_queue_limit(self, vhost: str, name: str) -> None:
+        """Before a queue is created by a client: 406 once --max-queues exist (RabbitMQ's
+        text for its cluster-wide queue limit)."""
+        if self.max_queues and sum(len(v.queues) for v in self.vhosts.values()) >= self.max_queues:
+            log.warning("queue refused %s", kv(vhost=vhost, queue=name, reason="queue limit",
+                                               limit=self.max_queues))
+            raise PreconditionFailed(f"cannot declare queue '{name}': queue limit in cluster "
+                                     f"({self.max_queues}) is reached")
 
     def add_vhost(self, name: str) -> VirtualHost:
         vhost = self.vhosts.get(name)

@@ -1,0 +1,93 @@
+"""Resource alarms (B-CONN-10): a memory high watermark on the broker's RSS and a free-disk
+limit on the data dir. The server polls `check()`; `alarms` names the resources past
+their limit ("memory", "disk"), which is what blocks publishers."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import shutil
+import time
+from typing import Callable
+
+from mq.logfmt import kv
+
+log = logging.getLogger("mq.alarms")
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+DISK_INTERVAL = 5.0  # seconds between disk checks (RabbitMQ: 10 s at most)
+
+
+def _libc_trim() -> Callable[[], None]:
+    """glibc keeps freed heap memory in the process; malloc_trim hands it back, so RSS
+    falls once messages are consumed. A no-op where there is no glibc."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0) and None
+
+
+_trim = _libc_trim()
+
+
+def rss() -> int:
+    """This process's resident set size in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * PAGE_SIZE
+    except OSError:
+        return 0
+
+
+class ResourceMonitor:
+    """Tracks the two alarms; calls `on_change(alarms)` whenever the set changes."""
+
+    def __init__(self, memory_limit: int, disk_limit: int, data_dir: str,
+                 on_change: Callable[[tuple[str, ...]], None]) -> None:
+        self.memory_limit = memory_limit
+        self.disk_limit = disk_limit
+        self.data_dir = data_dir
+        self.on_change = on_change
+        self.memory_used = 0
+        self.disk_free = 0
+        self._memory = self._disk = False
+        self._next_disk = 0.0
+
+    @property
+    def alarms(self) -> tuple[str, ...]:
+        return (("memory",) if self._memory else ()) + (("disk",) if self._disk else ())
+
+    def check(self) -> None:
+        """Measure memory every call, the disk every few seconds; cheap enough for a
+        sub-second timer."""
+        before = self.alarms
+        used = rss()
+        if used >= self.memory_limit:
+            _trim()  # count what is in use, not what malloc keeps for later
+            used = rss()
+        self.memory_used = used
+        self._memory = self._flip("memory", self._memory, used >= self.memory_limit,
+                                  used=used, limit=self.memory_limit)
+        now = time.monotonic()
+        if now >= self._next_disk:
+            self._next_disk = now + DISK_INTERVAL
+            try:
+                self.disk_free = shutil.disk_usage(self.data_dir).free
+            except OSError as exc:
+                log.warning("disk check failed %s", kv(path=self.data_dir, error=exc))
+            else:
+                self._disk = self._flip("disk", self._disk, self.disk_free < self.disk_limit,
+                                        free=self.disk_free, limit=self.disk_limit)
+        if self.alarms != before:
+            self.on_change(self.alarms)
+
+    @staticmethod
+    def _flip(resource: str, was: bool, now: bool, **figures: int) -> bool:
+        if now != was:
+            (log.warning if now else log.info)(
+                "alarm %s %s", "set" if now else "cleared",
+                kv(resource=resource, **figures))
+        return now
