@@ -23,6 +23,7 @@ def test_lower_of_queue_and_message_ttl_applies(scratch: Scratch, queue_ttl: int
     expired message is never delivered, while one published without a limit stays."""
     ch = scratch.channel
     q = scratch.queue("q", **{"x-message-ttl": queue_ttl})
+    ch.confirm_delivery()  # so the message is queued before its count is polled
     publish(ch, q, b"short-lived", expiration=expiration)
     wait_count(ch, q, 0)
     assert drain(ch, q) == []
@@ -223,6 +224,22 @@ def test_invalid_expiration_is_406(connection: pika.BlockingConnection, uid: str
         ch.exchange_declare("amq.direct", passive=True)  # a round trip to see the close
     assert_channel_closed(info, 406, f"PRECONDITION_FAILED - invalid expiration "
                                      f"'{expiration}': {reason}")
+
+
+@pytest.mark.parametrize("exchange,code,text", [
+    ("no-such-exchange", 404, "NOT_FOUND - no exchange 'no-such-exchange' in vhost '/'"),
+    ("amq.rabbitmq.trace", 403, "ACCESS_REFUSED - cannot publish to internal exchange "
+                                "'amq.rabbitmq.trace' in vhost '/'"),
+])
+def test_exchange_is_checked_before_expiration(connection: pika.BlockingConnection,
+                                               exchange: str, code: int, text: str) -> None:
+    """B-PUB-8: as in RabbitMQ, the exchange is checked first: a missing one is 404 and an
+    internal one 403 even when the expiration is invalid too."""
+    ch = connection.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+        ch.basic_publish(exchange, "k", b"x", pika.BasicProperties(expiration="bad"))
+        ch.exchange_declare("amq.direct", passive=True)
+    assert_channel_closed(info, code, text)
 
 
 @pytest.mark.parametrize("expiration", ["+5000", "007", "315360000000"])
