@@ -412,3 +412,23 @@ def test_dead_lettering_between_durable_queues_survives_a_crash(
         assert props.headers["x-death"][0]["queue"] == "dlx-source"
         assert props.headers["x-death"][0]["reason"] == "rejected"
     conn.close()
+
+
+def test_tx_commit_ok_means_on_disk(mq_fresh_broker: BrokerProcess) -> None:
+    """B-DUR-3 with transactions: once tx.commit-ok arrives, the committed persistent
+    publishes and acks survive an immediate kill -9."""
+    conn = connect(mq_fresh_broker)
+    ch = conn.channel()
+    ch.queue_declare("txq", durable=True)
+    ch.tx_select()
+    for i in range(50):
+        ch.basic_publish("", "txq", b"%d" % i, PERSISTENT)
+    ch.tx_commit()
+    for _ in range(10):
+        method, _, _ = ch.basic_get("txq")
+        ch.basic_ack(method.delivery_tag)
+    ch.tx_commit()
+    mq_fresh_broker.restart(kill=True)
+    conn = connect(mq_fresh_broker)
+    assert [b for b, _, _ in drain(conn.channel(), "txq")] == [b"%d" % i for i in range(10, 50)]
+    conn.close()

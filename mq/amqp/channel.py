@@ -668,6 +668,8 @@ class Channel:
             raise PreconditionFailed("channel is not transactional")
         publishes, settles = self._tx_publishes, self._tx_settles
         self._tx_publishes, self._tx_settles = [], []
+        store = self.conn.broker.store
+        logged_before = store.seq if store is not None else 0
         for exchange, msg, mandatory in publishes:
             self._route(exchange, msg, mandatory)
         for popped, requeue in settles:
@@ -678,6 +680,8 @@ class Channel:
                 self._refill(taken)
             else:
                 self._settle_negative(taken, requeue)
+        if store is not None and store.seq != logged_before:
+            store.wait_durable()  # as in RabbitMQ, commit-ok means persistent work is on disk
         self.send(spec.Tx.CommitOk())
 
     def _tx_rollback(self, m: Any) -> None:
