@@ -90,18 +90,18 @@ def dead_lettered(msg: Message, queue: str, reason: str, exchange: str,
         headers += [(k, rawprops.longstr(v)) for k, v in first.items()]
         deaths = [rawprops.table([("count", rawprops.long(1))] + info)]
     else:
-        tables = [rawprops.split_table(d[1:]) if d[:1] == b"F" else []
-                  for d in rawprops.split_array(history)]
-        for i, entries in enumerate(tables):
+        deaths = rawprops.split_array(history)  # older entries are kept byte for byte
+        for i, death in enumerate(deaths):
+            entries = rawprops.split_table(death[1:]) if death[:1] == b"F" else []
             if _queue_and_reason(entries) == (queue, reason):
                 count = rawprops.integer(dict(entries).get("count", b"")) or 0
                 entries = [e for e in entries if e[0] != "count"]
                 entries.append(("count", rawprops.long(count + 1)))
-                del tables[i]
+                del deaths[i]
                 break
         else:
             entries = [("count", rawprops.long(1))] + info
-        deaths = [rawprops.table(_sorted(entries))] + [rawprops.table(t) for t in tables]
+        deaths.insert(0, rawprops.table(_sorted(entries)))
         headers = [e for e in headers if e[0] != "x-death"]
     headers.append(("x-death", rawprops.array(deaths)))
     headers = _sorted(headers)
