@@ -1,0 +1,146 @@
+"""The dashboard (B-MGMT-1) in a real headless Chromium driven by Selenium: log in, see a
+queue appear, see its ready count follow what pika publishes, see the rate chart draw.
+
+Needs Debian's `chromium` and `chromium-driver` and the `selenium` package; skipped (with
+the reason) without them."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any, Iterator
+
+import pika
+import pytest
+
+from mq.testing import BrokerProcess, run_broker
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+try:
+    import selenium  # noqa: F401
+    HAVE_SELENIUM = True
+except ImportError:
+    HAVE_SELENIUM = False
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER and HAVE_SELENIUM),
+    reason="the dashboard test needs Debian packages chromium and chromium-driver and the "
+           "selenium Python package "
+           f"(chromium: {CHROMIUM}, chromedriver: {CHROMEDRIVER}, selenium: {HAVE_SELENIUM})")
+
+TIMEOUT = 15
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[BrokerProcess]:
+    with run_broker(args=("--management-port", "0")) as b:
+        yield b
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="mq-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium fetch a driver
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait(driver: Any, condition: Any, message: str) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, TIMEOUT, poll_frequency=0.2).until(condition, message)
+
+
+def log_in(driver: Any, broker: BrokerProcess, user: str, password: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(broker.management_url + "/?poll=300")
+    wait(driver, lambda d: d.find_element(By.ID, "login").is_displayed(), "no login form")
+    driver.find_element(By.ID, "login-user").send_keys(user)
+    driver.find_element(By.ID, "login-password").send_keys(password)
+    driver.find_element(By.ID, "login-submit").click()
+
+
+def queue_cell(driver: Any, key: str, column: str) -> str | None:
+    """The text of one cell of a queue's row, or None while the row is not there."""
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.CSS_SELECTOR, f'#queues tbody tr[data-key="{key}"]')
+    if not rows:
+        return None
+    return rows[0].find_element(By.CSS_SELECTOR, f"td.{column}").text
+
+
+def test_dashboard_shows_queue_and_its_count_change(broker: BrokerProcess, browser: Any,
+                                                    uid: str) -> None:
+    """B-MGMT-1: after logging in, a queue declared by pika appears in the queues table;
+    its ready count goes 0 -> 5 as pika publishes and back to 3 after two gets; the
+    overview counts the connection and the rate chart shows a publish rate."""
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, broker, "guest", "guest")
+    wait(browser, lambda d: d.find_element(By.ID, "dashboard").is_displayed(),
+         "dashboard not shown after login")
+    name = f"dash-{uid}"
+    key = f"//{name}"  # vhost "/", then the name
+    conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+    ch = conn.channel()
+    ch.queue_declare(name)
+    wait(browser, lambda d: queue_cell(d, key, "ready") == "0", "queue row did not appear")
+    for i in range(5):
+        ch.basic_publish("", name, f"m{i}".encode())
+    wait(browser, lambda d: queue_cell(d, key, "ready") == "5", "ready count did not reach 5")
+    assert queue_cell(browser, key, "total") == "5"
+    for _ in range(2):
+        method, _, _ = ch.basic_get(name)
+        ch.basic_ack(method.delivery_tag)
+    wait(browser, lambda d: queue_cell(d, key, "ready") == "3", "ready count did not drop to 3")
+    wait(browser, lambda d: int(d.find_element(By.ID, "total-connections").text) >= 1,
+         "overview shows no connection")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#connections tbody tr td.user")
+    assert "guest" in [r.text for r in rows]
+
+    def publish_rate_shown(d: Any) -> bool:
+        for _ in range(20):
+            ch.basic_publish("", name, b"x")
+        legend = d.find_element(By.CSS_SELECTOR, '#rates-legend span[data-series="publish"]')
+        return not legend.text.endswith(": 0.0/s")
+
+    wait(browser, publish_rate_shown, "the chart legend never showed a publish rate")
+    # The chart is drawn: the canvas has pixels in the publish line's colour.
+    drawn = browser.execute_script("""
+        const c = document.getElementById('rates-chart');
+        const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < px.length; i += 4)
+          if (px[i] === 0xd9 && px[i + 1] === 0x82 && px[i + 2] === 0x2b) n++;
+        return n;""")
+    assert drawn > 0
+    ch.queue_delete(name)
+    conn.close()
+    wait(browser, lambda d: queue_cell(d, key, "ready") is None, "deleted queue still listed")
+
+
+def test_dashboard_refuses_a_wrong_password(broker: BrokerProcess, browser: Any) -> None:
+    """B-MGMT-1: a wrong password keeps the login form up with the API's reason."""
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, broker, "guest", "wrong")
+    wait(browser, lambda d: d.find_element(By.ID, "login-error").text == "Login failed",
+         "no login error shown")
+    assert not browser.find_element(By.ID, "dashboard").is_displayed()
