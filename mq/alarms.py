@@ -17,6 +17,9 @@ log = logging.getLogger("mq.alarms")
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 DISK_INTERVAL = 5.0  # seconds between disk checks (RabbitMQ: 10 s at most)
+CHECK_INTERVAL = 0.25  # seconds between memory checks (a read of /proc/self/statm)
+FAST_CHECK_INTERVAL = 0.02  # near or past the watermark: a flood adds MBs in a quarter second
+NEAR_MARGIN = 64 * 1024 * 1024
 
 
 def _libc_trim() -> Callable[[], None]:
@@ -59,6 +62,13 @@ class ResourceMonitor:
     @property
     def alarms(self) -> tuple[str, ...]:
         return (("memory",) if self._memory else ()) + (("disk",) if self._disk else ())
+
+    def interval(self) -> float:
+        """Seconds until the next check: short when memory is within a margin of the
+        watermark, so that a fast publisher is stopped close to it."""
+        margin = max(self.memory_limit // 5, NEAR_MARGIN)
+        return FAST_CHECK_INTERVAL if self.memory_used > self.memory_limit - margin \
+            else CHECK_INTERVAL
 
     def check(self) -> None:
         """Measure memory every call, the disk every few seconds; cheap enough for a

@@ -27,7 +27,6 @@ log = logging.getLogger("mq.server")
 
 WRITE_BUFFER_HIGH = 4 * 1024 * 1024  # pause deliveries above this much unsent output
 WRITE_BUFFER_LOW = 1024 * 1024
-ALARM_CHECK_INTERVAL = 0.25  # seconds between memory measurements (a read of /proc/self/statm)
 SHUTDOWN_DRAIN_TIMEOUT = 2.0  # seconds for clients to be sent their 320 before we exit
 
 
@@ -210,7 +209,7 @@ class Server:
         log.info("resource limits %s", kv(memory_high_watermark=self.monitor.memory_limit,
                                           disk_free_limit=self.monitor.disk_limit))
         while True:
-            await anyio.sleep(ALARM_CHECK_INTERVAL)
+            await anyio.sleep(self.monitor.interval())
             self.monitor.check()
 
     def _alarms_changed(self, alarms: tuple[str, ...]) -> None:
