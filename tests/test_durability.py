@@ -432,3 +432,19 @@ def test_tx_commit_ok_means_on_disk(mq_fresh_broker: BrokerProcess) -> None:
     conn = connect(mq_fresh_broker)
     assert [b for b, _, _ in drain(conn.channel(), "txq")] == [b"%d" % i for i in range(10, 50)]
     conn.close()
+
+
+def test_server_named_durable_queue_survives(mq_fresh_broker: BrokerProcess) -> None:
+    """B-DUR-1, B-DUR-2: a durable queue with a server-chosen name (amq.gen-...) comes back
+    with its messages."""
+    conn = connect(mq_fresh_broker)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    name = ch.queue_declare("", durable=True).method.queue
+    assert name.startswith("amq.gen-")
+    ch.basic_publish("", name, b"kept", PERSISTENT)
+    conn.close()
+    mq_fresh_broker.restart(kill=True)
+    conn = connect(mq_fresh_broker)
+    assert [b for b, _, _ in drain(conn.channel(), name)] == [b"kept"]
+    conn.close()

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from mq.broker.auth import Permission, UserStore
 from mq.broker.errors import PreconditionFailed
+from mq.broker.queue import Queue
 from mq.broker.timers import Timers
 from mq.broker.vhost import VirtualHost
 from mq.logfmt import kv
@@ -57,9 +58,11 @@ class Broker:
                                                         auto_delete=auto_delete,
                                                         internal=internal, arguments=arguments)
         for rq in recovered.queues:
-            queue = self.add_vhost(rq.vhost).declare_queue(rq.name, durable=True,
-                                                           auto_delete=rq.auto_delete,
-                                                           arguments=rq.arguments)
+            vhost = self.add_vhost(rq.vhost)
+            # Made directly, not declared: server-named queues (amq.gen-*) are durable too.
+            queue = vhost.queues[rq.name] = Queue(vhost, rq.name, durable=True,
+                                                  auto_delete=rq.auto_delete,
+                                                  arguments=rq.arguments)
             queue.store, queue.store_qid = store, rq.store_qid
             queue.recover(rq.messages)
         for vhost_name, source, to_exchange, destination, key, arguments in recovered.bindings:
