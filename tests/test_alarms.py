@@ -1,0 +1,153 @@
+"""Resource alarms (B-CONN-10): past the memory watermark or below the disk free limit,
+publishers get connection.blocked and are no longer read; consumers go on; publishers are
+unblocked when it clears."""
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from typing import Iterator
+
+import pika
+import pytest
+
+from mq.testing import BrokerProcess, run_broker
+
+BODY = 32 * 1024
+TOTAL = 2500  # 80 MB published in all: far past a watermark 30 MB above the broker's size
+HEADROOM = 30 * 1024 * 1024
+PAGE = 4096
+
+
+def rss_of(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as fh:
+        return int(fh.read().split()[1]) * PAGE
+
+
+@pytest.fixture
+def low_watermark_broker() -> Iterator[tuple[BrokerProcess, int]]:
+    """A broker of its own whose memory watermark is its idle RSS + 30 MB."""
+    broker = BrokerProcess().start()
+    try:
+        time.sleep(0.3)
+        watermark = rss_of(broker.proc.pid) + HEADROOM
+        broker.args = ("--memory-high-watermark", str(watermark))
+        broker.restart()
+        yield broker, watermark
+    finally:
+        broker.cleanup()
+
+
+class RssSampler(threading.Thread):
+    """The broker's peak RSS, sampled every 10 ms."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss_of(self.pid))
+            time.sleep(0.01)
+
+
+class SlowConsumer(threading.Thread):
+    """Consumes and acks about 1000 messages a second, recording each sequence number."""
+
+    def __init__(self, url: str, queue: str, expect: int) -> None:
+        super().__init__(daemon=True)
+        self.url, self.queue, self.expect = url, queue, expect
+        self.seen: list[int] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            conn = pika.BlockingConnection(pika.URLParameters(self.url))
+            ch = conn.channel()
+            ch.basic_qos(prefetch_count=50)
+
+            def on_message(ch, method, props, body) -> None:
+                self.seen.append(struct.unpack_from(">I", body)[0])
+                time.sleep(0.0005)
+                ch.basic_ack(method.delivery_tag)
+
+            ch.basic_consume(self.queue, on_message)
+            deadline = time.monotonic() + 30
+            while len(self.seen) < self.expect and time.monotonic() < deadline:
+                conn.process_data_events(time_limit=0.05)
+            conn.close()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+def test_flood_blocks_publisher_at_memory_watermark_and_recovers(low_watermark_broker, uid):
+    """B-CONN-10: a publisher flooding a slow consumer gets connection.blocked ('low on
+    memory') at the watermark, the broker's memory stays bounded, connection.unblocked comes
+    once the consumer has drained, publishing goes on, and every message is consumed once."""
+    broker, watermark = low_watermark_broker
+    sampler = RssSampler(broker.proc.pid)
+    sampler.start()
+    conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+    events: list[tuple[str, str | None]] = []
+    conn.add_on_connection_blocked_callback(
+        lambda _c, frame: events.append(("blocked", frame.method.reason)))
+    conn.add_on_connection_unblocked_callback(lambda _c, _f: events.append(("unblocked", None)))
+    ch = conn.channel()
+    ch.queue_declare(uid)
+    consumer = SlowConsumer(broker.url, uid, TOTAL)
+    consumer.start()
+    padding = b"x" * (BODY - 4)
+    sent, sent_at_first_unblock = 0, None
+    deadline = time.monotonic() + 30
+    while sent < TOTAL and time.monotonic() < deadline:
+        if events and events[-1][0] == "blocked":
+            conn.process_data_events(time_limit=0.05)  # wait, as a publisher should
+            continue
+        if sent_at_first_unblock is None and events:
+            sent_at_first_unblock = sent
+        ch.basic_publish("", uid, struct.pack(">I", sent) + padding)
+        sent += 1
+        conn.process_data_events(time_limit=0)
+    consumer.join(30)
+    sampler.stop.set()
+    sampler.join()
+    conn.close()
+    assert consumer.error is None, consumer.error
+    assert sent == TOTAL
+    assert events[0] == ("blocked", "low on memory"), events
+    assert ("unblocked", None) in events
+    assert sent_at_first_unblock is not None and sent_at_first_unblock < TOTAL
+    assert sorted(consumer.seen) == list(range(TOTAL)), "lost or duplicated messages"
+    # Bounded: the watermark plus what arrives between two checks and the socket backlog.
+    assert sampler.peak < watermark + 20 * 1024 * 1024, (sampler.peak - watermark) / 2 ** 20
+    log = broker.log()
+    assert "alarm set resource=memory" in log and "alarm cleared resource=memory" in log
+
+
+def test_disk_alarm_blocks_publishers_only(uid):
+    """B-CONN-10: below the disk free limit, a connection is blocked ('low on disk') at its
+    next publish: that publish is taken, later ones are not read; a connection that does not
+    publish is still served (declare, get, ack)."""
+    with run_broker(args=("--disk-free-limit", "1000000TB")) as broker:
+        publisher = pika.BlockingConnection(pika.URLParameters(broker.url))
+        events: list[str] = []
+        publisher.add_on_connection_blocked_callback(
+            lambda _c, frame: events.append(frame.method.reason))
+        pch = publisher.channel()
+        pch.queue_declare(uid)
+        pch.basic_publish("", uid, b"first")
+        deadline = time.monotonic() + 3
+        while not events and time.monotonic() < deadline:
+            publisher.process_data_events(time_limit=0.05)
+        assert events == ["low on disk"]
+        pch.basic_publish("", uid, b"second")  # sits in the socket: the broker is not reading
+        consumer = pika.BlockingConnection(pika.URLParameters(broker.url))
+        cch = consumer.channel()
+        method, _props, body = cch.basic_get(uid)
+        assert body == b"first"
+        cch.basic_ack(method.delivery_tag)
+        time.sleep(0.3)
+        assert cch.queue_declare(uid, passive=True).method.message_count == 0
+        consumer.close()
+        assert "alarm set resource=disk" in broker.log()
+        assert 'connection blocked peer=' in broker.log()
