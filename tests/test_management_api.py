@@ -4,7 +4,12 @@ status codes follow RabbitMQ 3.10's management plugin."""
 from __future__ import annotations
 
 import base64
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +22,8 @@ from mq.ctl import ApiClient, ApiError, quote
 from mq.testing import BrokerProcess, run_broker
 
 MGMT_ARGS = ("--management-port", "0")
+# RabbitMQ's own CLI (served by its management plugin at /cli/rabbitmqadmin).
+RABBITMQADMIN = os.environ.get("MQ_RABBITMQADMIN") or shutil.which("rabbitmqadmin")
 
 
 @pytest.fixture(scope="module")
@@ -400,3 +407,31 @@ def test_prometheus_metrics(broker: BrokerProcess, api: ApiClient, uid: str) -> 
     conn.close()
     api.call("DELETE", f"/api/queues/%2F/{name}")
     assert gauge not in scrape()
+
+
+@pytest.mark.skipif(not RABBITMQADMIN, reason="rabbitmqadmin not found: put it on PATH or set "
+                    "MQ_RABBITMQADMIN (RabbitMQ's management plugin serves it at "
+                    "/cli/rabbitmqadmin)")
+def test_rabbitmqadmin_works_unchanged(broker: BrokerProcess, uid: str, tmp_path) -> None:
+    """B-MGMT-1: RabbitMQ's rabbitmqadmin, unchanged, declares, binds, publishes, gets,
+    lists and exports through mq's API."""
+    def admin(*args: str) -> str:
+        result = subprocess.run([sys.executable, RABBITMQADMIN, "-H", "127.0.0.1", "-P",
+                                 str(broker.management_port), "-f", "raw_json", *args],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    admin("declare", "queue", f"name=adm-{uid}", "durable=false")
+    admin("declare", "exchange", f"name=admx-{uid}", "type=fanout", "durable=false")
+    admin("declare", "binding", f"source=admx-{uid}", f"destination=adm-{uid}")
+    admin("publish", f"exchange=admx-{uid}", "routing_key=x", "payload=hello")
+    [queue] = [q for q in json.loads(admin("list", "queues")) if q["name"] == f"adm-{uid}"]
+    assert queue["messages"] == 1
+    [message] = json.loads(admin("get", f"queue=adm-{uid}", "ackmode=ack_requeue_false"))
+    assert (message["payload"], message["exchange"]) == ("hello", f"admx-{uid}")
+    assert any(n["name"].startswith("mq@") for n in json.loads(admin("list", "nodes")))
+    admin("export", str(tmp_path / "defs.json"))
+    assert "queues" in json.loads((tmp_path / "defs.json").read_text())
+    admin("delete", "exchange", f"name=admx-{uid}")
+    admin("delete", "queue", f"name=adm-{uid}")

@@ -6,6 +6,7 @@ import base64
 import binascii
 import datetime
 import json
+import logging
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from mq.broker.vhost import VirtualHost
 from mq.management.metrics import render_metrics
 from mq.management.views import Views, jsonable, properties_key
 
+log = logging.getLogger("mq.management")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 READ_TAGS = {"administrator", "monitoring", "management"}
 # What RabbitMQ's publish / get bodies call a property, and pamqp's attribute for it.
@@ -178,6 +180,14 @@ class Api:
         return web.json_response({"status": "ok"} if ok else
                                  {"status": "failed", "reason": "message not returned"},
                                  status=200 if ok else 503)
+
+    async def nodes(self, request: web.Request) -> web.Response:
+        return web.json_response([self.views.node()])
+
+    async def get_node(self, request: web.Request) -> web.Response:
+        if request.match_info["node"] != self.views.node()["name"]:
+            raise not_found()
+        return web.json_response(self.views.node())
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=render_metrics(self.views),
@@ -380,8 +390,10 @@ class Api:
     async def close_connection(self, request: web.Request) -> web.Response:
         """Close with 320 CONNECTION_FORCED; X-Reason gives the text, as in RabbitMQ."""
         conn = self._connection(request)
-        conn.close_with(ConnectionForced(request.headers.get("X-Reason",
-                                                             "Closed via management plugin")))
+        reason = request.headers.get("X-Reason", "Closed via management plugin")
+        log.info("closing connection %s user=%s on request of %s: %s", conn.name,
+                 conn.user.name, request["user"].name, reason)
+        conn.close_with(ConnectionForced(reason))
         return web.Response(status=204)
 
     async def connection_channels(self, request: web.Request) -> web.Response:
@@ -546,6 +558,8 @@ class Api:
             web.get("/api/healthchecks/node", self.healthcheck),
             web.get("/api/aliveness-test/{vhost}", self.aliveness),
             web.get("/metrics", self.metrics),
+            web.get("/api/nodes", self.nodes),
+            web.get("/api/nodes/{node}", self.get_node),
             web.get("/api/queues", self.list_queues),
             web.get("/api/queues/{vhost}", self.list_queues),
             web.get(q, self.get_queue), web.put(q, self.put_queue),

@@ -7,7 +7,9 @@ import datetime
 import decimal
 import hashlib
 import json
+import os
 import platform
+import resource
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterator
@@ -73,6 +75,22 @@ def properties_key(binding: Binding) -> str:
         return key
     digest = hashlib.sha1(json.dumps(jsonable(binding.arguments), sort_keys=True).encode())
     return key + "~" + base64.urlsafe_b64encode(digest.digest()[:9]).decode()
+
+
+def _rss() -> int:
+    """Resident memory in bytes (Linux), else the peak the OS reports."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _open_files() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
 
 
 def channel_name(ch: Channel) -> str:
@@ -248,6 +266,12 @@ class Views:
                 "cluster_state": {NODE: "running"}}
         view.update(with_rates(dict(levels), {}))
         return view
+
+    def node(self) -> dict[str, Any]:
+        """The one node, with what rabbitmqadmin's `list nodes` shows."""
+        return {"name": NODE, "type": "disc", "running": True, "os_pid": str(os.getpid()),
+                "mem_used": _rss(), "fd_used": _open_files(), "processors": os.cpu_count(),
+                "uptime": int((time.time() - self.started) * 1000), "partitions": []}
 
     def overview(self, names: set[str] | None) -> dict[str, Any]:
         counters, levels = self.global_counts()
