@@ -44,6 +44,8 @@ ROLL_HEAD_BUSY = 4 * 1024 * 1024
 ROLL_HEAD_RATIO = 1 / 16
 COMPACT_RATIO = 0.25  # compact a sealed segment when less than this share of it is live
 
+MSG, ENQ, DLV, ACK, DELETE = R.MSG, R.ENQ, R.DLV, R.ACK, R.DELETE  # ENQ..ACK: 2..4
+
 # Framed sizes of the fixed-size records.
 ENQ_SIZE = R.HEADER_SIZE + 25
 REF_SIZE = R.HEADER_SIZE + 17   # DLV, ACK
@@ -215,18 +217,22 @@ class Store:
             self._segments[number] = seg
             for off, size, f in entries:
                 rtype = f[0]
-                max_id = max(max_id, f[1], f[2] if rtype in (R.ENQ, R.DLV, R.ACK) else 0)
-                if rtype == R.MSG:
+                if f[1] > max_id:  # ids are never reused, whatever record names them
+                    max_id = f[1]
+                if rtype == MSG:
                     msgs[f[1]] = (seg, off, size, f)
-                elif rtype == R.ENQ:
+                    continue
+                if ENQ <= rtype <= ACK and f[2] > max_id:
+                    max_id = f[2]
+                if rtype == ENQ:
                     enqs.setdefault(f[1], {})[f[2]] = [seg, off, size, f[3]]
-                elif rtype == R.DLV:
+                elif rtype == DLV:
                     dlvs[(f[1], f[2])] = (seg, off, size)
-                elif rtype == R.ACK:
+                elif rtype == ACK:
                     enq = enqs.get(f[1], {}).pop(f[2], None)
                     if enq is not None and enq[0] is not seg:
                         tombs.append((seg, off, size, enq[0]))
-                elif rtype == R.DELETE:
+                elif rtype == DELETE:
                     put = topo.pop(f[1], None)
                     if put is not None and put[0] is not seg:
                         tombs.append((seg, off, size, put[0]))
