@@ -71,12 +71,30 @@ class MqProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mq", "--port", str(self.port), "--data-dir", self.data_dir,
-             *self.extra_args],
+             *self.optional_args(), *self.extra_args],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_for_port(self.port, 30, self.proc)
         except RuntimeError as e:
             raise RuntimeError(f"mq did not start: {e}\n{self.log_tail()}") from None
+
+    def optional_args(self) -> list[str]:
+        """Flags this mq understands that keep it off shared ports (its management API)."""
+        if not hasattr(self, "_optional"):
+            try:
+                usage = subprocess.run([sys.executable, "-m", "mq", "--help"], cwd=REPO, capture_output=True,
+                                       text=True, timeout=30).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                usage = ""
+            # -1 turns the management API off: the suite does not use it, and a fixed port may be taken.
+            self._optional = ["--management-port", "-1"] if "--management-port" in usage else []
+        return self._optional
+
+    def died(self) -> str | None:
+        """Why mq is gone, if it exited by itself (a crash during the run)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            return f"mq exited with code {self.proc.returncode} during the run; its log ends:\n{self.log_tail()}"
+        return None
 
     def stop(self, timeout: float = 15) -> None:
         if self.proc is None or self.proc.poll() is not None:

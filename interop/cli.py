@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         suite = Suite(scenarios, clients, args.short, args.jobs, args.timeout_scale, progress=progress)
         started = time.monotonic()
         results = suite.run(brokers)
+        crashed = mq.died() if mq is not None else None
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -98,13 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         if mq is not None:
             mq.cleanup()
     print(matrix.render(scenarios, clients, results))
+    if crashed:
+        print(f"\nerror: {crashed}")
     print(f"\ntotal {time.monotonic() - started:.0f}s")
     if args.report:
         report.write(args.report, scenarios, clients, results)
         print(f"report written to {args.report}")
     if args.json:
         dump_json(args.json, results)
-    return exit_code(results, explicit_clients=bool(args.clients))
+    return 1 if crashed else exit_code(results, explicit_clients=bool(args.clients))
 
 
 def dump_json(path: str, results: list) -> None:

@@ -429,6 +429,16 @@ func (d *driver) channelOp(op string, c *channel, s Step) (interface{}, error) {
 	return nil, unsupported{op}
 }
 
+// safeRun turns a panic (e.g. a step on a connection that never opened) into a step error.
+func (d *driver) safeRun(s Step) (result interface{}, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			result, err = nil, fmt.Errorf("driver panic: %v", r)
+		}
+	}()
+	return d.run(s)
+}
+
 func (d *driver) consumerOp(op string, s Step) (interface{}, error) {
 	d.mu.Lock()
 	cons := d.consumers[s.str("tag", "")]
@@ -555,7 +565,7 @@ func main() {
 		consumers: map[string]*consumer{}}
 	for i, s := range input.Steps {
 		fmt.Fprintf(os.Stderr, "interop-step %d %v\n", i, s["op"]) // names the step if we time out
-		result, err := d.run(s)
+		result, err := d.safeRun(s)
 		if err != nil {
 			var u unsupported
 			if errors.As(err, &u) {

@@ -49,7 +49,7 @@ class Kombu(PyAmqp):
             try:
                 conn.connect()
                 break
-            except (OSError, conn.recoverable_connection_errors):
+            except (OSError, *conn.recoverable_connection_errors):
                 if time.monotonic() > until:
                     raise
                 time.sleep(0.5)
