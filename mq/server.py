@@ -18,7 +18,7 @@ from mq.alarms import ResourceMonitor
 from mq.amqp.connection import Connection
 from mq.broker.broker import Broker
 from mq.broker.errors import ConnectionForced
-from mq.broker.definitions import import_definitions
+from mq.broker.definitions import import_definitions, load_access
 from mq.config import Settings, memory_limit, parse_size
 from mq.logfmt import kv
 from mq.store import Store, StoreError
@@ -137,10 +137,12 @@ class Server:
             log.error("cannot start: %s", exc)
             raise SystemExit(f"mq: {exc}") from None
         self.broker.restore(store, recovered)
+        if load_access(self.broker, self.settings.data_dir):
+            log.info("loaded users and permissions from %s", self.settings.data_dir)
         if self.settings.definitions:
             with open(self.settings.definitions) as fh:
                 import_definitions(self.broker, json.load(fh))
-            log.info("loaded definitions from %s", self.settings.definitions)
+            log.info("definitions loaded %s", kv(path=self.settings.definitions))
         store.start(loop)
         self.broker.timers.attach(loop)
         listener = await loop.create_server(lambda: AMQPProtocol(self), self.settings.host,
@@ -221,7 +223,7 @@ class Server:
             return  # embedded in a thread: the host program owns the signals
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                log.info("received %s, shutting down", signal.Signals(signum).name)
+                log.info("shutting down %s", kv(signal=signal.Signals(signum).name))
                 scope.cancel()
                 return
 

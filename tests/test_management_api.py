@@ -435,3 +435,26 @@ def test_rabbitmqadmin_works_unchanged(broker: BrokerProcess, uid: str, tmp_path
     assert "queues" in json.loads((tmp_path / "defs.json").read_text())
     admin("delete", "exchange", f"name=admx-{uid}")
     admin("delete", "queue", f"name=adm-{uid}")
+
+
+def test_users_vhosts_permissions_survive_a_restart(uid: str) -> None:
+    """B-MGMT-1: users, vhosts and permissions changed over HTTP are kept in the data dir:
+    after a restart the new administrator logs in and a deleted guest stays deleted."""
+    with run_broker(args=MGMT_ARGS) as b:
+        guest = ApiClient(b.management_url)
+        guest.call("PUT", f"/api/users/admin-{uid}", {"password": "pw", "tags": "administrator"})
+        admin = ApiClient(b.management_url, f"admin-{uid}", "pw")
+        admin.call("PUT", "/api/vhosts/kept")
+        admin.call("PUT", f"/api/permissions/kept/admin-{uid}",
+                   {"configure": ".*", "write": ".*", "read": "^r"})
+        assert admin.call("DELETE", "/api/users/guest")[0] == 204
+        b.restart()
+        assert admin.get("/api/whoami") == {"name": f"admin-{uid}", "tags": ["administrator"]}
+        assert admin.get(f"/api/permissions/kept/admin-{uid}")["read"] == "^r"
+        assert [u["name"] for u in admin.get("/api/users")] == [f"admin-{uid}"]
+        with pytest.raises(ApiError) as info:
+            guest.get("/api/whoami")
+        assert info.value.status == 401
+        with pytest.raises(pika.exceptions.AMQPConnectionError):
+            amqp(b)
+        amqp(b, f"admin-{uid}", "pw", "kept").close()

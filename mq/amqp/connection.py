@@ -125,14 +125,15 @@ class Connection:
                 self._connection_error(exc, *self._current_method)
             except Exception:
                 # A bug of ours, not the client's: 541 for this connection, the rest goes on.
-                log.exception("internal error on connection %s", self.name)
+                log.exception("internal error %s", kv(peer=self.name))
                 self._connection_error(InternalError("internal error, see the broker log"),
                                        *self._current_method)
             finally:
                 self._after_read()
         except Exception:
             # The error path itself failed: drop the socket rather than leave a dead protocol.
-            log.exception("error while closing connection %s, dropping it", self.name)
+            log.exception("connection dropped %s", kv(peer=self.name,
+                                                      reason="error while closing it"))
             self.abort()
 
     def _after_read(self) -> None:
@@ -417,7 +418,7 @@ class Connection:
         try:
             self._tick()
         except Exception:
-            log.exception("error in the timers of connection %s, dropping it", self.name)
+            log.exception("connection dropped %s", kv(peer=self.name, reason="error in its timers"))
             self.abort()
 
     def _tick(self) -> None:
@@ -493,7 +494,7 @@ class Connection:
             try:
                 self._release()
             except Exception:
-                log.exception("error releasing connection %s", self.name)
+                log.exception("connection release failed %s", kv(peer=self.name))
 
     def _log_closed(self, reason: str) -> None:
         log.info("connection closed %s", kv(peer=self.name, user=getattr(self.user, "name", None),

@@ -2,6 +2,8 @@
 exchanges, queues, bindings), so files move between the two brokers."""
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import mq
@@ -86,3 +88,32 @@ def import_definitions(broker: Any, data: dict) -> None:
         else:
             destination = vhost.get_exchange(b["destination"])
         vhost.bind(source, destination, b.get("routing_key", ""), b.get("arguments") or {})
+
+
+ACCESS_FILE = "access.json"  # in the data dir: users, vhosts, permissions
+
+
+def save_access(broker: Any, data_dir: str) -> None:
+    """Users, vhosts and permissions as they are now (the definitions format), replaced
+    atomically in the data dir, so changes made at run time survive a restart."""
+    exported = export_definitions(broker)
+    path = os.path.join(data_dir, ACCESS_FILE)
+    with open(path + ".tmp", "w") as fh:
+        json.dump({key: exported[key] for key in ("users", "vhosts", "permissions")}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(path + ".tmp", path)
+
+
+def load_access(broker: Any, data_dir: str) -> bool:
+    """At start: the saved users and permissions replace the defaults (a deleted guest
+    stays deleted). False when nothing was saved."""
+    path = os.path.join(data_dir, ACCESS_FILE)
+    if not os.path.exists(path):
+        return False
+    with open(path) as fh:
+        data = json.load(fh)
+    broker.users.users.clear()
+    import_definitions(broker, data)
+    return True
+

@@ -14,6 +14,7 @@ from mq.broker.exchange import EXCHANGE_TYPES, Binding, DefaultExchange, Exchang
 from mq.broker.deadletter import dead_lettered, is_cycle, routing_keys
 from mq.broker.queue import Queue
 from mq.broker.timers import Timers
+from mq.logfmt import kv
 
 log = logging.getLogger("mq.broker")
 
@@ -154,8 +155,8 @@ class VirtualHost:
         if durable and not exclusive and self.store is not None:
             queue.store = self.store
             queue.store_qid = self.store.declare_queue(self.name, name, auto_delete, arguments)
-        log.info("queue created vhost=%s queue=%s durable=%s exclusive=%s",
-                 self.name, name, durable, exclusive)
+        log.info("queue created %s", kv(vhost=self.name, queue=name, durable=durable,
+                                          exclusive=exclusive, auto_delete=auto_delete))
         return queue
 
     def delete_queue(self, name: str, if_unused: bool = False, if_empty: bool = False,
@@ -189,7 +190,7 @@ class VirtualHost:
             self._drop_binding(binding)
         if queue.store_qid:
             self.store.delete_queue(self.name, queue.name)
-        log.info("queue deleted vhost=%s queue=%s", self.name, queue.name)
+        log.info("queue deleted %s", kv(vhost=self.name, queue=queue.name))
         return queue.delete()
 
     # ---- bindings ---------------------------------------------------------------------
@@ -296,17 +297,18 @@ class VirtualHost:
             return
         exchange = self.exchanges.get(settings.dead_letter_exchange)
         if exchange is None:
-            log.warning("dead-letter exchange %s of queue %s in vhost %s does not exist; "
-                        "%d message(s) dropped", settings.dead_letter_exchange, queue.name,
-                        self.name, len(entries))
+            log.warning("dead letters dropped %s", kv(
+                vhost=self.name, queue=queue.name, exchange=settings.dead_letter_exchange,
+                messages=len(entries), reason="dead-letter exchange does not exist"))
             return
         for entry in entries:
             msg = dead_lettered(entry.msg, queue.name, reason, exchange.name,
                                 settings.dead_letter_routing_key)
             for target in self.route(exchange, msg):
                 if is_cycle(msg, target.name, reason):
-                    log.info("dead-letter cycle: message from queue %s not re-queued to %s",
-                             queue.name, target.name)
+                    log.info("dead letter dropped %s", kv(vhost=self.name, queue=queue.name,
+                                                          target=target.name,
+                                                          reason="dead-letter cycle"))
                     continue
                 target.publish(msg)
 

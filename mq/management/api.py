@@ -15,7 +15,8 @@ from mq._core.message import Message
 from mq.amqp.connection import _is_loopback
 from mq.broker.auth import Permission, User, hash_password
 from mq.broker.deadletter import without_bcc
-from mq.broker.definitions import HASHING, export_definitions, import_definitions
+from mq.broker.definitions import (HASHING, export_definitions, import_definitions,
+                                   save_access)
 from mq.broker.errors import AMQPError, ConnectionForced, NotFound
 from mq.broker.exchange import Exchange
 from mq.broker.properties import decode as decode_properties
@@ -97,6 +98,11 @@ class Api:
         if request.method not in ("GET", "HEAD") and "administrator" not in tags:
             raise HTTPError(401, "not_authorised", "Not administrator user")
         return user
+
+    def _saved(self, status: int) -> web.Response:
+        """Users, vhosts or permissions changed: keep them for the next start."""
+        save_access(self.broker, self.views.server.settings.data_dir)
+        return web.Response(status=status)
 
     def _visible(self, request: web.Request) -> set[str] | None:
         """The vhosts a user may see: all for administrators and monitoring users, their
@@ -431,7 +437,7 @@ class Api:
         name = request.match_info["vhost"]
         existed = name in self.broker.vhosts
         self.broker.add_vhost(name)
-        return web.Response(status=204 if existed else 201)
+        return self._saved(204 if existed else 201)
 
     async def delete_vhost(self, request: web.Request) -> web.Response:
         """Everything in it goes: its clients (320), queues, exchanges, permissions."""
@@ -446,7 +452,7 @@ class Api:
         del self.broker.vhosts[vhost.name]
         for user in self.broker.users.users.values():
             user.permissions.pop(vhost.name, None)
-        return web.Response(status=204)
+        return self._saved(204)
 
     # ---- users and permissions --------------------------------------------------------
 
@@ -488,11 +494,11 @@ class Api:
         old = self.broker.users.users.get(name)
         self.broker.users.users[name] = User(name, password_hash, list(tags),
                                              old.permissions if old else {})
-        return web.Response(status=204 if old else 201)
+        return self._saved(204 if old else 201)
 
     async def delete_user(self, request: web.Request) -> web.Response:
         del self.broker.users.users[self._user(request).name]
-        return web.Response(status=204)
+        return self._saved(204)
 
     @staticmethod
     def _permission_json(user: str, vhost: str, p: Permission) -> dict[str, Any]:
@@ -525,13 +531,13 @@ class Api:
         user.permissions[vhost.name] = Permission(str(body.get("configure", "")),
                                                   str(body.get("write", "")),
                                                   str(body.get("read", "")))
-        return web.Response(status=204 if existed else 201)
+        return self._saved(204 if existed else 201)
 
     async def delete_permission(self, request: web.Request) -> web.Response:
         user, vhost = self._user(request), self._vhost(request)
         if user.permissions.pop(vhost.name, None) is None:
             raise not_found()
-        return web.Response(status=204)
+        return self._saved(204)
 
     # ---- definitions --------------------------------------------------------------------
 
@@ -544,7 +550,7 @@ class Api:
             import_definitions(self.broker, body)
         except (KeyError, TypeError) as exc:
             raise bad_request(f"malformed definitions: missing or wrong {exc}") from None
-        return web.Response(status=204)
+        return self._saved(204)
 
     # ---- routes ---------------------------------------------------------------------------
 
