@@ -43,7 +43,7 @@ def test_sigterm_closes_clients_with_320_and_exits_0(uid):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((broker.host, broker.port), timeout=1)
         log = broker.log()
-        assert "received SIGTERM" in log and "mq stopped" in log and "Traceback" not in log
+        assert "shutting down signal=SIGTERM" in log and "mq stopped" in log and "Traceback" not in log
 
         broker.proc = None
         broker.start()
