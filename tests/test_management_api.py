@@ -360,15 +360,37 @@ def test_definitions_round_trip(broker: BrokerProcess, api: ApiClient, uid: str)
     api.call("DELETE", f"/api/users/defs-{uid}")
 
 
-def test_node_checks_and_not_found(api: ApiClient) -> None:
-    """B-MGMT-1: aliveness test and node health check answer ok; an unknown vhost or
-    queue is 404 with RabbitMQ's error body."""
+def test_node_checks_defaults_and_errors(api: ApiClient, uid: str) -> None:
+    """B-MGMT-1: aliveness and node health answer ok; an empty PUT declares as RabbitMQ's
+    does (transient; a direct exchange); errors have RabbitMQ's status codes."""
     assert api.get("/api/aliveness-test/%2F") == {"status": "ok"}
     assert api.get("/api/healthchecks/node") == {"status": "ok"}
-    for path in ("/api/queues/nope", "/api/queues/%2F/nope", "/api/exchanges/%2F/nope"):
+    api.call("PUT", f"/api/queues/%2F/dflt-{uid}", {"exclusive": True})
+    queue = api.get(f"/api/queues/%2F/dflt-{uid}")
+    assert (queue["durable"], queue["auto_delete"], queue["exclusive"]) == (False, False, False)
+    api.call("PUT", f"/api/exchanges/%2F/dflt-{uid}", {})
+    exchange = api.get(f"/api/exchanges/%2F/dflt-{uid}")
+    assert (exchange["type"], exchange["durable"]) == ("direct", False)
+    api.call("DELETE", f"/api/queues/%2F/dflt-{uid}")
+    api.call("DELETE", f"/api/exchanges/%2F/dflt-{uid}")
+    errors = [
+        ("GET", "/api/queues/nope", None, 404, "Not Found"),
+        ("GET", "/api/queues/%2F/nope", None, 404, "Not Found"),
+        ("DELETE", "/api/exchanges/%2F/nope", None, 404, "Not Found"),
+        ("PUT", "/api/queues/%2F/amq.nope", {}, 401,
+         "queue name 'amq.nope' contains reserved prefix 'amq.*'"),
+        ("DELETE", "/api/exchanges/%2F/amq.direct", None, 401,
+         "deletion of system exchange 'amq.direct' in vhost '/' not allowed"),
+        ("PUT", "/api/permissions/nope/guest", {"configure": ".*"}, 400,
+         "vhost_or_user_not_found"),
+        ("PUT", "/api/queues/%2F/bad", {"arguments": {"x-max-length": "ten"}}, 400, None),
+    ]
+    for method, path, body, status, reason in errors:
         with pytest.raises(ApiError) as info:
-            api.get(path)
-        assert info.value.status == 404
+            api.call(method, path, body)
+        assert info.value.status == status, path
+        if reason is not None:
+            assert info.value.reason == reason, path
 
 
 METRIC_LINE = re.compile(r'^[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)*\})? -?[0-9.e+]+$')

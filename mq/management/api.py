@@ -17,7 +17,7 @@ from mq.broker.auth import Permission, User, hash_password
 from mq.broker.deadletter import without_bcc
 from mq.broker.definitions import (HASHING, export_definitions, import_definitions,
                                    save_access)
-from mq.broker.errors import AMQPError, ConnectionForced, NotFound
+from mq.broker.errors import AccessRefused, AMQPError, ConnectionForced, NotFound
 from mq.broker.exchange import Exchange
 from mq.broker.properties import decode as decode_properties
 from mq.broker.properties import encode as encode_properties
@@ -74,6 +74,8 @@ class Api:
                                    if prompt else None)
         except NotFound as exc:
             return _error_response(not_found(exc.text))
+        except AccessRefused as exc:  # e.g. the amq. prefix: 401, as RabbitMQ answers
+            return _error_response(HTTPError(401, "not_authorised", exc.text))
         except AMQPError as exc:
             return _error_response(bad_request(exc.text))
 
@@ -216,10 +218,9 @@ class Api:
     async def put_queue(self, request: web.Request) -> web.Response:
         vhost, name = self._vhost(request), request.match_info["name"]
         body = await self._body(request)
-        if body.get("exclusive"):
-            raise bad_request("exclusive queues can only be declared over AMQP")
         existed = name in vhost.queues
-        vhost.declare_queue(name, durable=bool(body.get("durable", True)),
+        # RabbitMQ's defaults: transient; `exclusive` is ignored (no connection to own it).
+        vhost.declare_queue(name, durable=bool(body.get("durable", False)),
                             auto_delete=bool(body.get("auto_delete", False)),
                             arguments=body.get("arguments") or {})
         return web.Response(status=204 if existed else 201)
@@ -290,7 +291,7 @@ class Api:
         body = await self._body(request)
         existed = name in vhost.exchanges
         vhost.declare_exchange(name, body.get("type", "direct"),
-                               durable=bool(body.get("durable", True)),
+                               durable=bool(body.get("durable", False)),
                                auto_delete=bool(body.get("auto_delete", False)),
                                internal=bool(body.get("internal", False)),
                                arguments=body.get("arguments") or {})
@@ -490,7 +491,7 @@ class Api:
             except binascii.Error:
                 raise bad_request("password_hash is not base64") from None
         else:
-            raise bad_request("password or password_hash must be set")
+            password_hash = ""  # as RabbitMQ: no password, no password login
         old = self.broker.users.users.get(name)
         self.broker.users.users[name] = User(name, password_hash, list(tags),
                                              old.permissions if old else {})
@@ -525,7 +526,10 @@ class Api:
         return web.json_response(self._permission_json(user.name, vhost.name, permission))
 
     async def put_permission(self, request: web.Request) -> web.Response:
-        user, vhost = self._user(request), self._vhost(request)
+        try:
+            user, vhost = self._user(request), self._vhost(request)
+        except HTTPError:
+            raise bad_request("vhost_or_user_not_found") from None
         body = await self._body(request)
         existed = vhost.name in user.permissions
         user.permissions[vhost.name] = Permission(str(body.get("configure", "")),
