@@ -258,13 +258,19 @@ class Views:
         return out
 
     def vhost(self, vhost: VirtualHost) -> dict[str, Any]:
+        """Totals of its queues; rates are the sums of theirs."""
         levels: Counter = Counter({name: 0 for name in QUEUE_LEVELS})
+        counters: Counter = Counter({name: 0 for name in QUEUE_COUNTERS})
+        rates: Counter = Counter()
         for q in vhost.queues.values():
             levels.update(queue_levels(q))
+            counters.update(queue_counters(q))
+            rates.update(self.sampler.rates(q))
         view = {"name": vhost.name, "description": "", "tags": [],
                 "metadata": {"description": "", "tags": []}, "tracing": False,
-                "cluster_state": {NODE: "running"}}
-        view.update(with_rates(dict(levels), {}))
+                "cluster_state": {NODE: "running"},
+                "message_stats": with_rates(dict(counters), rates)}
+        view.update(with_rates(dict(levels), rates))
         return view
 
     def node(self) -> dict[str, Any]:
