@@ -306,6 +306,35 @@ def test_non_latin1_credentials_are_refused_not_a_crash(mq_broker):
     assert "Traceback" not in log_since(mq_broker, offset)
 
 
+def test_error_texts_naming_odd_names_are_valid_short_strings(mq_broker, witness):
+    """B-CONN-8: reply texts are valid short strings whatever the client named, byte for byte as
+    RabbitMQ sends them: a publish to an exchange named in invalid UTF-8 is 404 naming it in
+    the client's bytes; a text over 255 bytes is cut to 252 and ends in "...". Neither is an
+    internal error."""
+    offset = len(mq_broker.log())
+    client = RawClient(mq_broker.port)
+    client.handshake()
+    client.open_channel(1)
+    client.send_frame(1, 1, b"\x00\x3c\x00\x28\x00\x00\x03f\xfax\x01k\x00")  # basic.publish
+    client.send_content(1, b"body")
+    # channel.close, raw: pamqp does not decode a short string that is not UTF-8
+    assert client.recv_raw() == (1, 1, b"\x00\x14\x00\x28\x01\x94\x2a"
+                                 b"NOT_FOUND - no exchange 'f\xfax' in vhost '/'\x00\x3c\x00\x28")
+    client.send_method(1, spec.Channel.CloseOk())
+    client.open_channel(2)
+    name = ("\u00e9" * 127).encode()  # 254 bytes: a valid name, but the reply text is longer
+    # queue.declare(passive) by hand: pamqp refuses names outside a narrower set than AMQP's.
+    client.send_frame(1, 2, b"\x00\x32\x00\x0a\x00\x00" + bytes([len(name)]) + name
+                      + b"\x01\x00\x00\x00\x00")
+    close = client.expect("Channel.Close")
+    assert close.reply_code == 404
+    assert close.reply_text == "NOT_FOUND - no queue '" + "\u00e9" * 115 + "..."
+    assert len(close.reply_text.encode()) == 255
+    client.close()
+    witness()
+    assert "Traceback" not in log_since(mq_broker, offset)
+
+
 def test_frame_over_frame_min_before_tune_is_501(mq_broker, witness):
     """B-CONN-8: before tune-ok frames are limited to 4096 bytes (RabbitMQ's frame_min), so a
     client that is not logged in cannot make the broker buffer a huge frame."""

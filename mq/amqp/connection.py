@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import struct
 import time
 from typing import Any, Callable, Protocol
 
@@ -269,9 +270,7 @@ class Connection:
         class_id, method_id = ch.current_method
         ch.flush_confirms()  # publishes routed before the error are acked before the close
         ch.closing()
-        self.send_method(ch.number, spec.Channel.Close(
-            reply_code=exc.reply_code, reply_text=exc.reply_text[:255],
-            class_id=class_id, method_id=method_id))
+        self.write(close_frame(ch.number, exc.reply_code, exc.reply_text, class_id, method_id))
 
     def channel_closed(self, number: int) -> None:
         self.channels.pop(number, None)
@@ -344,9 +343,7 @@ class Connection:
     def _refuse_login(self, text: str, username: str) -> None:
         log.warning("authentication failed %s", kv(peer=self.name, user=username, text=text))
         if self.capabilities.get("authentication_failure_close"):
-            self.send_method(0, spec.Connection.Close(reply_code=403,
-                                                      reply_text=f"ACCESS_REFUSED - {text}"[:255],
-                                                      class_id=0, method_id=0))
+            self.write(close_frame(0, 403, f"ACCESS_REFUSED - {text}", 0, 0))
         self.close_transport()
 
     def _tune_ok(self, method: Any) -> None:
@@ -399,9 +396,7 @@ class Connection:
         self.state = "closing"
         self._closing_since = self.clock()
         self._release()
-        self.send_method(0, spec.Connection.Close(reply_code=exc.reply_code,
-                                                  reply_text=exc.reply_text[:255],
-                                                  class_id=class_id, method_id=method_id))
+        self.write(close_frame(0, exc.reply_code, exc.reply_text, class_id, method_id))
         if broken or handshaking:
             self.close_transport()
 
@@ -517,6 +512,22 @@ class Connection:
             self.broker.open_connections -= 1
         if self.vhost is not None:
             self.vhost.connection_closed(self)
+
+
+def close_frame(channel: int, reply_code: int, reply_text: str, class_id: int,
+                method_id: int) -> bytes:
+    """connection.close (channel 0) or channel.close, encoded here because the reply text may
+    name things in the bytes the client used, even invalid UTF-8 (pamqp only encodes valid
+    str). As RabbitMQ, a text over 255 bytes is cut to 252 and ends in "..."."""
+    text = reply_text.encode("utf-8", "surrogateescape")
+    if len(text) > 255:
+        cut = 252
+        while cut and text[cut] & 0xC0 == 0x80:  # not inside a UTF-8 character
+            cut -= 1
+        text = text[:cut] + b"..."
+    close = (10, 50) if channel == 0 else (20, 40)
+    return frames.encode_frame(1, channel, struct.pack(">HHHB", *close, reply_code, len(text))
+                               + text + struct.pack(">HH", class_id, method_id))
 
 
 def _is_loopback(host: str) -> bool:
