@@ -34,6 +34,10 @@ HEARTBEAT = 60
 HANDSHAKE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 3.0
 
+# channel.open-ok with an empty reserved long string, as RabbitMQ sends it (pamqp would send
+# "0", which clients that skip a fixed 4 bytes, like @cloudamqp/amqp-client, misparse).
+CHANNEL_OPEN_OK = b"\x00\x14\x00\x0b\x00\x00\x00\x00"
+
 CAPABILITIES = {
     "publisher_confirms": True,
     "exchange_exchange_bindings": True,
@@ -251,7 +255,7 @@ class Connection:
                 raise ChannelError(f"expected 'channel.open' on channel {channel}")
             decode_method(payload)
             self.channels[channel] = Channel(self, channel)
-            self.send_method(channel, spec.Channel.OpenOk())
+            self.write(frames.encode_frame(1, channel, CHANNEL_OPEN_OK))
             return
         try:
             ch.frame_received(ftype, payload)
