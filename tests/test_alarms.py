@@ -10,8 +10,10 @@ from typing import Iterator
 
 import pika
 import pytest
+from pamqp import commands as spec
 
 from mq.testing import BrokerProcess, run_broker
+from rawamqp import RawClient
 
 BODY = 32 * 1024
 TOTAL = 2500  # 80 MB published in all: far past a watermark 30 MB above the broker's size
@@ -124,30 +126,64 @@ def test_flood_blocks_publisher_at_memory_watermark_and_recovers(low_watermark_b
     assert "alarm set resource=memory" in log and "alarm cleared resource=memory" in log
 
 
-def test_disk_alarm_blocks_publishers_only(uid):
+@pytest.fixture(scope="module")
+def disk_alarm_broker() -> Iterator[BrokerProcess]:
+    """A broker whose disk free limit no disk meets: the disk alarm is on from the start."""
+    with run_broker(args=("--disk-free-limit", "1000000TB")) as broker:
+        yield broker
+
+
+def test_disk_alarm_blocks_publishers_only(disk_alarm_broker, uid):
     """B-CONN-10: below the disk free limit, a connection is blocked ('low on disk') at its
     next publish: that publish is taken, later ones are not read; a connection that does not
     publish is still served (declare, get, ack)."""
-    with run_broker(args=("--disk-free-limit", "1000000TB")) as broker:
-        publisher = pika.BlockingConnection(pika.URLParameters(broker.url))
-        events: list[str] = []
-        publisher.add_on_connection_blocked_callback(
-            lambda _c, frame: events.append(frame.method.reason))
-        pch = publisher.channel()
-        pch.queue_declare(uid)
-        pch.basic_publish("", uid, b"first")
-        deadline = time.monotonic() + 3
-        while not events and time.monotonic() < deadline:
-            publisher.process_data_events(time_limit=0.05)
-        assert events == ["low on disk"]
-        pch.basic_publish("", uid, b"second")  # sits in the socket: the broker is not reading
-        consumer = pika.BlockingConnection(pika.URLParameters(broker.url))
-        cch = consumer.channel()
-        method, _props, body = cch.basic_get(uid)
-        assert body == b"first"
-        cch.basic_ack(method.delivery_tag)
-        time.sleep(0.3)
-        assert cch.queue_declare(uid, passive=True).method.message_count == 0
-        consumer.close()
-        assert "alarm set resource=disk" in broker.log()
-        assert 'connection blocked peer=' in broker.log()
+    broker = disk_alarm_broker
+    publisher = pika.BlockingConnection(pika.URLParameters(broker.url))
+    events: list[str] = []
+    publisher.add_on_connection_blocked_callback(
+        lambda _c, frame: events.append(frame.method.reason))
+    pch = publisher.channel()
+    pch.queue_declare(uid)
+    pch.basic_publish("", uid, b"first")
+    deadline = time.monotonic() + 3
+    while not events and time.monotonic() < deadline:
+        publisher.process_data_events(time_limit=0.05)
+    assert events == ["low on disk"]
+    pch.basic_publish("", uid, b"second")  # sits in the socket: the broker is not reading
+    consumer = pika.BlockingConnection(pika.URLParameters(broker.url))
+    cch = consumer.channel()
+    method, _props, body = cch.basic_get(uid)
+    assert body == b"first"
+    cch.basic_ack(method.delivery_tag)
+    time.sleep(0.3)
+    assert cch.queue_declare(uid, passive=True).method.message_count == 0
+    consumer.close()
+    assert "alarm set resource=disk" in broker.log()
+    assert 'connection blocked peer=' in broker.log()
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["capable", "not-capable"])
+def test_blocked_frame_only_for_capable_clients(disk_alarm_broker, uid, announced):
+    """B-CONN-10: connection.blocked is sent only to a client that announced the
+    'connection.blocked' capability (which connection.start offers); either way the broker
+    stops reading it after its publish."""
+    client = RawClient(disk_alarm_broker.port)
+    client.send(b"AMQP\x00\x00\x09\x01")
+    start = client.expect("Connection.Start")
+    assert start.server_properties["capabilities"]["connection.blocked"] is True
+    client.sock.close()
+    client = RawClient(disk_alarm_broker.port)
+    client.handshake(capabilities={"connection.blocked": announced})
+    client.open_channel(1)
+    client.send_method(1, spec.Queue.Declare(queue=uid))
+    client.expect("Queue.DeclareOk")
+    client.send_method(1, spec.Basic.Publish(routing_key=uid))
+    client.send_content(1, b"taken")
+    if announced:
+        assert client.expect("Connection.Blocked").reason == "low on disk"
+    else:
+        time.sleep(0.2)  # frames that came in the same read as the publish are still handled
+    client.send_method(1, spec.Queue.Declare(queue=uid, passive=True))  # not read
+    with pytest.raises(TimeoutError):
+        client.recv_method(timeout=0.5)
+    client.close()
