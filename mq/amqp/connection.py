@@ -456,7 +456,7 @@ class Connection:
 
     def _block(self) -> None:
         self.blocked = True
-        reason = " & ".join(f"low on {alarm}" for alarm in self.alarms)
+        reason = "low on " + " & ".join(self.alarms)  # RabbitMQ's: 'low on memory & disk'
         if self.capabilities.get("connection.blocked"):
             self.send_method(0, spec.Connection.Blocked(reason=reason))
         self.transport.pause_reading()
