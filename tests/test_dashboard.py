@@ -96,6 +96,7 @@ def test_dashboard_shows_queue_and_its_count_change(broker: BrokerProcess, brows
     log_in(browser, broker, "guest", "guest")
     wait(browser, lambda d: d.find_element(By.ID, "dashboard").is_displayed(),
          "dashboard not shown after login")
+    assert not browser.find_element(By.ID, "login").is_displayed()
     name = f"dash-{uid}"
     key = f"//{name}"  # vhost "/", then the name
     conn = pika.BlockingConnection(pika.URLParameters(broker.url))
