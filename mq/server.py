@@ -25,6 +25,9 @@ from mq.store import Store, StoreError
 
 log = logging.getLogger("mq.server")
 
+# Connection timers run this often: a 1 s heartbeat needs a frame every 0.5 s, and clients
+# such as @cloudamqp/amqp-client drop a connection that is silent for one whole interval.
+TICK = 0.25
 WRITE_BUFFER_HIGH = 4 * 1024 * 1024  # pause deliveries above this much unsent output
 WRITE_BUFFER_LOW = 1024 * 1024
 SHUTDOWN_DRAIN_TIMEOUT = 2.0  # seconds for clients to be sent their 320 before we exit
@@ -202,7 +205,7 @@ class Server:
 
     async def _ticker(self) -> None:
         while True:
-            await anyio.sleep(1)
+            await anyio.sleep(TICK)
             for conn in list(self.connections):
                 conn.tick()
 

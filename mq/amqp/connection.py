@@ -409,7 +409,7 @@ class Connection:
         self._connection_error(exc, 0, 0)
 
     def tick(self) -> None:
-        """Timers: handshake timeout, heartbeats, close-ok timeout. Call about once a second.
+        """Timers: handshake timeout, heartbeats, close-ok timeout. Call a few times a second.
 
         Never raises: the server's one timer task ticks every connection."""
         if self.closed:
