@@ -115,7 +115,9 @@ def mq() -> Iterator[Broker]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-mq-") as tmp:
         workdir = Path(tmp)
-        cmd = [sys.executable, "-m", "mq", "--port", str(port), "--data-dir", str(workdir / "data")]
+        # No management listener: its fixed default port would clash with another broker.
+        cmd = [sys.executable, "-m", "mq", "--port", str(port), "--data-dir", str(workdir / "data"),
+               "--management-port", "-1"]
         with _spawned("mq", cmd, dict(os.environ), port, start_timeout=30) as broker:
             yield broker
 
