@@ -40,6 +40,7 @@ class Settings:
     max_connections: int = 0
     max_channels_per_connection: int = 2047
     max_queues: int = 0
+    queue_memory_budget: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -70,6 +71,8 @@ HELP = {
     "max_connections": "most client connections at once (0: no limit)",
     "max_channels_per_connection": "channel_max proposed to clients (1..2047)",
     "max_queues": "most queues in the broker, all vhosts together (0: no limit)",
+    "queue_memory_budget": "bytes of message bodies a durable queue keeps in memory; its "
+                           "persistent messages beyond that wait on disk only (0: no limit)",
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -114,7 +117,8 @@ def _check(settings: Settings) -> None:
     if not 1 <= settings.max_channels_per_connection <= 2047:
         raise ConfigError("max_channels_per_connection must be 1..2047, not "
                           f"{settings.max_channels_per_connection}")
-    for name in ("max_connections", "max_queues", "max_message_size", "heartbeat"):
+    for name in ("max_connections", "max_queues", "max_message_size", "heartbeat",
+                 "queue_memory_budget"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"{name} must not be negative")
     for name, parse in (("memory_high_watermark", memory_limit), ("disk_free_limit", parse_size)):

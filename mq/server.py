@@ -133,7 +133,7 @@ class Server:
         os.makedirs(self.settings.data_dir, exist_ok=True)
         loop = asyncio.get_running_loop()
         # Recover durable state before accepting anyone.
-        store = Store(self.settings.data_dir)
+        store = Store(self.settings.data_dir, page_budget=self.settings.queue_memory_budget)
         try:
             recovered = store.open()
         except StoreError as exc:

@@ -12,7 +12,7 @@ import pika
 import pytest
 from pika.exceptions import AMQPError, ChannelClosedByBroker
 
-from mq.testing import BrokerProcess
+from mq.testing import BrokerProcess, run_broker
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
@@ -45,6 +45,16 @@ def drain(ch, queue: str) -> list[tuple]:
             return out
         out.append((body, method.redelivered, props))
         ch.basic_ack(method.delivery_tag)
+
+
+def synced(conn: pika.BlockingConnection, queue: str) -> None:
+    """One confirmed persistent publish (body b"sync") on a channel of its own: the broker
+    handles a connection's frames in order, so its confirm covers everything published
+    before it on this connection (cheaper than confirming thousands one by one)."""
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("", queue, b"sync", PERSISTENT)
+    ch.close()
 
 
 def segment_bytes(broker: BrokerProcess) -> int:
@@ -209,19 +219,19 @@ def test_drained_queue_returns_disk(mq_fresh_broker: BrokerProcess) -> None:
     segment files shrink back to near zero."""
     conn = connect(mq_fresh_broker)
     ch = conn.channel()
-    ch.confirm_delivery()
     ch.queue_declare("big", durable=True)
     body = os.urandom(10_000)
     for i in range(3000):
         ch.basic_publish("", "big", body, PERSISTENT)
+    synced(conn, "big")
     assert segment_bytes(mq_fresh_broker) > 30_000_000
     ch.basic_qos(prefetch_count=500)
     count = 0
     for method, _, _ in ch.consume("big", inactivity_timeout=5):
-        assert method is not None, f"only {count} of 3000 arrived"
+        assert method is not None, f"only {count} of 3001 arrived"
         ch.basic_ack(method.delivery_tag)
         count += 1
-        if count == 3000:
+        if count == 3001:
             break
     ch.cancel()
     deadline = time.monotonic() + 10
@@ -447,4 +457,67 @@ def test_server_named_durable_queue_survives(mq_fresh_broker: BrokerProcess) -> 
     mq_fresh_broker.restart(kill=True)
     conn = connect(mq_fresh_broker)
     assert [b for b, _, _ in drain(conn.channel(), name)] == [b"kept"]
+    conn.close()
+
+
+def rss_bytes(broker: BrokerProcess) -> int:
+    with open(f"/proc/{broker.proc.pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def small_budget_broker() -> Iterator[BrokerProcess]:
+    """A broker whose durable queues keep at most 64 KB of bodies in memory."""
+    with run_broker(args=("--queue-memory-budget", "65536")) as broker:
+        yield broker
+
+
+def test_backlog_beyond_the_memory_budget_waits_on_disk(
+        small_budget_broker: BrokerProcess) -> None:
+    """B-DUR-2 with paging: a durable queue's persistent backlog beyond its memory budget
+    lives on disk only (the broker's memory hardly grows), and comes back intact, in
+    priority order, through consumers, basic.get, dead lettering and a kill -9."""
+    broker = small_budget_broker
+    conn = connect(broker)
+    ch = conn.channel()
+    ch.queue_declare("dead", durable=True)
+    ch.queue_declare("paged", durable=True, arguments={
+        "x-max-priority": 3, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"})
+    synced(conn, "paged")
+    assert drain(ch, "paged")[0][0] == b"sync"
+    before = rss_bytes(broker)
+    filler = os.urandom(20_000)
+    for i in range(3000):   # 60 MB of bodies
+        ch.basic_publish("", "paged", b"%04d" % i + filler, pika.BasicProperties(
+            delivery_mode=2, priority=i % 4, headers={"i": i}))
+    synced(conn, "dead")
+    grown = rss_bytes(broker) - before
+    assert grown < 30_000_000, f"broker grew by {grown} bytes for 60 MB of paged messages"
+    conn.close()
+    broker.restart(kill=True)
+
+    conn = connect(broker)
+    ch = conn.channel()
+    expected = sorted(range(3000), key=lambda i: (-(i % 4), i))
+    method, props, body = ch.basic_get("paged")
+    assert (body[:4], body[4:], props.headers) == (b"%04d" % expected[0], filler,
+                                                   {"i": expected[0]})
+    ch.basic_reject(method.delivery_tag, requeue=False)   # dead-lettered with its body
+    got = []
+    ch.basic_qos(prefetch_count=200)
+    for method, props, body in ch.consume("paged", inactivity_timeout=5):
+        assert method is not None
+        assert body[4:] == filler and props.headers == {"i": int(body[:4])}
+        got.append(int(body[:4]))
+        ch.basic_ack(method.delivery_tag)
+        if len(got) == 2999:
+            break
+    ch.cancel()
+    assert got == expected[1:]
+    dead = drain(ch, "dead")
+    assert [(b[:4], b[4:]) for b, _, _ in dead] == [(b"sync", b""),
+                                                    (b"%04d" % expected[0], filler)]
     conn.close()

@@ -1,5 +1,5 @@
 """Definitions export/import in the JSON shape of RabbitMQ's (users, vhosts, permissions,
-exchanges, queues, bindings), so files move between the two brokers."""
+policies, exchanges, queues, bindings), so files move between the two brokers."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ from typing import Any
 import mq
 from mq.broker.auth import Permission, User, hash_password
 from mq.broker.errors import NotFound
+from mq.broker.policy import policy_from_json
 
 HASHING = "rabbit_password_hashing_sha256"
 
@@ -48,7 +49,8 @@ def export_definitions(broker: Any) -> dict:
         "vhosts": [{"name": v, "limits": [], "metadata": {"description": "", "tags": []}}
                    for v in broker.vhosts],
         "permissions": permissions, "topic_permissions": [], "parameters": [],
-        "global_parameters": [], "policies": [],
+        "global_parameters": [],
+        "policies": [p.as_json() for v in broker.vhosts.values() for p in v.policies.values()],
         "queues": queues, "exchanges": exchanges, "bindings": bindings,
     }
 
@@ -71,6 +73,8 @@ def import_definitions(broker: Any, data: dict) -> None:
             raise NotFound(f"no user '{p['user']}' for permissions in the definitions")
         user.permissions[p["vhost"]] = Permission(p.get("configure", ""), p.get("write", ""),
                                                   p.get("read", ""))
+    for p in data.get("policies", []):  # InvalidPolicy for one RabbitMQ would refuse
+        broker.add_vhost(p["vhost"]).set_policy(policy_from_json(p["vhost"], p["name"], p))
     for x in data.get("exchanges", []):
         broker.add_vhost(x["vhost"]).declare_exchange(
             x["name"], x.get("type", "direct"), durable=x.get("durable", True),
@@ -90,16 +94,17 @@ def import_definitions(broker: Any, data: dict) -> None:
         vhost.bind(source, destination, b.get("routing_key", ""), b.get("arguments") or {})
 
 
-ACCESS_FILE = "access.json"  # in the data dir: users, vhosts, permissions
+ACCESS_FILE = "access.json"  # in the data dir: users, vhosts, permissions, policies
 
 
 def save_access(broker: Any, data_dir: str) -> None:
-    """Users, vhosts and permissions as they are now (the definitions format), replaced
-    atomically in the data dir, so changes made at run time survive a restart."""
+    """Users, vhosts, permissions and policies as they are now (the definitions format),
+    replaced atomically in the data dir, so changes made at run time survive a restart."""
     exported = export_definitions(broker)
     path = os.path.join(data_dir, ACCESS_FILE)
     with open(path + ".tmp", "w") as fh:
-        json.dump({key: exported[key] for key in ("users", "vhosts", "permissions")}, fh)
+        json.dump({key: exported[key] for key in ("users", "vhosts", "permissions", "policies")},
+                  fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(path + ".tmp", path)

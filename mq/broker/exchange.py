@@ -10,6 +10,7 @@ from mq._core.message import Message
 from mq._core.topic import TopicTable
 from mq.broker.args import _fmt, _type_name, freeze
 from mq.broker.errors import PreconditionFailed
+from mq.broker.policy import Policy, exchange_alternate
 
 
 class Binding:
@@ -41,8 +42,16 @@ class Exchange:
         self.bindings: dict[tuple, Binding] = {}
         # The exchange named by the `alternate-exchange` argument (looked up when routing).
         self.alternate: str | None = _alternate_name(self.arguments, name, vhost)
+        self.policy: Policy | None = None  # set by the vhost (set_policy)
         self.has_exchange_destinations = 0
         self.incoming: dict[tuple, Binding] = {}  # exchange-to-exchange bindings leading here
+
+    def set_policy(self, policy: Policy | None) -> None:
+        """Another policy applies (None: none): its alternate-exchange counts when the
+        arguments name none."""
+        self.policy = policy
+        self.alternate = exchange_alternate(_alternate_name(self.arguments, self.name,
+                                                            self.vhost), policy)
 
     def bind(self, destination: Any, routing_key: str, arguments: dict) -> Binding | None:
         """Add a binding; None if it already existed."""

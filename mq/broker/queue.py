@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 from mq._core.message import Message
 from mq._core.msgqueue import Entry, MessageQueue
+from mq.broker.policy import Policy, merge_queue_settings
 from mq.broker.queue_args import check_queue_properties, parse_queue_arguments
 from mq.broker.rawprops import long, with_header
 from mq.broker.timers import Timer, Timers
@@ -50,6 +51,7 @@ class Queue:
         self.auto_delete = auto_delete
         self.arguments = dict(arguments or {})
         self.settings = parse_queue_arguments(self.arguments, name, host.name)
+        self.policy: Policy | None = None  # set by the vhost (set_policy)
         check_queue_properties(self.settings, {"durable": durable,
                                                "exclusive": exclusive_owner is not None,
                                                "auto_delete": auto_delete}, name, host.name)
@@ -171,6 +173,22 @@ class Queue:
         if not self.counts_deliveries:
             return entry.msg.props
         return with_header(entry.msg.props, "x-delivery-count", long(entry.delivery_count))
+
+    def set_policy(self, policy: Policy | None) -> None:
+        """Another policy applies (None: none): the settings become the arguments merged
+        with it, taking effect as in RabbitMQ (messages over a new limit dropped from the
+        head, the x-expires countdown restarted; queued messages keep their expiry)."""
+        self.policy = policy
+        self.settings = merge_queue_settings(
+            parse_queue_arguments(self.arguments, self.name, self.vhost), self.arguments, policy)
+        settings = self.settings
+        self._limited = settings.max_length is not None or settings.max_length_bytes is not None
+        if self._limited and settings.overflow == "drop-head":
+            self._drop_over_limit()
+        if self._unused_timer is not None:
+            self._unused_timer.cancel()
+            self._unused_timer = None
+        self.touch()
 
     # ---- expiry -----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from mq.broker.args import EXCHANGE_EQUIVALENCE_ARGS, QUEUE_EQUIVALENCE_ARGS, ch
 from mq.broker.errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed, ResourceLocked
 from mq.broker.exchange import EXCHANGE_TYPES, Binding, DefaultExchange, Exchange
 from mq.broker.deadletter import dead_lettered, is_cycle, routing_keys
+from mq.broker.policy import Policy, select
 from mq.broker.queue import Queue
 from mq.broker.timers import Timers
 from mq.logfmt import kv
@@ -46,6 +47,7 @@ class VirtualHost:
         self.store: Any = None  # set by the broker when it has one: durable changes go there
         self.queues: dict[str, Queue] = {}
         self.reply_queues: dict[str, Queue] = {}  # direct reply-to pseudo-queues
+        self.policies: dict[str, Policy] = {}  # by name
         self.exchanges: dict[str, Exchange] = {
             "": DefaultExchange(name, self.queues, self.reply_queues)}
         for ex_name, ex_type, internal in PREDECLARED_EXCHANGES:
@@ -87,6 +89,7 @@ class VirtualHost:
             raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
         exchange = cls(self.name, name, durable, auto_delete, internal, arguments)
         self.exchanges[name] = exchange
+        self._apply_policy(exchange, "exchanges")
         if durable and self.store is not None:
             self.store.declare_exchange(self.name, name, type_, auto_delete, internal, arguments)
         return exchange
@@ -152,6 +155,7 @@ class VirtualHost:
             return existing
         queue = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
         self.queues[name] = queue
+        self._apply_policy(queue, "queues")
         if durable and not exclusive and self.store is not None:
             queue.store = self.store
             queue.store_qid = self.store.declare_queue(self.name, name, auto_delete, arguments)
@@ -192,6 +196,35 @@ class VirtualHost:
             self.store.delete_queue(self.name, queue.name)
         log.info("queue deleted %s", kv(vhost=self.name, queue=queue.name))
         return queue.delete()
+
+    # ---- policies ---------------------------------------------------------------------
+
+    def set_policy(self, policy: Policy) -> None:
+        """Add or replace a policy; every queue and exchange is matched again."""
+        self.policies[policy.name] = policy
+        self._apply_policies()
+
+    def clear_policy(self, name: str) -> bool:
+        """False when there was no such policy."""
+        if self.policies.pop(name, None) is None:
+            return False
+        self._apply_policies()
+        return True
+
+    def _apply_policies(self) -> None:
+        for queue in list(self.queues.values()):
+            self._apply_policy(queue, "queues")
+        for exchange in list(self.exchanges.values()):
+            self._apply_policy(exchange, "exchanges")
+
+    def _apply_policy(self, obj: Queue | Exchange, kind: str) -> None:
+        """Give an object the policy that applies to it, if that changed (the default
+        exchange routes by queue name only: no policy)."""
+        if not obj.name or (not self.policies and obj.policy is None):
+            return
+        policy = select(self.policies, kind, obj.name)
+        if policy != obj.policy:
+            obj.set_policy(policy)
 
     # ---- bindings ---------------------------------------------------------------------
 

@@ -56,14 +56,16 @@ class StoreError(Exception):
 
 
 class Segment:
-    __slots__ = ("number", "path", "fd", "size", "live_count", "live_bytes", "tombs", "pins",
-                 "last_seq", "synced")
+    __slots__ = ("number", "path", "fd", "rfd", "size", "flushed", "live_count", "live_bytes",
+                 "tombs", "pins", "last_seq", "synced")
 
     def __init__(self, number: int, path: str, size: int = 0) -> None:
         self.number = number
         self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.rfd = -1               # opened when a paged-out message is read back
         self.size = size
+        self.flushed = size         # bytes the flusher has written (readable with pread)
         self.live_count = 0
         self.live_bytes = 0
         self.tombs: dict[int, tuple[int, Tomb]] = {}  # its live tombstones: offset -> (size, tomb)
@@ -116,9 +118,13 @@ class Store:
     """The log in `directory`. Call open() (returns what was recovered), then start(loop)
     for the background flusher, or sync() to flush synchronously (tests, tools)."""
 
-    def __init__(self, directory: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
+    def __init__(self, directory: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
+                 page_budget: int = 0) -> None:
         self.directory = directory
         self.segment_size = segment_size
+        # Bytes of message bodies a durable queue keeps in memory; beyond that its persistent
+        # messages wait on disk only and are read back when delivered (0: never page out).
+        self.page_budget = page_budget
         self.seq = 0           # sequence of the last appended record
         self.durable_seq = 0   # every record up to this one is on disk (fsynced)
         self.failed: BaseException | None = None
@@ -407,6 +413,21 @@ class Store:
             del self._msgs[mid]
             self._dead(m[0], m[1])
 
+    def read_message(self, msg: Message) -> Message:
+        """The full message (with its body) for a paged-out one, read back from the log."""
+        m = self._msgs.get(msg.store_id)
+        if m is None:
+            return msg
+        seg, off = self._segments[m[0] >> 32], m[0] & 0xFFFFFFFF
+        if off + m[1] > seg.flushed:
+            self.wait_durable()  # rare: paged out and wanted before the flusher wrote it
+        if seg.rfd < 0:
+            seg.rfd = os.open(seg.path, os.O_RDONLY)
+        f = R.scan(os.pread(seg.rfd, m[1], off))[0][0][2]
+        full = Message(f[2], f[3], f[4], f[5])
+        full.store_id = msg.store_id
+        return full
+
     # ---- topology -----------------------------------------------------------------------
 
     def _declare(self, rtype: int, key: tuple, flags: int, strings: tuple, arguments: Any) -> int:
@@ -508,6 +529,7 @@ class Store:
             view = memoryview(buf)
             while view:
                 view = view[os.write(seg.fd, view):]
+            seg.flushed += len(buf)
             touched[seg.number] = seg
         for seg in touched.values():
             os.fdatasync(seg.fd)
@@ -519,6 +541,8 @@ class Store:
             # One at a time, each made durable: a segment's tombstones must never vanish
             # before the older segment whose records they cancel.
             os.close(seg.fd)
+            if seg.rfd >= 0:
+                os.close(seg.rfd)
             os.unlink(seg.path)
             self._sync_dir()
 
@@ -573,6 +597,8 @@ class Store:
             self.durable_seq = batch[2]
         for seg in self._segments.values():
             os.close(seg.fd)
+            if seg.rfd >= 0:
+                os.close(seg.rfd)
         self._segments.clear()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
