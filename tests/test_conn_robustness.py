@@ -98,10 +98,10 @@ def test_silent_client_is_closed_after_two_intervals(mq_broker, connection, chan
     connection, marked redelivered."""
     channel.queue_declare(uid)
     channel.basic_publish("", uid, b"held by a silent client")
+    offset = len(mq_broker.log())
+    started = time.monotonic()  # before the client's last bytes: the silence starts later
     client = raw_consumer(mq_broker.port, uid, heartbeat=1)
     name = client_name(client)
-    offset = len(mq_broker.log())
-    started = time.monotonic()
     assert client.closed_by_peer(timeout=5.0)
     elapsed = time.monotonic() - started
     assert 2.0 <= elapsed < 4.5, elapsed
