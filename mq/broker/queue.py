@@ -81,6 +81,7 @@ class Queue:
         # are logged (enqueue, delivered, gone).
         self.store: Any = None
         self.store_qid = 0
+        self._paging = False  # some ready entries may be stubs whose body is on disk only
         self.touch()
 
     @property
@@ -103,10 +104,12 @@ class Queue:
         now = time.time()
         expires_at = _deadline(msg, settings.message_ttl, now) \
             if settings.message_ttl is not None or msg.expiration is not None else 0.0
-        entry = self.ready.push(msg, expires_at)
-        self.published += 1
         if self.store_qid and msg.delivery_mode == 2:
             self.store.enqueue(self.store_qid, msg, expires_at)
+            entry = self.ready.push(self._page_out(msg), expires_at)
+        else:
+            entry = self.ready.push(msg, expires_at)
+        self.published += 1
         if self.consumer_count:
             self.dispatch(now)
         if expires_at:
@@ -243,6 +246,8 @@ class Queue:
                     continue
             if not consumer.no_ack:
                 self.unacked += 1
+            if self._paging:
+                self._page_in(entry)
             consumer.deliver(entry, self)
             self.delivered += 1
             self.redelivered += entry.redelivered
@@ -258,6 +263,8 @@ class Queue:
                 break
             self._dead_letter([entry], "expired")
         if entry is not None and self.store_qid and entry.msg.store_id:
+            if self._paging:
+                self._page_in(entry)
             self._handed_out(entry, no_ack)
         if entry is not None:
             self.got += 1
@@ -290,12 +297,34 @@ class Queue:
     def recover(self, messages: Iterable[tuple[Message, float, bool]]) -> None:
         """Messages from the store after a restart: (message, expiry, redelivered), in order."""
         for msg, expires_at, redelivered in messages:
-            self.ready.push(msg, expires_at).redelivered = redelivered
+            self.ready.push(self._page_out(msg), expires_at).redelivered = redelivered
         self._arm_expiry()
+
+    def _page_out(self, msg: Message) -> Message:
+        """Over the store's memory budget a stored message waits on disk only: the queue
+        keeps a stub (same routing and properties, no body) and reads the body back when
+        the message leaves. Not with x-max-length-bytes, which counts bodies held here."""
+        budget = self.store.page_budget
+        if not budget or self.ready.bytes < budget or not msg.body \
+                or self.settings.max_length_bytes is not None:
+            return msg
+        self._paging = True
+        stub = Message(msg.exchange, msg.routing_key, msg.props, b"")
+        stub.store_id = msg.store_id
+        return stub
+
+    def _page_in(self, entry: Entry) -> None:
+        """Taken off ready: give a stub its body back (ready.bytes never counted it)."""
+        msg = entry.msg
+        if not msg.body and msg.store_id:
+            entry.msg = self.store.read_message(msg)
 
     def _dead_letter(self, entries: list[Entry], reason: str) -> None:
         """Messages leave for good (expired, dropped, rejected): forwarded first, so that a
         crash in between leaves a duplicate, never a loss (B-DLX-6)."""
+        if self._paging and self.settings.dead_letter_exchange is not None:
+            for entry in entries:
+                self._page_in(entry)
         self.host.dead_letter(self, entries, reason)
         self._unstore(entries)
 
