@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--short", action="store_true", help="short waits (heartbeat idle of seconds, not a minute)")
     p.add_argument("--jobs", type=int, default=8, help="driver processes run at once (default 8)")
     p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every scenario timeout")
+    p.add_argument("--max-seconds", type=float,
+                   help="budget for the whole run: cells still waiting when it is used up are reported "
+                        "as timeouts instead of run (so a broker that hangs everything still yields a matrix)")
     p.add_argument("--report", metavar="FILE.html", help="write the matrix as an HTML page")
     p.add_argument("--json", metavar="FILE", help="write every observation as JSON")
     p.add_argument("--list", action="store_true", help="list clients and scenarios, then exit")
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             brokers.append(external("broker", args.url or DEFAULT_URL, args.restart_cmd))
         if args.against:
             brokers.append(external("against", args.against, args.against_restart_cmd))
-        suite = Suite(scenarios, clients, args.short, args.jobs, args.timeout_scale, progress=progress)
+        suite = Suite(scenarios, clients, args.short, args.jobs, args.timeout_scale, progress=progress,
+                      max_seconds=args.max_seconds)
         started = time.monotonic()
         results = suite.run(brokers)
         crashed = mq.died() if mq is not None else None

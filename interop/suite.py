@@ -34,6 +34,8 @@ class Suite:
     timeout_scale: float = 1.0
     run_id: str = field(default_factory=lambda: "interop-" + secrets.token_hex(3))
     progress: Callable[[str], None] = lambda _msg: None
+    max_seconds: float | None = None  # a budget for the whole run: later cells get what is left
+    _deadline: float = float("inf")
 
     def plan(self, scenario: Scenario, client: Client, url: str) -> Plan:
         # The same names on every broker, so the observations compare one to one.
@@ -63,6 +65,8 @@ class Suite:
                     else:
                         normal.append((res, s, c))
         started = time.monotonic()
+        if self.max_seconds:
+            self._deadline = started + self.max_seconds
         # Idle scenarios (a minute of heartbeats) each get a thread of their own, so they wait
         # side by side instead of holding the worker slots; slow ones first in the pool.
         idle = [job for job in normal if job[1].idle]
@@ -85,9 +89,18 @@ class Suite:
         return results
 
     def _timeout(self, plan: Plan) -> float:
-        return plan.timeout * self.timeout_scale
+        return max(0.0, min(plan.timeout * self.timeout_scale, self._deadline - time.monotonic()))
+
+    def _out_of_time(self, res: BrokerResult, cells: list[Cell]) -> bool:
+        if time.monotonic() < self._deadline:
+            return False
+        for cell in cells:
+            res.cells[cell] = Outcome(TIMEOUT, f"not run: the run's budget (--max-seconds {self.max_seconds:g}) was used up")
+        return True
 
     def _run_cell(self, res: BrokerResult, s: Scenario, c: Client) -> None:
+        if self._out_of_time(res, [(s.name, c.name)]):
+            return
         plan = self.plan(s, c, res.broker.url)
         url, timeout = res.broker.url, self._timeout(plan)
         runs = []
@@ -127,6 +140,8 @@ class Suite:
     def _run_restart(self, pool: ThreadPoolExecutor, res: BrokerResult,
                      jobs: list[tuple[Scenario, Client]]) -> None:
         plans = {(s.name, c.name): self.plan(s, c, res.broker.url) for s, c in jobs}
+        if self._out_of_time(res, list(plans)):
+            return
         first = dict(zip(plans, pool.map(
             lambda sc: run_driver(sc[1], sc[0].name, res.broker.url, plans[(sc[0].name, sc[1].name)].steps,
                                   self._timeout(plans[(sc[0].name, sc[1].name)])), jobs)))

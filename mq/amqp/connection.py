@@ -164,8 +164,9 @@ class Connection:
                     self._frame(*event)
                 if self.closed:
                     return
-                if self.alarms and not self.blocked and (kind == frames.EVENT_PUBLISH
-                                                         or kind == 2):  # a content header
+                if self.alarms and not self.blocked and (
+                        kind == frames.EVENT_PUBLISH
+                        or (kind == 2 or kind == 3) and self._message_complete(event[1])):
                     self._block()
 
     def _hot(self, event: tuple) -> None:
@@ -453,6 +454,12 @@ class Connection:
             self.transport.resume_reading()
             log.info("connection unblocked %s", kv(peer=self.name,
                                                    user=getattr(self.user, "name", None)))
+
+    def _message_complete(self, number: int) -> bool:
+        """A content frame ended its message: block after a whole publish (RabbitMQ blocks
+        at the header and leaves the body unread until it unblocks)."""
+        ch = self.channels.get(number)
+        return ch is None or ch.ready_for_publish()
 
     def _block(self) -> None:
         self.blocked = True
