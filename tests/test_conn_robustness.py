@@ -227,6 +227,7 @@ MALFORMED = [
      (60, 40), "expected content header"),
     ("body-instead-of-header", PUBLISH + frame(3, 1, b"abc"), 505, (60, 40), "content body"),
     ("content-on-channel-0", frame(3, 0, b"abc"), 505, None, "channel 0"),
+    ("content-on-unopened-channel", frame(3, 5, b"abc"), 505, None, "not open"),
     ("heartbeat-on-channel-1", frame(8, 1, b""), 505, None, "heartbeat"),
     ("channel-method-on-channel-0", pamqp_frame.marshal(spec.Basic.Qos(), 0), 504, (60, 10),
      "Basic.Qos"),

@@ -252,7 +252,9 @@ class Connection:
             raise ChannelError(f"channel id {channel} exceeds the negotiated channel_max "
                                f"{self.channel_max}")
         if ch is None:
-            if ftype != 1 or frames.method_id(payload) != 0x0014000A:
+            if ftype != 1:  # RabbitMQ: 505, as for content without a publish
+                raise UnexpectedFrame(f"content frame on channel {channel}, which is not open")
+            if frames.method_id(payload) != 0x0014000A:
                 raise ChannelError(f"expected 'channel.open' on channel {channel}")
             decode_method(payload)
             self.channels[channel] = Channel(self, channel)
