@@ -16,6 +16,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from mq import ctl_policies
+
 # Columns of `list` tables (dotted names reach into nested objects).
 COLUMNS = {
     "queues": ("vhost", "name", "messages", "messages_ready", "messages_unacknowledged",
@@ -90,6 +92,8 @@ def _cell(row: dict, column: str) -> str:
         value = value.get(part, "") if isinstance(value, dict) else ""
     if isinstance(value, list):
         return ",".join(map(str, value))
+    if isinstance(value, dict):  # a policy's definition
+        return json.dumps(value)
     return "" if value is None else str(value)
 
 
@@ -128,8 +132,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def cmd(name: str, help_: str, vhost: bool = True) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help_)
+    def cmd(name: str, help_: str, vhost: bool = True,
+            aliases: list[str] | None = None) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_, aliases=aliases or [])
         if vhost:
             c.add_argument("--vhost", default="/", help="virtual host (default /)")
         return c
@@ -195,6 +200,7 @@ def parser() -> argparse.ArgumentParser:
     cmd("export", "write the definitions (RabbitMQ's JSON) to a file, - for stdout",
         vhost=False).add_argument("file")
     cmd("import", "load definitions from a file, - for stdin", vhost=False).add_argument("file")
+    ctl_policies.add_commands(cmd)
     return p
 
 
@@ -204,6 +210,8 @@ def run(args: argparse.Namespace, client: ApiClient) -> Any:
     vhost = quote(getattr(args, "vhost", None) or "/")
     if command == "overview":
         return client.get("/api/overview")
+    if ctl_policies.is_policy_command(command):
+        return ctl_policies.run(args, client, vhost)
     if command == "list":
         path = f"/api/{args.what}"
         if args.vhost and args.what in VHOST_SCOPED:
@@ -315,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
               else json.dumps({"result": result}))
     elif args.command == "list":
         print(format_table(result, COLUMNS[args.what]))
+    elif ctl_policies.is_policy_command(args.command) and isinstance(result, list):
+        print(format_table(result, ctl_policies.COLUMNS))
     elif isinstance(result, str):
         print(result)
     else:

@@ -19,11 +19,13 @@ from mq.broker.definitions import (HASHING, export_definitions, import_definitio
                                    save_access)
 from mq.broker.errors import AccessRefused, AMQPError, ConnectionForced, NotFound
 from mq.broker.exchange import Exchange
+from mq.broker.policy import InvalidPolicy
 from mq.broker.properties import decode as decode_properties
 from mq.broker.properties import encode as encode_properties
 from mq.broker.queue import Queue
 from mq.broker.vhost import VirtualHost
 from mq.management.metrics import render_metrics
+from mq.management.policies import policy_routes, validation_failed
 from mq.management.views import Views, jsonable, properties_key
 
 log = logging.getLogger("mq.management")
@@ -554,6 +556,8 @@ class Api:
             import_definitions(self.broker, body)
         except (KeyError, TypeError) as exc:
             raise bad_request(f"malformed definitions: missing or wrong {exc}") from None
+        except InvalidPolicy as exc:
+            raise bad_request(validation_failed(exc)) from None
         return self._saved(204)
 
     # ---- routes ---------------------------------------------------------------------------
@@ -612,6 +616,7 @@ class Api:
             web.delete("/api/permissions/{vhost}/{user}", self.delete_permission),
             web.get("/api/definitions", self.get_definitions),
             web.post("/api/definitions", self.post_definitions),
+            *policy_routes(self),
         ]
 
 

@@ -170,7 +170,9 @@ class Views:
             "name": q.name, "vhost": q.vhost, "durable": q.durable,
             "auto_delete": q.auto_delete, "exclusive": q.exclusive,
             "arguments": jsonable(q.arguments), "node": NODE, "state": "running",
-            "type": "classic", "policy": None, "consumers": q.consumer_count,
+            "type": "classic", "consumers": q.consumer_count,
+            "policy": q.policy.name if q.policy else None,
+            "effective_policy_definition": q.policy.definition if q.policy else {},
             "message_bytes_ready": q.ready.bytes,
             "exclusive_consumer_tag": next((c.tag for c in q.consumers if c.exclusive), None),
         }
