@@ -94,6 +94,7 @@ def write_outputs(args: argparse.Namespace, settings: Settings, scenarios: list[
         if args.json == "-":
             print(text)
         else:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(text + "\n")
     if args.json != "-":
         print(report.table(rows, names))
@@ -106,6 +107,7 @@ def write_outputs(args: argparse.Namespace, settings: Settings, scenarios: list[
     if args.plot:
         from bench.plot import plot  # matplotlib only when asked for
 
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot(rows, names, args.plot, "mq vs RabbitMQ" if len(names) == 2 else "mq")
 
 
