@@ -5,6 +5,7 @@ Needs Debian's `chromium` and `chromium-driver` and the `selenium` package; skip
 the reason) without them."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -17,11 +18,7 @@ from mq.testing import BrokerProcess, run_broker
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-try:
-    import selenium  # noqa: F401
-    HAVE_SELENIUM = True
-except ImportError:
-    HAVE_SELENIUM = False
+HAVE_SELENIUM = importlib.util.find_spec("selenium") is not None
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER and HAVE_SELENIUM),
@@ -29,7 +26,7 @@ pytestmark = pytest.mark.skipif(
            "selenium Python package "
            f"(chromium: {CHROMIUM}, chromedriver: {CHROMEDRIVER}, selenium: {HAVE_SELENIUM})")
 
-TIMEOUT = 15
+TIMEOUT = 30  # generous: a loaded CI machine runs Chromium slowly
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +58,15 @@ def browser() -> Iterator[Any]:
 
 
 def wait(driver: Any, condition: Any, message: str) -> Any:
+    """Wait for condition(driver); the tables are redrawn on every poll, so an element
+    found a moment ago may be gone: that counts as not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, TIMEOUT, poll_frequency=0.2).until(condition, message)
+    return WebDriverWait(driver, TIMEOUT, poll_frequency=0.2,
+                         ignored_exceptions=(NoSuchElementException,
+                                             StaleElementReferenceException)
+                         ).until(condition, message)
 
 
 def log_in(driver: Any, broker: BrokerProcess, user: str, password: str) -> None:
@@ -77,13 +80,13 @@ def log_in(driver: Any, broker: BrokerProcess, user: str, password: str) -> None
 
 
 def queue_cell(driver: Any, key: str, column: str) -> str | None:
-    """The text of one cell of a queue's row, or None while the row is not there."""
-    from selenium.webdriver.common.by import By
-
-    rows = driver.find_elements(By.CSS_SELECTOR, f'#queues tbody tr[data-key="{key}"]')
-    if not rows:
-        return None
-    return rows[0].find_element(By.CSS_SELECTOR, f"td.{column}").text
+    """The text of one cell of a queue's row, or None while the row is not there (read in
+    one script, so a redraw cannot come in between)."""
+    return driver.execute_script("""
+        const row = [...document.querySelectorAll('#queues tbody tr')]
+            .find((r) => r.dataset.key === arguments[0]);
+        return row ? row.querySelector('td.' + arguments[1]).textContent : null;""",
+                                 key, column)
 
 
 def test_dashboard_shows_queue_and_its_count_change(broker: BrokerProcess, browser: Any,
@@ -113,8 +116,8 @@ def test_dashboard_shows_queue_and_its_count_change(broker: BrokerProcess, brows
     wait(browser, lambda d: queue_cell(d, key, "ready") == "3", "ready count did not drop to 3")
     wait(browser, lambda d: int(d.find_element(By.ID, "total-connections").text) >= 1,
          "overview shows no connection")
-    rows = browser.find_elements(By.CSS_SELECTOR, "#connections tbody tr td.user")
-    assert "guest" in [r.text for r in rows]
+    assert "guest" in browser.execute_script(
+        "return [...document.querySelectorAll('#connections td.user')].map(c => c.textContent)")
 
     def publish_rate_shown(d: Any) -> bool:
         for _ in range(20):

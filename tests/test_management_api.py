@@ -44,7 +44,7 @@ def amqp(broker: BrokerProcess, user: str = "guest", password: str = "guest",
         pika.PlainCredentials(user, password)))
 
 
-def eventually(check: Callable[[], Any], timeout: float = 8.0) -> Any:
+def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
     """Poll until check() is truthy (rates are sampled every two seconds)."""
     deadline = time.monotonic() + timeout
     while True:

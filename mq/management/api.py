@@ -10,6 +10,7 @@ import logging
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
+from pamqp.commands import Basic
 
 from mq._core.message import Message
 from mq.amqp.connection import _is_loopback
@@ -635,8 +636,6 @@ def _properties_json(raw: bytes) -> dict[str, Any]:
 
 def _properties_bytes(properties: dict[str, Any]) -> bytes:
     """The encoded properties of a message published through the API."""
-    from pamqp.commands import Basic
-
     kwargs = {PROPERTY_ATTRIBUTES.get(k, k): v for k, v in properties.items()}
     if "timestamp" in kwargs and isinstance(kwargs["timestamp"], int):
         kwargs["timestamp"] = datetime.datetime.fromtimestamp(kwargs["timestamp"],
