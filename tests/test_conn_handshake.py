@@ -106,3 +106,15 @@ def test_client_close_gets_close_ok(mq_broker):
                                                 class_id=0, method_id=0))
     client.expect("Connection.CloseOk")
     assert client.closed_by_peer()
+
+
+def test_refused_login_waits_for_close_ok(mq_broker):
+    """B-CONN-3: after the 403 the broker waits for close-ok before dropping the socket, as
+    RabbitMQ does, so a client reading the close (php-amqplib) sees 403 and not a reset."""
+    client = RawClient(mq_broker.port)
+    client.login("guest", "nope", {"capabilities": {"authentication_failure_close": True}})
+    close = client.expect("Connection.Close")
+    assert close.reply_code == 403
+    assert not client.closed_by_peer(timeout=0.5)
+    client.send_method(0, spec.Connection.CloseOk())
+    assert client.closed_by_peer()

@@ -42,7 +42,7 @@ def test_interop_matrix_all_clients_pass(tmp_path):
         pytest.skip("no interop client installed (bash interop/setup.sh)")
     report = tmp_path / "interop.html"
     result = subprocess.run(
-        [sys.executable, "-m", "interop", "--start-mq", "--short", "--clients",
+        [sys.executable, "-m", "interop", "--start-mq", "--short", "--max-seconds", "420", "--clients",
          ",".join(installed), "--report", str(report)],
         cwd=ROOT, capture_output=True, text=True, timeout=480)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

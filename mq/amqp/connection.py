@@ -350,8 +350,13 @@ class Connection:
     def _refuse_login(self, text: str, username: str) -> None:
         log.warning("authentication failed %s", kv(peer=self.name, user=username, text=text))
         if self.capabilities.get("authentication_failure_close"):
+            # As RabbitMQ: wait for close-ok (or the close timeout) before dropping the
+            # socket, so that clients read the 403 rather than a reset (php-amqplib).
             self.write(close_frame(0, 403, f"ACCESS_REFUSED - {text}", 0, 0))
-        self.close_transport()
+            self.state = "closing"
+            self._closing_since = self.clock()
+        else:
+            self.close_transport()
 
     def _tune_ok(self, method: Any) -> None:
         channel_max = method.channel_max or self._max_channels
