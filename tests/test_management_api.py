@@ -360,6 +360,19 @@ def test_definitions_round_trip(broker: BrokerProcess, api: ApiClient, uid: str)
     api.call("DELETE", f"/api/users/defs-{uid}")
 
 
+def test_dashboard_is_served_and_self_contained(broker: BrokerProcess) -> None:
+    """B-MGMT-1: GET / is the dashboard page; it and its script and style load nothing from
+    elsewhere (no CDN), and they are served without credentials (the page asks for them)."""
+    status, headers, page = raw_get(broker.management_url + "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b'id="rates-chart"' in page and b'id="login"' in page
+    for path in re.findall(rb'(?:src|href)="(/static/[^"]+)"', page):
+        status, _, body = raw_get(broker.management_url + path.decode())
+        assert status == 200 and body
+        assert not re.search(rb"https?://", body), path
+    assert not re.search(rb"https?://", page)
+
+
 def test_node_checks_defaults_and_errors(api: ApiClient, uid: str) -> None:
     """B-MGMT-1: aliveness and node health answer ok; an empty PUT declares as RabbitMQ's
     does (transient; a direct exchange); errors have RabbitMQ's status codes."""

@@ -56,7 +56,10 @@ class Management:
         """Sample the counters for rates until cancelled; then stop the HTTP side."""
         try:
             while True:
-                self.views.sample()
+                try:
+                    self.views.sample()
+                except Exception:  # a bug here must not stop the broker's task group
+                    log.exception("management: sampling the counters failed")
                 await anyio.sleep(SAMPLE_INTERVAL)
         finally:
             with anyio.CancelScope(shield=True):
