@@ -25,6 +25,7 @@ from mq.broker.properties import decode as decode_properties
 from mq.broker.properties import encode as encode_properties
 from mq.broker.queue import Queue
 from mq.broker.vhost import VirtualHost
+from mq.logfmt import kv
 from mq.management.metrics import render_metrics
 from mq.management.policies import policy_routes, validation_failed
 from mq.management.views import Views, jsonable, properties_key
@@ -401,8 +402,9 @@ class Api:
         """Close with 320 CONNECTION_FORCED; X-Reason gives the text, as in RabbitMQ."""
         conn = self._connection(request)
         reason = request.headers.get("X-Reason", "Closed via management plugin")
-        log.info("closing connection %s user=%s on request of %s: %s", conn.name,
-                 conn.user.name, request["user"].name, reason)
+        log.info("connection closed by management %s", kv(peer=conn.name, user=conn.user.name,
+                                                           by=request["user"].name,
+                                                           reason=reason))
         conn.close_with(ConnectionForced(reason))
         return web.Response(status=204)
 
