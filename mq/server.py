@@ -17,7 +17,7 @@ import anyio
 from mq.alarms import ResourceMonitor
 from mq.amqp.connection import Connection
 from mq.broker.broker import Broker
-from mq.broker.errors import ConnectionForced
+from mq.broker.errors import AMQPError, ConnectionForced
 from mq.broker.definitions import import_definitions, load_access
 from mq.config import Settings, memory_limit, parse_size
 from mq.logfmt import kv
@@ -143,8 +143,15 @@ class Server:
         if load_access(self.broker, self.settings.data_dir):
             log.info("loaded users and permissions from %s", self.settings.data_dir)
         if self.settings.definitions:
-            with open(self.settings.definitions) as fh:
-                import_definitions(self.broker, json.load(fh))
+            try:
+                with open(self.settings.definitions) as fh:
+                    import_definitions(self.broker, json.load(fh))
+            except (OSError, ValueError, KeyError, AMQPError) as exc:  # bad JSON, queue, policy
+                reason = exc.text if isinstance(exc, AMQPError) else \
+                    f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+                log.error("cannot start: definitions %s: %s", self.settings.definitions, reason)
+                raise SystemExit(f"mq: definitions {self.settings.definitions}: {reason}") \
+                    from None
             log.info("definitions loaded %s", kv(path=self.settings.definitions))
         store.start(loop)
         self.broker.timers.attach(loop)

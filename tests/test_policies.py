@@ -313,3 +313,18 @@ def test_policy_survives_restart(uid: str) -> None:
             ch.basic_publish("", queue, f"m{i}".encode())
         assert bodies(ch, queue) == [b"m2"]
         conn.close()
+
+
+def test_invalid_policy_in_definitions_stops_start(tmp_path: Any) -> None:
+    """issue 4: a definitions file with a policy RabbitMQ would refuse stops the broker at
+    start with one readable line (RabbitMQ's message), not a traceback."""
+    path = tmp_path / "definitions.json"
+    path.write_text(json.dumps({"policies": [{"vhost": "/", "name": "p", "pattern": "x",
+                                              "definition": {"message-ttl": -5}}]}))
+    result = subprocess.run([sys.executable, "-m", "mq", "--port", "0", "--management-port=-1",
+                             "--data-dir", str(tmp_path / "data"), "--definitions", str(path)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert result.stderr.splitlines()[-1] == \
+        f"mq: definitions {path}: -5 is not a valid message TTL"
+    assert "Traceback" not in result.stderr
