@@ -12,11 +12,10 @@ import (
 
 // producer publishes on its own connection.
 type producer struct {
-	conn     *amqp.Connection
-	ch       *amqp.Channel
-	confirms chan amqp.Confirmation
-	slots    chan struct{} // one per unconfirmed publish
-	closed   chan *amqp.Error
+	conn   *amqp.Connection
+	ch     *amqp.Channel
+	slots  chan struct{} // one per unconfirmed publish
+	closed chan *amqp.Error
 }
 
 func openProducer(cfg Config) (*producer, error) {
@@ -36,9 +35,9 @@ func openProducer(cfg Config) (*producer, error) {
 			return nil, err
 		}
 		p.slots = make(chan struct{}, cfg.Confirms)
-		p.confirms = ch.NotifyPublish(make(chan amqp.Confirmation, cfg.Confirms))
+		confirms := ch.NotifyPublish(make(chan amqp.Confirmation, cfg.Confirms))
 		go func() {
-			for range p.confirms {
+			for range confirms {
 				<-p.slots
 			}
 		}()

@@ -96,7 +96,7 @@ func parseFlags() Config {
 func main() {
 	cfg := parseFlags()
 	runtime.GOMAXPROCS(cfg.Procs)
-	// Deliveries allocate; collecting less often costs memory we can spare.
+	// amqp091-go allocates for every publish; collecting less often costs memory we can spare.
 	debug.SetGCPercent(400)
 	// The run stops cleanly (queues deleted) on a signal or at the hard bound.
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
