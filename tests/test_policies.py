@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, Iterator
 
 import pika
+import pika.exceptions
 import pytest
 
 from mq.ctl import ApiClient, ApiError
@@ -237,6 +238,64 @@ def test_clearing_a_ttl_policy_keeps_new_messages(ch: Any, api: ApiClient, uid: 
     assert bodies(ch, queue) == [b"kept"]
 
 
+def test_policy_overflow_reject_publish(ch: Any, api: ApiClient, uid: str) -> None:
+    """issue 4: overflow from a policy (B-LEN-2 through a policy): with reject-publish the
+    publish past max-length is nacked and the queue keeps the first message."""
+    queue, policy = f"rej.{uid}", f"rej-{uid}"
+    assert set_policy(api, policy, rf"^rej\.{uid}$",
+                      {"max-length": 1, "overflow": "reject-publish"}) == 201
+    try:
+        ch.queue_declare(queue)
+        ch.confirm_delivery()
+        ch.basic_publish("", queue, b"first")
+        with pytest.raises(pika.exceptions.NackError):
+            ch.basic_publish("", queue, b"second")
+        assert bodies(ch, queue) == [b"first"]
+    finally:
+        api.request("DELETE", f"/api/policies/%2F/{policy}")
+
+
+def test_policy_expires_unused_queue(ch: Any, api: ApiClient, uid: str) -> None:
+    """issue 4: expires from a policy (B-Q-10 through a policy): an unused queue is deleted
+    once it has been unused that long."""
+    queue, policy = f"exp.{uid}", f"exp-{uid}"
+    ch.queue_declare(queue)
+    assert set_policy(api, policy, rf"^exp\.{uid}$", {"expires": 200}, apply_to="queues") == 201
+    try:
+        def gone() -> bool:
+            try:
+                api.get(f"/api/queues/%2F/{queue}")  # a GET is not a use of the queue
+            except ApiError as exc:
+                return exc.status == 404
+            return False
+        assert wait_for(gone, timeout=3.0)
+    finally:
+        api.request("DELETE", f"/api/policies/%2F/{policy}")
+
+
+def test_policy_delivery_limit_on_quorum_queue(ch: Any, api: ApiClient, uid: str) -> None:
+    """issue 4: delivery-limit from a policy, lower than the queue's x-delivery-limit, wins:
+    a quorum queue message returned twice is dead-lettered with reason delivery_limit."""
+    queue, policy = f"dl.{uid}", f"dl-{uid}"
+    assert set_policy(api, policy, rf"^dl\.{uid}$",
+                      {"delivery-limit": 1, "dead-letter-exchange": "pol.dlx"}) == 201
+    try:
+        ch.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum",
+                                                         "x-delivery-limit": 5})
+        dead = dead_queue(ch, queue)
+        ch.basic_publish("", queue, b"poison")
+        for _ in range(2):
+            method = wait_for(lambda: ch.basic_get(queue)[0])
+            ch.basic_nack(method.delivery_tag, requeue=True)
+        assert wait_for(lambda: count(ch, dead) == 1)
+        _, props, _ = ch.basic_get(dead, auto_ack=True)
+        assert props.headers["x-death"][0]["reason"] == "delivery_limit"
+        assert count(ch, queue) == 0
+    finally:
+        api.request("DELETE", f"/api/policies/%2F/{policy}")
+        ch.queue_delete(queue)
+
+
 @pytest.mark.parametrize("body, reason", [
     ({"pattern": "x", "definition": {"foo": 1, "bar": "b"}},
      '[{<<"bar">>,<<"b">>},{<<"foo">>,1}] are not recognised policy settings'),
@@ -262,7 +321,7 @@ def test_invalid_policy_refused(api: ApiClient, uid: str, body: dict, reason: st
 
 
 def test_policies_in_api_and_definitions(api: ApiClient) -> None:
-    """issue 4: /api/policies and the definitions export list the policies in RabbitMQ's
+    """issue 4 (B-MGMT-1): /api/policies and the definitions export list the policies in RabbitMQ's
     shape."""
     expected = {p["name"]: p for p in DEFINITIONS["policies"]}
     listed = {p["name"]: p for p in api.get("/api/policies/%2F") if p["name"] in expected}
