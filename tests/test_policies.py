@@ -4,6 +4,8 @@ definitions file holding policies, runtime set/clear through the management API 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +19,8 @@ from mq.ctl import ApiClient, ApiError
 from mq.testing import BrokerProcess, run_broker
 
 MGMT_ARGS = ("--management-port", "0")
+# RabbitMQ's own CLI (served by its management plugin at /cli/rabbitmqadmin).
+RABBITMQADMIN = os.environ.get("MQ_RABBITMQADMIN") or shutil.which("rabbitmqadmin")
 DEFINITIONS = {
     "exchanges": [
         {"name": "pol.dlx", "vhost": "/", "type": "direct", "durable": True},
@@ -187,11 +191,12 @@ def test_equal_priority_lowest_name_wins(ch: Any, api: ApiClient, uid: str) -> N
             api.request("DELETE", f"/api/policies/%2F/tie-{name}-{uid}")
 
 
-def test_alternate_exchange_by_policy(ch: Any, uid: str) -> None:
+def test_alternate_exchange_by_policy(ch: Any, api: ApiClient, uid: str) -> None:
     """issue 4: alternate-exchange from a policy (B-EX-11 through a policy): an unroutable
     mandatory publish is not returned and reaches the alternate's queue."""
     exchange, caught = f"ae.{uid}", f"caught.{uid}"
     ch.exchange_declare(exchange, "direct", auto_delete=False)
+    assert api.get(f"/api/exchanges/%2F/{exchange}")["policy"] == "ae"
     ch.queue_declare(caught, exclusive=True)
     ch.queue_bind(caught, "pol.ae")
     returned = []
@@ -352,6 +357,31 @@ def test_ctl_set_list_clear_policy(broker: BrokerProcess, ch: Any, uid: str) -> 
     assert row.split() == ["/", policy, rf"^ctl\.{uid}$", "queues", '{"max-length":', "1}", "3"]
     assert ctl("clear_policy", policy).strip() == f"policy {policy} cleared"
     assert policy not in ctl("list-policies")
+
+
+@pytest.mark.skipif(not RABBITMQADMIN, reason="rabbitmqadmin not found: put it on PATH or set "
+                    "MQ_RABBITMQADMIN")
+def test_rabbitmqadmin_policies(broker: BrokerProcess, uid: str) -> None:
+    """issue 4 (B-MGMT-1): RabbitMQ's rabbitmqadmin, unchanged, declares, lists and deletes
+    policies on mq, and shows RabbitMQ's refusal text for a bad one."""
+    def admin(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, RABBITMQADMIN, "-H", "127.0.0.1", "-P",
+                                 str(broker.management_port), "-u", "guest", "-p", "guest",
+                                 *args], capture_output=True, text=True, timeout=30)
+        assert (result.returncode == 0) == ok, result.stderr
+        return result
+
+    name = f"admin-{uid}"
+    admin("declare", "policy", f"name={name}", rf"pattern=^admin\.{uid}$",
+          'definition={"max-length": 2}', "apply-to=queues", "priority=2")
+    listed = json.loads(admin("-f", "raw_json", "list", "policies").stdout)
+    assert {"vhost": "/", "name": name, "pattern": rf"^admin\.{uid}$", "apply-to": "queues",
+            "definition": {"max-length": 2}, "priority": 2} in listed
+    refused = admin("declare", "policy", f"name={name}-bad", "pattern=x",
+                    'definition={"max-lengthx": 2}', ok=False)
+    assert '[{<<"max-lengthx">>,2}] are not recognised policy settings' in refused.stderr
+    admin("delete", "policy", f"name={name}")
+    assert name not in admin("list", "policies").stdout
 
 
 def test_policy_survives_restart(uid: str) -> None:

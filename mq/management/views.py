@@ -183,7 +183,8 @@ class Views:
     def exchange(self, ex: Exchange) -> dict[str, Any]:
         return {"name": ex.name, "vhost": ex.vhost, "type": ex.type, "durable": ex.durable,
                 "auto_delete": ex.auto_delete, "internal": ex.internal,
-                "arguments": jsonable(ex.arguments), "user_who_performed_action": ""}
+                "arguments": jsonable(ex.arguments), "user_who_performed_action": "",
+                "policy": ex.policy.name if ex.policy else None}
 
     def binding(self, vhost: str, b: Binding) -> dict[str, Any]:
         return {"source": b.source.name, "vhost": vhost, "destination": b.destination.name,
