@@ -22,18 +22,23 @@ FAST_CHECK_INTERVAL = 0.02  # near or past the watermark: a flood adds MBs in a 
 NEAR_MARGIN = 64 * 1024 * 1024
 
 
-def _libc_trim() -> Callable[[], None]:
-    """glibc keeps freed heap memory in the process; malloc_trim hands it back, so RSS
-    falls once messages are consumed. A no-op where there is no glibc."""
+def _malloc_trim() -> Callable[[int], int] | None:
     try:
         trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        return lambda: None
+        return None  # not glibc
     trim.argtypes = [ctypes.c_size_t]
-    return lambda: trim(0) and None
+    return trim
 
 
-_trim = _libc_trim()
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """glibc keeps freed heap memory in the process; malloc_trim hands it back, so that RSS
+    falls once messages are consumed."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def rss() -> int:
@@ -76,7 +81,7 @@ class ResourceMonitor:
         before = self.alarms
         used = rss()
         if used >= self.memory_limit:
-            _trim()  # count what is in use, not what malloc keeps for later
+            release_free_memory()  # count what is in use, not what malloc keeps for later
             used = rss()
         self.memory_used = used
         self._memory = self._flip("memory", self._memory, used >= self.memory_limit,
