@@ -403,6 +403,7 @@ class Connection:
                 self.close_transport()
             return
         log.warning("connection error %s", kv(peer=self.name, user=getattr(self.user, "name", None),
+                                              vhost=getattr(self.vhost, "name", None),
                                               code=exc.reply_code, text=exc.reply_text))
         handshaking = self.state in ("header", "start-ok", "tune-ok")
         self.state = "closing"
