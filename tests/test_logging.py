@@ -9,6 +9,9 @@ import time
 
 import pika
 import pytest
+from pamqp import commands as spec
+
+from rawamqp import RawClient
 
 _FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 _LINE = re.compile(r"^\S+ \S+ (?P<level>[A-Z]+) (?P<logger>\S+) (?P<event>[a-z ]+?) (?P<kv>\w+=.*)$")
@@ -88,3 +91,18 @@ def test_failed_login_line(mq_broker):
     assert fields["peer"].startswith("127.0.0.1:")
     assert "Login was refused" in fields["text"]
     assert "hunter2" not in mq_broker.log()[offset:]
+
+
+def test_connection_error_line(mq_broker):
+    """issue 8 (structured logs), B-CONN-8: a connection error is logged with peer, user,
+    vhost, code and text."""
+    offset = len(mq_broker.log())
+    client = RawClient(mq_broker.port)
+    client.handshake()
+    client.send_method(2, spec.Basic.Qos(prefetch_count=1))  # channel 2 was never opened
+    assert client.expect("Connection.Close").reply_code == 504
+    peer = "{}:{}".format(*client.sock.getsockname()[:2])
+    fields = events_since(mq_broker, offset, "connection error", peer=peer, code="504")
+    assert (fields["user"], fields["vhost"]) == ("guest", "/")
+    assert fields["text"] == "CHANNEL_ERROR - expected 'channel.open' on channel 2"
+    client.close()
