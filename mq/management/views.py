@@ -181,10 +181,12 @@ class Views:
         return view
 
     def exchange(self, ex: Exchange) -> dict[str, Any]:
-        return {"name": ex.name, "vhost": ex.vhost, "type": ex.type, "durable": ex.durable,
+        view = {"name": ex.name, "vhost": ex.vhost, "type": ex.type, "durable": ex.durable,
                 "auto_delete": ex.auto_delete, "internal": ex.internal,
-                "arguments": jsonable(ex.arguments), "user_who_performed_action": "",
-                "policy": ex.policy.name if ex.policy else None}
+                "arguments": jsonable(ex.arguments), "user_who_performed_action": ""}
+        if ex.policy is not None:  # RabbitMQ shows the key only when one applies
+            view["policy"] = ex.policy.name
+        return view
 
     def binding(self, vhost: str, b: Binding) -> dict[str, Any]:
         return {"source": b.source.name, "vhost": vhost, "destination": b.destination.name,
