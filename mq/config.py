@@ -90,9 +90,22 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max",  # cgroup v2
+                  "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # v1
+
+
 def total_memory() -> int:
-    """Physical RAM in bytes."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """RAM in bytes: the physical size, or the container's (cgroup) limit when lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in _CGROUP_LIMITS:
+        try:
+            with open(path) as fh:
+                text = fh.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) means no limit; v1 says so with a huge number
+            total = min(total, int(text))
+    return total
 
 
 def memory_limit(text: str) -> int:
