@@ -187,3 +187,26 @@ def test_blocked_frame_only_for_capable_clients(disk_alarm_broker, uid, announce
     with pytest.raises(TimeoutError):
         client.recv_method(timeout=0.5)
     client.close()
+
+
+def test_blocked_connection_is_not_timed_out(disk_alarm_broker, uid):
+    """B-CONN-10, B-CONN-6: while the broker does not read a blocked connection, that
+    connection's silence is not a missed heartbeat: after 2.5 intervals it is still open and
+    still gets the broker's heartbeats."""
+    client = RawClient(disk_alarm_broker.port)
+    client.handshake(heartbeat=1, capabilities={"connection.blocked": True})
+    client.open_channel(1)
+    client.send_method(1, spec.Basic.Publish(routing_key=uid))
+    client.send_content(1, b"x")
+    assert client.expect("Connection.Blocked").reason == "low on disk"
+    heartbeats, deadline = 0, time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        try:
+            ftype, _channel, _payload = client.recv_raw(timeout=deadline - time.monotonic())
+        except TimeoutError:
+            break
+        assert ftype == 8, "only heartbeats, no connection.close"
+        heartbeats += 1
+    assert heartbeats >= 2
+    assert not client.closed_by_peer(timeout=0.1)
+    client.close()
