@@ -433,7 +433,8 @@ class Channel:
         queues = self.vhost.route(exchange, msg)
         accepted = True
         if queues:
-            msg = without_bcc(msg)
+            if b"BCC" in msg.props:
+                msg = without_bcc(msg)
             for queue in queues:
                 accepted = queue.publish(msg) and accepted
         elif mandatory:

@@ -101,9 +101,11 @@ class Queue:
             if settings.overflow == "reject-publish-dlx":
                 self._dead_letter([Entry(msg, 0, 0, 0.0)], "maxlen")
             return False
-        now = time.time()
-        expires_at = _deadline(msg, settings.message_ttl, now) \
-            if settings.message_ttl is not None or msg.expiration is not None else 0.0
+        if settings.message_ttl is not None or msg.expiration is not None:
+            now = time.time()
+            expires_at = _deadline(msg, settings.message_ttl, now)
+        else:
+            now = expires_at = 0.0  # no clock read on the common path
         if self.store_qid and msg.delivery_mode == 2:
             self.store.enqueue(self.store_qid, msg, expires_at)
             entry = self.ready.push(self._page_out(msg), expires_at)
