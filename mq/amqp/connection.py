@@ -452,14 +452,22 @@ class Connection:
 
     def set_alarms(self, alarms: tuple[str, ...]) -> None:
         """The broker's resource alarms changed (B-CONN-10). A blocked connection is told
-        and read again once none is left; others block at their next publish."""
+        and read again once none is left; others block at their next publish.
+
+        Never raises: the server's resource monitor calls it for every connection."""
         self.alarms = alarms
         if not alarms and self.blocked and not self.closed:
             self.blocked = False
             self._last_recv = self.clock()
-            if self.capabilities.get("connection.blocked"):
-                self.send_method(0, spec.Connection.Unblocked())
-            self.transport.resume_reading()
+            try:
+                if self.capabilities.get("connection.blocked"):
+                    self.send_method(0, spec.Connection.Unblocked())
+                self.transport.resume_reading()
+            except Exception:
+                log.exception("connection dropped %s", kv(peer=self.name,
+                                                          reason="error while unblocking it"))
+                self.abort()
+                return
             log.info("connection unblocked %s", kv(peer=self.name,
                                                    user=getattr(self.user, "name", None)))
 
