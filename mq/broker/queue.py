@@ -297,7 +297,9 @@ class Queue:
     # ---- the store ----------------------------------------------------------------------
 
     def recover(self, messages: Iterable[tuple[Message, float, bool]]) -> None:
-        """Messages from the store after a restart: (message, expiry, redelivered), in order."""
+        """Messages from the store after a restart: (message, expiry, redelivered), in order.
+        With a memory budget they come as stubs, their bodies read back when delivered."""
+        self._paging = self._paging or bool(self.store.page_budget)
         for msg, expires_at, redelivered in messages:
             self.ready.push(self._page_out(msg), expires_at).redelivered = redelivered
         self._arm_expiry()

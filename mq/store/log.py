@@ -226,7 +226,9 @@ class Store:
                 if f[1] > max_id:  # ids are never reused, whatever record names them
                     max_id = f[1]
                 if rtype == MSG:
-                    msgs[f[1]] = (seg, off, size, f)
+                    # With a memory budget, bodies stay on disk: queues get stubs and read
+                    # bodies back on delivery, so a big backlog does not fill memory at start.
+                    msgs[f[1]] = (seg, off, size, f[:5] + (b"",) if self.page_budget else f)
                     continue
                 if ENQ <= rtype <= ACK and f[2] > max_id:
                     max_id = f[2]
