@@ -159,7 +159,7 @@ class Store:
         os.makedirs(seg_dir, exist_ok=True)
         numbers = sorted(int(n[:-4]) for n in os.listdir(seg_dir)
                          if n.endswith(".seg") and n[:-4].isdigit())
-        recovered = self._replay(seg_dir, numbers)
+        recovered = self._replay(numbers)
         last = max(self._segments, default=0)
         if last and self._segments[last].size < self.segment_size:
             self._head = self._segments[last]
@@ -206,7 +206,7 @@ class Store:
 
     # ---- recovery -----------------------------------------------------------------------
 
-    def _replay(self, seg_dir: str, numbers: list[int]) -> Recovered:
+    def _replay(self, numbers: list[int]) -> Recovered:
         msgs: dict[int, tuple] = {}      # id -> (seg, off, size, fields)
         enqs: dict[int, dict[int, list]] = {}
         dlvs: dict[tuple[int, int], tuple] = {}
@@ -441,10 +441,11 @@ class Store:
         self.wait_durable()
         return obj_id
 
-    def _forget(self, key: tuple) -> bool:
+    def _forget(self, key: tuple) -> None:
+        """Delete a topology object (a queue with its messages) if the store has it."""
         obj_id = self._ids.pop(key, None)
         if obj_id is None:
-            return False
+            return
         loc, size, _ = self._topo.pop(obj_id)
         self._dead(loc, size)
         self._tombstone(R.delete_record(obj_id), loc)
@@ -452,7 +453,6 @@ class Store:
             self._drop_entry(obj_id, mid, enq_loc)
         self._dlvs.pop(obj_id, None)
         self.wait_durable()
-        return True
 
     def declare_queue(self, vhost: str, name: str, auto_delete: bool, arguments: dict) -> int:
         """Record a durable queue; returns its queue id for enqueue/ack."""
@@ -687,6 +687,3 @@ class Store:
     def disk_usage(self) -> int:
         """Bytes in segment files (as appended; the flusher may still be writing some)."""
         return sum(seg.size for seg in self._segments.values())
-
-    def live_messages(self, qid: int) -> int:
-        return len(self._queues.get(qid, {}))
