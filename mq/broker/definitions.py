@@ -73,8 +73,11 @@ def import_definitions(broker: Any, data: dict) -> None:
             raise NotFound(f"no user '{p['user']}' for permissions in the definitions")
         user.permissions[p["vhost"]] = Permission(p.get("configure", ""), p.get("write", ""),
                                                   p.get("read", ""))
+    policies: dict[str, list] = {}  # by vhost, to match each object once per vhost
     for p in data.get("policies", []):  # InvalidPolicy for one RabbitMQ would refuse
-        broker.add_vhost(p["vhost"]).set_policy(policy_from_json(p["vhost"], p["name"], p))
+        policies.setdefault(p["vhost"], []).append(policy_from_json(p["vhost"], p["name"], p))
+    for vhost_name, vhost_policies in policies.items():
+        broker.add_vhost(vhost_name).set_policy(*vhost_policies)
     for x in data.get("exchanges", []):
         broker.add_vhost(x["vhost"]).declare_exchange(
             x["name"], x.get("type", "direct"), durable=x.get("durable", True),

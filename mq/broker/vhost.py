@@ -199,9 +199,11 @@ class VirtualHost:
 
     # ---- policies ---------------------------------------------------------------------
 
-    def set_policy(self, policy: Policy) -> None:
-        """Add or replace a policy; every queue and exchange is matched again."""
-        self.policies[policy.name] = policy
+    def set_policy(self, *policies: Policy) -> None:
+        """Add or replace policies; every queue and exchange is matched again, once (a
+        definitions import sets them all in one call)."""
+        for policy in policies:
+            self.policies[policy.name] = policy
         self._apply_policies()
 
     def clear_policy(self, name: str) -> bool:
