@@ -99,6 +99,7 @@ def test_channel_past_channel_max_is_530(limited):
     assert close.reply_code == 530
     assert close.reply_text == (f"NOT_ALLOWED - number of channels opened ({MAX_CHANNELS}) has "
                                 f"reached the negotiated channel_max ({MAX_CHANNELS})")
+    assert (close.class_id, close.method_id) == (0, 0)  # as RabbitMQ 3.10 sends it
     client.send_method(0, spec.Connection.CloseOk())
     assert client.closed_by_peer()
     line = _log_line(limited, offset, "channel refused")

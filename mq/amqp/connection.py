@@ -246,6 +246,7 @@ class Connection:
                 and frames.method_id(payload) == 0x0014000A:
             log.warning("channel refused %s", kv(peer=self.name, channel=channel,
                                                  limit=self.channel_max))
+            self._current_method = (0, 0)  # RabbitMQ's close names no method here
             raise NotAllowed(f"number of channels opened ({len(self.channels)}) has reached "
                              f"the negotiated channel_max ({self.channel_max})")
         if channel > self.channel_max:
