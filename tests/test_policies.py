@@ -311,6 +311,12 @@ def test_policy_delivery_limit_on_quorum_queue(ch: Any, api: ApiClient, uid: str
     ({"pattern": "x", "definition": {"single-active-consumer": True}},
      '[{<<"single-active-consumer">>,true}] are not recognised policy settings'),
     ({"pattern": "x", "definition": {}}, "no policy provided"),
+    ({"pattern": "x", "definition": {"queue-version": True}},
+     "true is not a valid queue-version value"),
+    ({"pattern": "x", "definition": {"ha-mode": "exactly"}},
+     'ha-mode="exactly" takes an integer, none given'),
+    ({"pattern": "x", "definition": {"ha-params": 2}},
+     "ha-mode must be specified to specify ha-params, ha-sync-mode or ha-promote-on-shutdown"),
     ({"pattern": "x", "definition": {"expires": 10}, "apply-to": "foo"},
      "apply-to 'foo' unrecognised; should be 'queues', 'exchanges' or 'all'"),
 ])
@@ -323,6 +329,16 @@ def test_invalid_policy_refused(api: ApiClient, uid: str, body: dict, reason: st
     with pytest.raises(ApiError) as err:
         api.get(f"/api/policies/%2F/bad-{uid}")
     assert err.value.status == 404
+
+
+def test_keys_without_effect_accepted(api: ApiClient, uid: str) -> None:
+    """issue 4: keys RabbitMQ accepts for features mq lacks (mirroring, queue version,
+    locators) are accepted, so RabbitMQ definitions load."""
+    definition = {"ha-mode": "exactly", "ha-params": 2, "ha-sync-mode": "automatic",
+                  "queue-version": 2, "queue-master-locator": "min-masters", "max-length": 5}
+    assert set_policy(api, f"ha-{uid}", rf"^ha\.{uid}$", definition) == 201
+    assert api.get(f"/api/policies/%2F/ha-{uid}")["definition"] == definition
+    api.request("DELETE", f"/api/policies/%2F/ha-{uid}")
 
 
 def test_policies_in_api_and_definitions(api: ApiClient) -> None:

@@ -49,18 +49,55 @@ def _string(what: str) -> Any:
     return lambda value: None if isinstance(value, str) else f"{_erl(value)} is not a valid {what}"
 
 
-def _one_of(allowed: tuple[str, ...], what: str) -> Any:
-    return lambda value: None if value in allowed else f"{_erl(value)} is not a valid {what}"
+def _one_of(allowed: tuple, what: str) -> Any:
+    def check(value: Any) -> str | None:  # as Erlang matches: 1 is not true, nor 1.0
+        ok = any(type(value) is type(a) and value == a for a in allowed)
+        return None if ok else f"{_erl(value)} is not a valid {what}"
+    return check
 
 
-def _accepted(value: Any) -> None:
-    """Keys RabbitMQ knows for features mq does not have (mirroring, streams, queue
-    locators): accepted so that existing definitions load, and without effect."""
+def _max_age(value: Any) -> str | None:
+    ok = isinstance(value, str) and re.fullmatch(r"[0-9]+[YMDhms]", value) is not None
+    return None if ok else f"{_erl(value)} is not a valid max age"
+
+
+def _mirroring(definition: dict) -> str | None:
+    """Classic mirroring's keys, checked together (rabbit_mirror_queue_misc)."""
+    get = definition.get
+    if "ha-mode" not in definition:
+        if any(key.startswith("ha-") for key in definition):
+            return ("ha-mode must be specified to specify ha-params, ha-sync-mode or "
+                    "ha-promote-on-shutdown")
+        return None
+    mode, params = get("ha-mode"), get("ha-params")
+    given = "none" if "ha-params" not in definition else _erl(params)
+    if mode == "all" and "ha-params" in definition:
+        return 'ha-mode="all" does not take parameters'
+    if mode == "exactly" and not (isinstance(params, int) and not isinstance(params, bool)
+                                  and params > 0):
+        return f'ha-mode="exactly" takes an integer, {given} given'
+    if mode == "nodes" and not (isinstance(params, list) and params
+                                and all(isinstance(n, str) for n in params)):
+        return f'ha-mode="nodes" takes a list, {given} given'
+    if mode not in ("all", "exactly", "nodes"):
+        return f"{_erl(mode)} is not a valid ha-mode value"
+    if get("ha-sync-mode", "manual") not in ("manual", "automatic"):
+        return f'ha-sync-mode must be "manual" or "automatic", got {_erl(get("ha-sync-mode"))}'
+    size = get("ha-sync-batch-size", 1)
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        return f"ha-sync-batch-size takes an integer greater than 0, {_erl(size)} given"
+    for key in ("ha-promote-on-shutdown", "ha-promote-on-failure"):
+        if get(key, "always") not in ("always", "when-synced"):
+            return f'{key} must be "always" or "when-synced", got {_erl(get(key))}'
     return None
 
 
+MIRRORING_KEYS = ("ha-mode", "ha-params", "ha-sync-mode", "ha-sync-batch-size",
+                  "ha-promote-on-shutdown", "ha-promote-on-failure")
 # The policy keys RabbitMQ 3.10 recognises (rabbit_policies, rabbit_mirror_queue_misc,
-# rabbit_queue_location_validator) and their checks, with RabbitMQ's messages.
+# rabbit_queue_location_validator) and their checks, with RabbitMQ's messages. Those for
+# features mq does not have (mirroring, streams, in-memory limits, locators, queue
+# version) are checked and accepted so that existing definitions load, without effect.
 VALIDATORS: dict[str, Any] = {
     "alternate-exchange": _string("alternate exchange name"),
     "dead-letter-exchange": _string("dead letter exchange name"),
@@ -72,12 +109,19 @@ VALIDATORS: dict[str, Any] = {
     "overflow": _one_of(OVERFLOW_MODES, "overflow value"),
     "queue-mode": _one_of(QUEUE_MODES, "queue-mode value"),
     "delivery-limit": _integer(0, "delivery limit"),
-    **{key: _accepted for key in (
-        "max-in-memory-length", "max-in-memory-bytes", "queue-version", "dead-letter-strategy",
-        "max-age", "stream-max-segment-size-bytes", "queue-leader-locator",
-        "initial-cluster-size", "queue-master-locator", "ha-mode", "ha-params",
-        "ha-sync-mode", "ha-sync-batch-size", "ha-promote-on-shutdown",
-        "ha-promote-on-failure")},
+    "max-in-memory-length": _integer(0, "maximum memory in bytes"),
+    "max-in-memory-bytes": _integer(0, "maximum memory in bytes"),
+    "queue-version": _one_of((1, 2), "queue-version value"),
+    "dead-letter-strategy": _one_of(("at-most-once", "at-least-once"), "dead letter strategy"),
+    "max-age": _max_age,
+    "stream-max-segment-size-bytes": _integer(0, "segment size"),
+    "initial-cluster-size": _integer(0, "cluster size"),
+    "queue-leader-locator": _one_of(("client-local", "balanced", "random", "least-leaders"),
+                                    "queue leader locator value"),
+    "queue-master-locator": lambda value: None if value in (
+        "min-masters", "client-local", "random") else
+    f"{_erl(value)} invalid queue-master-locator value",
+    **{key: lambda value: None for key in MIRRORING_KEYS},  # checked together: _mirroring
 }
 
 # Queue settings a policy can give: the lower of argument and policy wins for these
@@ -122,6 +166,9 @@ def validate_definition(definition: Any) -> dict:
         error = check(definition[key]) if check is not None else None
         if error is not None:
             raise InvalidPolicy(error)
+    error = _mirroring(definition)
+    if error is not None:
+        raise InvalidPolicy(error)
     unknown = [f"{{{_erl(k)},{_erl(definition[k])}}}" for k in sorted(definition)
                if k not in VALIDATORS]
     if unknown:
