@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from mq.broker.queue_args import OVERFLOW_MODES, QUEUE_MODES, QueueSettings
 
 APPLY_TO = ("queues", "exchanges", "all")
+Check = Callable[[Any], "str | None"]  # a value's error message, None when it is fine
 
 
 class InvalidPolicy(ValueError):
@@ -38,18 +39,18 @@ def _erl(value: Any) -> str:
     return repr(value)
 
 
-def _integer(minimum: int, what: str) -> Any:
+def _integer(minimum: int, what: str) -> Check:
     def check(value: Any) -> str | None:
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
         return None if ok else f"{_erl(value)} is not a valid {what}"
     return check
 
 
-def _string(what: str) -> Any:
+def _string(what: str) -> Check:
     return lambda value: None if isinstance(value, str) else f"{_erl(value)} is not a valid {what}"
 
 
-def _one_of(allowed: tuple, what: str) -> Any:
+def _one_of(allowed: tuple, what: str) -> Check:
     def check(value: Any) -> str | None:  # as Erlang matches: 1 is not true, nor 1.0
         ok = any(type(value) is type(a) and value == a for a in allowed)
         return None if ok else f"{_erl(value)} is not a valid {what}"
@@ -65,7 +66,7 @@ def _mirroring(definition: dict) -> str | None:
     """Classic mirroring's keys, checked together (rabbit_mirror_queue_misc)."""
     get = definition.get
     if "ha-mode" not in definition:
-        if any(key.startswith("ha-") for key in definition):
+        if any(key in definition for key in MIRRORING_KEYS):
             return ("ha-mode must be specified to specify ha-params, ha-sync-mode or "
                     "ha-promote-on-shutdown")
         return None
@@ -98,7 +99,7 @@ MIRRORING_KEYS = ("ha-mode", "ha-params", "ha-sync-mode", "ha-sync-batch-size",
 # rabbit_queue_location_validator) and their checks, with RabbitMQ's messages. Those for
 # features mq does not have (mirroring, streams, in-memory limits, locators, queue
 # version) are checked and accepted so that existing definitions load, without effect.
-VALIDATORS: dict[str, Any] = {
+VALIDATORS: dict[str, Check] = {
     "alternate-exchange": _string("alternate exchange name"),
     "dead-letter-exchange": _string("dead letter exchange name"),
     "dead-letter-routing-key": _string("dead letter routing key"),
