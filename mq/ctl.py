@@ -32,8 +32,9 @@ COLUMNS = {
     "users": ("name", "tags"),
     "vhosts": ("name", "messages"),
     "permissions": ("user", "vhost", "configure", "write", "read"),
+    "policies": ctl_policies.COLUMNS,
 }
-VHOST_SCOPED = ("queues", "exchanges", "bindings", "consumers")
+VHOST_SCOPED = ("queues", "exchanges", "bindings", "consumers", "policies")
 
 
 class ApiError(Exception):
@@ -142,7 +143,8 @@ def parser() -> argparse.ArgumentParser:
     cmd("overview", "broker totals and message rates", vhost=False)
     c = cmd("list", "list objects", vhost=False)
     c.add_argument("what", choices=sorted(COLUMNS))
-    c.add_argument("--vhost", help="only this vhost (queues, exchanges, bindings, consumers)")
+    c.add_argument("--vhost", help="only this vhost (queues, exchanges, bindings, consumers, "
+                   "policies)")
     c = cmd("declare-queue", "declare a queue")
     c.add_argument("name")
     c.add_argument("--transient", action="store_true", help="not durable")

@@ -354,7 +354,7 @@ def test_policies_in_api_and_definitions(api: ApiClient) -> None:
 
 def test_ctl_set_list_clear_policy(broker: BrokerProcess, ch: Any, uid: str) -> None:
     """issue 4 (B-MGMT-3): `mq ctl set_policy / list_policies / clear_policy`, as
-    rabbitmqctl takes them."""
+    rabbitmqctl takes them (and `list policies` as the other lists)."""
     def ctl(*args: str) -> str:
         result = subprocess.run([sys.executable, "-m", "mq", "ctl", "--url",
                                  broker.management_url, *args],
@@ -371,6 +371,7 @@ def test_ctl_set_list_clear_policy(broker: BrokerProcess, ch: Any, uid: str) -> 
     assert wait_for(lambda: count(ch, queue) == 1)
     row = next(line for line in ctl("list_policies").splitlines() if policy in line)
     assert row.split() == ["/", policy, rf"^ctl\.{uid}$", "queues", '{"max-length":', "1}", "3"]
+    assert row in ctl("list", "policies").splitlines()
     assert ctl("clear_policy", policy).strip() == f"policy {policy} cleared"
     assert policy not in ctl("list-policies")
 
