@@ -10,7 +10,9 @@ from typing import Iterator
 
 import pika
 import pytest
+from pamqp import commands as spec
 from pika.exceptions import AMQPError, ChannelClosedByBroker
+from rawamqp import RawClient
 
 from mq.testing import BrokerProcess, run_broker
 
@@ -520,4 +522,38 @@ def test_backlog_beyond_the_memory_budget_waits_on_disk(
     dead = drain(ch, "dead")
     assert [(b[:4], b[4:]) for b, _, _ in dead] == [(b"sync", b""),
                                                     (b"%04d" % expected[0], filler)]
+    conn.close()
+
+
+def test_confirms_wait_for_fsync_and_stay_in_order(mq_fresh_broker: BrokerProcess) -> None:
+    """B-PUB-6: persistent publishes to a durable queue are confirmed after the fsync,
+    transient ones at once, yet the acks never get ahead of an unconfirmed sequence number
+    (a multiple=true ack covers only confirmed ones); a kill -9 right after the last ack
+    loses nothing."""
+    client = RawClient(mq_fresh_broker.port)
+    client.handshake()
+    client.open_channel(1)
+    client.send_method(1, spec.Queue.Declare(queue="dq", durable=True))
+    client.expect("Queue.DeclareOk")
+    client.send_method(1, spec.Queue.Declare(queue="tq"))
+    client.expect("Queue.DeclareOk")
+    client.send_method(1, spec.Confirm.Select())
+    client.expect("Confirm.SelectOk")
+    for i in range(40):
+        persistent = i % 2 == 0
+        client.send_method(1, spec.Basic.Publish(exchange="", routing_key="dq" if persistent
+                                                 else "tq"))
+        client.send_content(1, b"%d" % i, spec.Basic.Properties(
+            delivery_mode=2 if persistent else 1))
+    confirmed = 0
+    while confirmed < 40:
+        ack = client.expect("Basic.Ack")
+        assert ack.multiple or ack.delivery_tag == confirmed + 1, \
+            f"ack for {ack.delivery_tag} while {confirmed + 1} was not confirmed"
+        assert ack.delivery_tag > confirmed
+        confirmed = ack.delivery_tag
+    mq_fresh_broker.restart(kill=True)
+    client.close()
+    conn = connect(mq_fresh_broker)
+    assert [b for b, _, _ in drain(conn.channel(), "dq")] == [b"%d" % i for i in range(0, 40, 2)]
     conn.close()
