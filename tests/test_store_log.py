@@ -380,3 +380,23 @@ def test_random_operations_match_a_model(ops: list) -> None:
         store.close()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_with_a_memory_budget_recovery_leaves_bodies_on_disk(data_dir: str) -> None:
+    """B-DUR-2 with paging: reopened with a memory budget, the store hands back stubs (no
+    body) and read_message() gives each its body back, also after compaction moved it."""
+    store = Store(data_dir, segment_size=4096)
+    store.open()
+    q = store.declare_queue("/", "q", False, {})
+    msgs = [persistent(b"%03d" % i + b"z" * 300, priority=i % 3) for i in range(40)]
+    for m in msgs:
+        store.enqueue(q, m)
+    for m in msgs[:35]:
+        store.ack(q, m.store_id)   # the survivors' segments get compacted
+    store.sync()
+    store.sync()
+    store, rec = reopen(store, segment_size=4096, page_budget=1)
+    stubs = [m for m, _, _ in rec.queues[0].messages]
+    assert [(m.body, m.priority) for m in stubs] == [(b"", i % 3) for i in range(35, 40)]
+    assert [store.read_message(m).body for m in stubs] == [m.body for m in msgs[35:]]
+    store.close()

@@ -155,7 +155,7 @@ cdef str _str(const unsigned char *p, Py_ssize_t n):
     return (<const char *>p)[:n].decode("utf-8", "surrogateescape")
 
 
-cdef tuple _decode(const unsigned char *p, Py_ssize_t n):
+cdef tuple _decode(const unsigned char *p, Py_ssize_t n, bint bodies):
     """Fields of one verified record (p points at its type byte, n bytes long)."""
     cdef int rtype = p[0]
     cdef Py_ssize_t off, k, i, nstr
@@ -180,7 +180,7 @@ cdef tuple _decode(const unsigned char *p, Py_ssize_t n):
             raise ValueError("short MSG")
         props = (<const char *>p)[off + 4:off + 4 + k]
         off += 4 + k
-        body = (<const char *>p)[off:n]
+        body = (<const char *>p)[off:n] if bodies else b""
         return (MSG, _get64(p + 1), exchange, routing_key, props, body)
     if rtype == ENQ:
         if n != 25:
@@ -215,8 +215,9 @@ cdef tuple _decode(const unsigned char *p, Py_ssize_t n):
     return tuple(fields)
 
 
-def scan(bytes data, Py_ssize_t start=0):
-    """Read records from data[start:] until the end or the first bad one.
+def scan(bytes data, Py_ssize_t start=0, bint bodies=True):
+    """Read records from data[start:] until the end or the first bad one (without copying
+    message bodies out when bodies is false: MSG records then carry b"").
 
     Returns (records, end, error): records is a list of (offset, size, fields) where size
     counts the frame header; end is where the intact part stops; error is None when
@@ -237,7 +238,7 @@ def scan(bytes data, Py_ssize_t start=0):
         if crc32(view[off + HDR:off + HDR + n]) != _get32(p + off + 4):
             return out, off, "checksum mismatch"
         try:
-            fields = _decode(p + off + HDR, n)
+            fields = _decode(p + off + HDR, n, bodies)
         except ValueError as exc:
             return out, off, f"malformed record: {exc}"
         out.append((off, HDR + n, fields))

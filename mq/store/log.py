@@ -218,7 +218,11 @@ class Store:
             path = self._seg_path(number)
             with open(path, "rb") as fh:
                 data = fh.read()
-            entries, end, error = R.scan(data)
+            # With a memory budget, bodies stay on disk: queues get stubs and read them back
+            # on delivery, so a big backlog does not fill memory at start.
+            entries, end, error = R.scan(data, 0, not self.page_budget)
+            length = len(data)
+            del data
             seg = Segment(number, path, end)
             self._segments[number] = seg
             for off, size, f in entries:
@@ -226,9 +230,7 @@ class Store:
                 if f[1] > max_id:  # ids are never reused, whatever record names them
                     max_id = f[1]
                 if rtype == MSG:
-                    # With a memory budget, bodies stay on disk: queues get stubs and read
-                    # bodies back on delivery, so a big backlog does not fill memory at start.
-                    msgs[f[1]] = (seg, off, size, f[:5] + (b"",) if self.page_budget else f)
+                    msgs[f[1]] = (seg, off, size, f)
                     continue
                 if ENQ <= rtype <= ACK and f[2] > max_id:
                     max_id = f[2]
@@ -247,7 +249,7 @@ class Store:
                 else:
                     topo[f[1]] = (seg, off, size, f)
             if error is not None:
-                cut = len(data) - end
+                cut = length - end
                 recovered.damaged = (f"segment {path}: {error} at offset {end}; "
                                      f"cut off {cut} bytes")
                 log.warning("store: damaged tail in %s: %s at offset %d; cutting off %d bytes "
@@ -635,7 +637,7 @@ class Store:
         with open(seg.path, "rb") as fh:
             data = fh.read()
         base = seg.number << 32
-        for off, size, f in R.scan(data)[0]:
+        for off, size, f in R.scan(data, 0, False)[0]:
             loc, rtype = base | off, f[0]
             if rtype == R.MSG:
                 m = self._msgs.get(f[1])
