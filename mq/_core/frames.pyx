@@ -6,6 +6,7 @@ basic.ack and content headers, and encoding basic.deliver / get-ok / return with
 content frames. Rarer methods go through pamqp in the Python layer.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport memcpy
 
 DEF FRAME_METHOD = 1
@@ -294,17 +295,33 @@ def encode_frame(int ftype, int channel, bytes payload) -> bytes:
 HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
 
-cdef inline bytes _enc(str s):
-    b = s.encode("utf-8", "surrogateescape")
-    if len(b) > 255:
+cdef inline const char *_utf8(str s, Py_ssize_t *n, list keep) except NULL:
+    """UTF-8 of a short string without a copy (CPython caches it on the str); strings with
+    lone surrogates (undecodable bytes kept by surrogateescape) are encoded into `keep`."""
+    cdef const char *p
+    try:
+        p = PyUnicode_AsUTF8AndSize(s, n)
+    except UnicodeEncodeError:
+        b = s.encode("utf-8", "surrogateescape")
+        keep.append(b)
+        n[0] = len(b)
+        p = PyBytes_AS_STRING(b)
+    if n[0] > 255:
         raise ValueError("short string longer than 255 bytes")
-    return b
+    return p
 
 
-cdef bytes _content(unsigned int channel, bytes props, body, unsigned long frame_max,
-                    bytes method_payload):
-    """Method frame + content header + body frames in one buffer."""
-    cdef Py_ssize_t mlen = len(method_payload)
+cdef inline Py_ssize_t _put_str(unsigned char *p, Py_ssize_t off, const char *s,
+                                Py_ssize_t n) noexcept:
+    p[off] = n
+    memcpy(p + off + 1, s, n)
+    return off + 1 + n
+
+
+cdef bytes _content(unsigned int channel, Py_ssize_t mlen, bytes props, body,
+                    unsigned long frame_max, unsigned char **method_at):
+    """One buffer with a method frame of mlen payload bytes (left for the caller to fill at
+    *method_at, after its class and method ids), the content header and the body frames."""
     cdef Py_ssize_t plen = len(props)
     cdef const unsigned char[:] bview = body
     cdef Py_ssize_t blen = bview.shape[0]
@@ -315,7 +332,7 @@ cdef bytes _content(unsigned int channel, bytes props, body, unsigned long frame
     cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
     cdef Py_ssize_t off = 0, sent = 0, n
     off += _frame_head(p + off, FRAME_METHOD, channel, mlen)
-    memcpy(p + off, PyBytes_AS_STRING(method_payload), mlen)
+    method_at[0] = p + off
     off += mlen
     p[off] = FRAME_END
     off += 1
@@ -342,62 +359,59 @@ cdef bytes _content(unsigned int channel, bytes props, body, unsigned long frame
 def encode_deliver(unsigned int channel, str consumer_tag, unsigned long long delivery_tag,
                    bint redelivered, str exchange, str routing_key, bytes props, body,
                    unsigned long frame_max) -> bytes:
-    """basic.deliver with its content header and body frames."""
-    ctag = _enc(consumer_tag)
-    ex = _enc(exchange)
-    rk = _enc(routing_key)
-    cdef Py_ssize_t n = 4 + 1 + len(ctag) + 8 + 1 + 1 + len(ex) + 1 + len(rk)
-    payload = PyBytes_FromStringAndSize(NULL, n)
-    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(payload)
-    cdef Py_ssize_t off = 4
+    """basic.deliver with its content header and body frames, in one buffer."""
+    cdef list keep = []
+    cdef Py_ssize_t clen, elen, rlen
+    cdef const char *c = _utf8(consumer_tag, &clen, keep)
+    cdef const char *e = _utf8(exchange, &elen, keep)
+    cdef const char *r = _utf8(routing_key, &rlen, keep)
+    cdef unsigned char *p
+    out = _content(channel, 4 + 1 + clen + 8 + 1 + 1 + elen + 1 + rlen, props, body,
+                   frame_max, &p)
     _put32(p, (60 << 16) | 60)
-    off = _put_shortstr(p, off, ctag)
+    cdef Py_ssize_t off = _put_str(p, 4, c, clen)
     _put64(p + off, delivery_tag)
-    off += 8
-    p[off] = 1 if redelivered else 0
-    off += 1
-    off = _put_shortstr(p, off, ex)
-    _put_shortstr(p, off, rk)
-    return _content(channel, props, body, frame_max, payload)
+    p[off + 8] = 1 if redelivered else 0
+    off = _put_str(p, off + 9, e, elen)
+    _put_str(p, off, r, rlen)
+    return out
 
 
 def encode_get_ok(unsigned int channel, unsigned long long delivery_tag, bint redelivered,
                   str exchange, str routing_key, unsigned long message_count, bytes props, body,
                   unsigned long frame_max) -> bytes:
     """basic.get-ok with its content header and body frames."""
-    ex = _enc(exchange)
-    rk = _enc(routing_key)
-    cdef Py_ssize_t n = 4 + 8 + 1 + 1 + len(ex) + 1 + len(rk) + 4
-    payload = PyBytes_FromStringAndSize(NULL, n)
-    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(payload)
-    cdef Py_ssize_t off = 4
+    cdef list keep = []
+    cdef Py_ssize_t elen, rlen
+    cdef const char *e = _utf8(exchange, &elen, keep)
+    cdef const char *r = _utf8(routing_key, &rlen, keep)
+    cdef unsigned char *p
+    out = _content(channel, 4 + 8 + 1 + 1 + elen + 1 + rlen + 4, props, body, frame_max, &p)
     _put32(p, (60 << 16) | 71)
-    _put64(p + off, delivery_tag)
-    off += 8
-    p[off] = 1 if redelivered else 0
-    off += 1
-    off = _put_shortstr(p, off, ex)
-    off = _put_shortstr(p, off, rk)
+    _put64(p + 4, delivery_tag)
+    p[12] = 1 if redelivered else 0
+    cdef Py_ssize_t off = _put_str(p, 13, e, elen)
+    off = _put_str(p, off, r, rlen)
     _put32(p + off, message_count)
-    return _content(channel, props, body, frame_max, payload)
+    return out
 
 
 def encode_return(unsigned int channel, unsigned int reply_code, str reply_text, str exchange,
                   str routing_key, bytes props, body, unsigned long frame_max) -> bytes:
     """basic.return with its content header and body frames."""
-    txt = _enc(reply_text)
-    ex = _enc(exchange)
-    rk = _enc(routing_key)
-    cdef Py_ssize_t n = 4 + 2 + 1 + len(txt) + 1 + len(ex) + 1 + len(rk)
-    payload = PyBytes_FromStringAndSize(NULL, n)
-    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(payload)
-    cdef Py_ssize_t off = 6
+    cdef list keep = []
+    cdef Py_ssize_t tlen, elen, rlen
+    cdef const char *t = _utf8(reply_text, &tlen, keep)
+    cdef const char *e = _utf8(exchange, &elen, keep)
+    cdef const char *r = _utf8(routing_key, &rlen, keep)
+    cdef unsigned char *p
+    out = _content(channel, 4 + 2 + 1 + tlen + 1 + elen + 1 + rlen, props, body, frame_max, &p)
     _put32(p, (60 << 16) | 50)
     _put16(p + 4, reply_code)
-    off = _put_shortstr(p, off, txt)
-    off = _put_shortstr(p, off, ex)
-    _put_shortstr(p, off, rk)
-    return _content(channel, props, body, frame_max, payload)
+    cdef Py_ssize_t off = _put_str(p, 6, t, tlen)
+    off = _put_str(p, off, e, elen)
+    _put_str(p, off, r, rlen)
+    return out
 
 
 def encode_basic_ack(unsigned int channel, unsigned long long delivery_tag, bint multiple,
@@ -411,10 +425,3 @@ def encode_basic_ack(unsigned int channel, unsigned long long delivery_tag, bint
     p[19] = 1 if multiple else 0
     p[20] = FRAME_END
     return out
-
-
-cdef inline Py_ssize_t _put_shortstr(unsigned char *p, Py_ssize_t off, bytes s) noexcept:
-    cdef Py_ssize_t n = len(s)
-    p[off] = n
-    memcpy(p + off + 1, PyBytes_AS_STRING(s), n)
-    return off + 1 + n
