@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from mq.alarms import ResourceMonitor
+from mq.alarms import ResourceMonitor, release_free_memory
 from mq.amqp.connection import Connection
 from mq.broker.broker import Broker
 from mq.broker.errors import AMQPError, ConnectionForced
@@ -140,6 +140,8 @@ class Server:
             log.error("cannot start: %s", exc)
             raise SystemExit(f"mq: {exc}") from None
         self.broker.restore(store, recovered)
+        del recovered            # the queues hold what they need; free the rest now
+        release_free_memory()
         if load_access(self.broker, self.settings.data_dir):
             log.info("loaded users and permissions from %s", self.settings.data_dir)
         if self.settings.definitions:
