@@ -81,7 +81,10 @@ class ChannelConsumer:
         if ch.consumers.pop(self.tag, None) is None:
             return
         if ch.conn.capabilities.get("consumer_cancel_notify") and ch.state == "open":
-            ch.send(spec.Basic.Cancel(consumer_tag=self.tag, nowait=True))
+            if ch.held_cancels is not None:
+                ch.held_cancels.append(self.tag)
+            else:
+                ch.send(spec.Basic.Cancel(consumer_tag=self.tag, nowait=True))
 
 
 class Channel:
@@ -98,6 +101,8 @@ class Channel:
         self.unacked: dict[int, tuple[Entry, Queue, ChannelConsumer | None]] = {}
         self.prefetch = 0          # for consumers created from now on (global=false)
         self.global_prefetch = 0   # for the whole channel (global=true)
+        # consumer tags whose basic.cancel waits for this channel's queue.delete-ok
+        self.held_cancels: list[str] | None = None
         self.global_unacked = 0
         self.confirm = False
         self.publish_seq = 0
@@ -316,9 +321,17 @@ class Channel:
 
     def _queue_delete(self, m: Any) -> None:
         self._allow("configure", "queue", m.queue)
-        count = self.vhost.delete_queue(m.queue, m.if_unused, m.if_empty, owner=self.conn)
+        # RabbitMQ answers delete-ok before it tells this channel's consumers of the queue
+        # they are cancelled; py-amqp/kombu fail on the reverse order.
+        self.held_cancels = []
+        try:
+            count = self.vhost.delete_queue(m.queue, m.if_unused, m.if_empty, owner=self.conn)
+        finally:
+            held, self.held_cancels = self.held_cancels, None
         if not m.nowait:
             self.send(spec.Queue.DeleteOk(message_count=count))
+        for tag in held:
+            self.send(spec.Basic.Cancel(consumer_tag=tag, nowait=True))
 
     # ---- publishing ---------------------------------------------------------------------
 
