@@ -12,7 +12,10 @@ import (
 // dial opens a connection whose writes are coalesced (see batchConn).
 func dial(url string) (*amqp.Connection, error) {
 	return amqp.DialConfig(url, amqp.Config{
-		Heartbeat: 10 * time.Second,
+		// amqp091-go drops a connection that reads nothing for 1.5 heartbeat
+		// intervals; a broker busy paging a backlog to disk (RabbitMQ in S8)
+		// can stay silent that long. Runs are bounded anyway, so ask for a long one.
+		Heartbeat: 10 * time.Minute,
 		Locale:    "en_US",
 		Dial: func(network, addr string) (net.Conn, error) {
 			c, err := net.DialTimeout(network, addr, 10*time.Second)
