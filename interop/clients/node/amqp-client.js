@@ -3,72 +3,25 @@
 const { AMQPClient } = require('@cloudamqp/amqp-client');
 const c = require('./common');
 
-const PROPS = {
-  content_type: 'contentType', content_encoding: 'contentEncoding', delivery_mode: 'deliveryMode',
-  priority: 'priority', correlation_id: 'correlationId', reply_to: 'replyTo', expiration: 'expiration',
-  message_id: 'messageId', timestamp: 'timestamp', type: 'type', user_id: 'userId', app_id: 'appId',
-};
-
 // The library picks field types from JS types: it has no way to send a decimal, and writes a
 // non-integer number as a 32-bit float.
 const UNSUPPORTED = new Set(['decimal']);
+const SPECIAL = { long: (value) => BigInt(value), timestamp: (value) => new Date(value * 1000) };
 
-function toNative({ type, value }) {
-  switch (type) {
-    case 'long': return BigInt(value);
-    case 'timestamp': return new Date(value * 1000);
-    case 'bytes': return Buffer.from(value, 'hex');
-    case 'void': return null;
-    case 'table': return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, toNative(v)]));
-    case 'array': return value.map(toNative);
-    default: return value;
-  }
-}
+// The library leaves an empty body undefined.
+function bodyOf(msg) { return msg.body || Buffer.alloc(0); }
 
-function received(msg) {
-  const props = {};
-  for (const [ours, theirs] of Object.entries(PROPS)) props[ours] = msg.properties[theirs];
-  if (props.timestamp instanceof Date) props.timestamp = Math.floor(props.timestamp.getTime() / 1000);
-  return c.message(msg.body || Buffer.alloc(0), props, msg.properties.headers,
-    { redelivered: msg.redelivered, exchange: msg.exchange, routingKey: msg.routingKey });
-}
-
-class Driver {
+class Driver extends c.Driver {
   constructor(url) {
-    this.url = url;
-    this.conns = {};
-    this.chans = {};
-    this.consumers = {};
-    this.returned = [];
+    super(url);
     this.confirms = {}; // channel name -> publish promises
   }
 
-  ch(step) { return this.chans[step.ch || 'ch']; }
-
-  async op_connect(step) {
-    let url = step.url || this.url;
-    if ('heartbeat' in step) url = c.withQuery(url, 'heartbeat', step.heartbeat);
-    const until = Date.now() + (step.retry_for || 0) * 1000;
-    for (;;) {
-      try {
-        const conn = await new AMQPClient(url).connect();
-        this.conns[step.conn || 'c'] = conn;
-        return;
-      } catch (err) {
-        if (Date.now() > until) throw err;
-        await c.sleep(500);
-      }
-    }
-  }
-
-  async op_close(step) { await this.conns[step.conn || 'c'].close(); }
+  async op_connect(step) { await this.connect(step, (url) => new AMQPClient(url).connect()); }
 
   async op_channel(step) {
-    const ch = await this.conns[step.conn || 'c'].channel();
-    ch.onReturn = (msg) => this.returned.push({
-      reply_code: msg.replyCode, exchange: msg.exchange, routing_key: msg.routingKey,
-      body: c.describeBody(msg.body || Buffer.alloc(0)),
-    });
+    const ch = await this.conn(step).channel();
+    ch.onReturn = (msg) => this.recordReturn(msg.replyCode, msg.exchange, msg.routingKey, bodyOf(msg));
     this.chans[step.ch || 'ch'] = ch;
   }
 
@@ -101,26 +54,15 @@ class Driver {
   }
 
   async op_publish(step) {
-    const props = {};
-    const unsent = [];
-    for (const [k, v] of Object.entries(step.props || {})) {
-      if (k === 'headers') {
-        props.headers = {};
-        for (const [h, x] of Object.entries(v)) {
-          if (UNSUPPORTED.has(x.type)) unsent.push(h);
-          else props.headers[h] = toNative(x);
-        }
-      } else {
-        props[PROPS[k]] = k === 'timestamp' ? new Date(v * 1000) : v;
-      }
-    }
+    const { props, unsent } = c.properties(step.props, SPECIAL, UNSUPPORTED);
+    if ('timestamp' in props) props.timestamp = new Date(props.timestamp * 1000);
     // In confirm mode the promise settles with the broker's ack; otherwise once written.
     const done = this.ch(step).basicPublish(step.exchange, step.routing_key, c.makeBody(step.body), props,
       !!step.mandatory);
     const pending = this.confirms[step.ch || 'ch'];
     if (pending) pending.push(done.catch((e) => e));
     else await done;
-    return unsent.length ? { unsent: unsent.sort() } : 'ok';
+    return c.sent(unsent);
   }
 
   async op_wait_confirms(step) {
@@ -129,35 +71,22 @@ class Driver {
     return failed.length ? `${failed.length} failed: ${failed[0].message}` : 'ok';
   }
 
-  async op_returns(step) {
-    await c.waitFor(() => this.returned.length >= step.count, step.timeout || 5);
-    await c.sleep((step.settle || 0) * 1000);
-    return [...this.returned];
-  }
+  fetch(ch, queue, noAck) { return ch.basicGet(queue, { noAck }); }
 
-  async op_get(step) {
-    const ch = this.ch(step);
-    const ack = step.ack || 'ack';
-    const until = Date.now() + (step.wait || 0) * 1000;
-    let msg;
-    while (!(msg = await ch.basicGet(step.queue, { noAck: ack === 'noack' }))) {
-      if (Date.now() > until) return 'empty';
-      await c.sleep(50);
-    }
+  async settle(ch, msg, ack) {
     if (ack === 'ack') await msg.ack();
     else if (ack === 'reject') await msg.reject(false);
     else if (ack === 'nack') await msg.nack(false);
-    return received(msg);
   }
 
-  async op_get_all(step) {
-    const out = [];
-    for (;;) {
-      const msg = await this.op_get({ ...step, wait: 0 });
-      if (msg === 'empty') return out;
-      out.push(msg.body);
-    }
+  received(msg) {
+    const props = c.propsOf(msg.properties);
+    if (props.timestamp instanceof Date) props.timestamp = Math.floor(props.timestamp.getTime() / 1000);
+    return c.message(bodyOf(msg), props, msg.properties.headers,
+      { redelivered: msg.redelivered, exchange: msg.exchange, routingKey: msg.routingKey });
   }
+
+  deliveredBody(msg) { return bodyOf(msg); }
 
   async op_consume(step) {
     const log = { msgs: [], next: 0, cancelled: false };
@@ -168,27 +97,12 @@ class Driver {
     log.consumer.wait().catch(() => { log.cancelled = true; });
   }
 
-  async op_deliveries(step) {
-    const log = this.consumers[step.tag];
-    await c.waitFor(() => log.msgs.length >= step.count, step.timeout || 5);
-    await c.sleep((step.settle || 0) * 1000);
-    return log.msgs.map((m) => c.describeBody(m.body || Buffer.alloc(0)));
-  }
-
   async op_ack(step) {
     const log = this.consumers[step.tag];
     await log.msgs[log.next++].ack();
   }
 
   async op_cancel(step) { await this.consumers[step.tag].consumer.cancel(); }
-
-  async op_cancelled(step) {
-    const log = this.consumers[step.tag];
-    await c.waitFor(() => log.cancelled, step.timeout || 5);
-    return log.cancelled;
-  }
-
-  async op_sleep(step) { await c.sleep(step.seconds * 1000); }
 
   async op_sync(step) { await this.ch(step).exchangeDeclare('amq.direct', 'direct', { passive: true }); }
 }

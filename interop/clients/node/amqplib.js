@@ -3,26 +3,13 @@
 const amqp = require('amqplib');
 const c = require('./common');
 
-const PROPS = {
-  content_type: 'contentType', content_encoding: 'contentEncoding', delivery_mode: 'deliveryMode',
-  priority: 'priority', correlation_id: 'correlationId', reply_to: 'replyTo', expiration: 'expiration',
-  message_id: 'messageId', timestamp: 'timestamp', type: 'type', user_id: 'userId', app_id: 'appId',
+// What amqplib encodes as these field types: {'!': type} picks the exotic ones.
+const SPECIAL = {
+  long: (value) => ({ '!': 'long', value }),
+  float: (value) => ({ '!': 'double', value }),
+  decimal: (value) => ({ '!': 'decimal', value: c.parseDecimal(value) }),
+  timestamp: (value) => ({ '!': 'timestamp', value }),
 };
-
-// Typed script value -> what amqplib encodes as that field type ({'!': type} picks exotic ones).
-function toNative({ type, value }) {
-  switch (type) {
-    case 'long': return { '!': 'long', value };
-    case 'float': return { '!': 'double', value };
-    case 'decimal': return { '!': 'decimal', value: c.parseDecimal(value) };
-    case 'timestamp': return { '!': 'timestamp', value };
-    case 'bytes': return Buffer.from(value, 'hex');
-    case 'void': return null;
-    case 'table': return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, toNative(v)]));
-    case 'array': return value.map(toNative);
-    default: return value;
-  }
-}
 
 // amqplib decodes timestamps and decimals as {'!': type, value}.
 function special(v) {
@@ -33,55 +20,29 @@ function special(v) {
   return null;
 }
 
-function received(msg) {
-  const props = {};
-  for (const [ours, theirs] of Object.entries(PROPS)) props[ours] = msg.properties[theirs];
-  return c.message(msg.content, props, msg.properties.headers, msg.fields, special);
-}
-
-class Driver {
-  constructor(url) {
-    this.url = url;
-    this.conns = {};
-    this.chans = {};       // name -> {ch, closed}
-    this.consumers = {};   // tag -> {entry, msgs, next, cancelled}
-    this.returned = [];
-  }
-
+class Driver extends c.Driver {
+  // chans hold {ch, closed, conn}: the channel, the broker's close reason, its connection's name.
   ch(step) {
-    const entry = this.chans[step.ch || 'ch'];
+    const entry = super.ch(step);
     if (entry.closed) throw entry.closed; // the broker's channel.close, as the 'error' event gave it
     return entry.ch;
   }
 
   async op_connect(step) {
-    let url = step.url || this.url;
-    if ('heartbeat' in step) url = c.withQuery(url, 'heartbeat', step.heartbeat);
-    const until = Date.now() + (step.retry_for || 0) * 1000;
-    for (;;) {
-      try {
-        const conn = await amqp.connect(url, { timeout: 15000 });
-        conn.on('error', () => {});
-        this.conns[step.conn || 'c'] = conn;
-        return;
-      } catch (err) {
-        if (Date.now() > until) throw err;
-        await c.sleep(500);
-      }
-    }
+    await this.connect(step, async (url) => {
+      const conn = await amqp.connect(url, { timeout: 15000 });
+      conn.on('error', () => {});
+      return conn;
+    });
   }
 
-  async op_close(step) { await this.conns[step.conn || 'c'].close(); }
-
   async openChannel(step, confirm) {
-    const conn = this.conns[step.conn || 'c'];
+    const conn = this.conn(step);
     const ch = confirm ? await conn.createConfirmChannel() : await conn.createChannel();
     const entry = { ch, closed: null, conn: step.conn || 'c' };
     ch.on('error', (err) => { entry.closed = err; });
-    ch.on('return', (msg) => this.returned.push({
-      reply_code: msg.fields.replyCode, exchange: msg.fields.exchange,
-      routing_key: msg.fields.routingKey, body: c.describeBody(msg.content),
-    }));
+    ch.on('return', (msg) => this.recordReturn(msg.fields.replyCode, msg.fields.exchange,
+      msg.fields.routingKey, msg.content));
     this.chans[step.ch || 'ch'] = entry;
   }
 
@@ -121,17 +82,10 @@ class Driver {
   async op_qos(step) { await this.ch(step).prefetch(step.prefetch); }
 
   async op_publish(step) {
-    const ch = this.ch(step);
-    const options = { mandatory: !!step.mandatory };
-    for (const [k, v] of Object.entries(step.props || {})) {
-      if (k === 'headers') {
-        options.headers = Object.fromEntries(Object.entries(v).map(([h, x]) => [h, toNative(x)]));
-      } else {
-        options[PROPS[k]] = v;
-      }
-    }
-    ch.publish(step.exchange, step.routing_key, c.makeBody(step.body), options, () => {});
-    return 'ok';
+    const { props, unsent } = c.properties(step.props, SPECIAL);
+    this.ch(step).publish(step.exchange, step.routing_key, c.makeBody(step.body),
+      { mandatory: !!step.mandatory, ...props }, () => {});
+    return c.sent(unsent);
   }
 
   async op_wait_confirms(step) {
@@ -139,35 +93,19 @@ class Driver {
     return 'ok';
   }
 
-  async op_returns(step) {
-    await c.waitFor(() => this.returned.length >= step.count, step.timeout || 5);
-    await c.sleep((step.settle || 0) * 1000);
-    return [...this.returned];
-  }
+  fetch(ch, queue, noAck) { return ch.get(queue, { noAck }); }
 
-  async op_get(step) {
-    const ch = this.ch(step);
-    const ack = step.ack || 'ack';
-    const until = Date.now() + (step.wait || 0) * 1000;
-    let msg;
-    while (!(msg = await ch.get(step.queue, { noAck: ack === 'noack' }))) {
-      if (Date.now() > until) return 'empty';
-      await c.sleep(50);
-    }
+  settle(ch, msg, ack) {
     if (ack === 'ack') ch.ack(msg);
     else if (ack === 'reject') ch.reject(msg, false);
     else if (ack === 'nack') ch.nack(msg, false, false);
-    return received(msg);
   }
 
-  async op_get_all(step) {
-    const out = [];
-    for (;;) {
-      const msg = await this.op_get({ ...step, wait: 0 });
-      if (msg === 'empty') return out;
-      out.push(msg.body);
-    }
+  received(msg) {
+    return c.message(msg.content, c.propsOf(msg.properties), msg.properties.headers, msg.fields, special);
   }
+
+  deliveredBody(msg) { return msg.content; }
 
   async op_consume(step) {
     const ch = this.ch(step);
@@ -179,27 +117,12 @@ class Driver {
     }, { noAck: !!step.no_ack, consumerTag: step.tag });
   }
 
-  async op_deliveries(step) {
-    const log = this.consumers[step.tag];
-    await c.waitFor(() => log.msgs.length >= step.count, step.timeout || 5);
-    await c.sleep((step.settle || 0) * 1000);
-    return log.msgs.map((m) => c.describeBody(m.content));
-  }
-
   async op_ack(step) {
     const log = this.consumers[step.tag];
     log.ch.ack(log.msgs[log.next++]);
   }
 
   async op_cancel(step) { await this.consumers[step.tag].ch.cancel(step.tag); }
-
-  async op_cancelled(step) {
-    const log = this.consumers[step.tag];
-    await c.waitFor(() => log.cancelled, step.timeout || 5);
-    return log.cancelled;
-  }
-
-  async op_sleep(step) { await c.sleep(step.seconds * 1000); }
 
   async op_sync(step) {
     try {

@@ -1,5 +1,5 @@
-// Shared by the node drivers: the script loop, bodies, and the typed report of header values.
-// Same protocol as the Python drivers (see ../PROTOCOL.md).
+// Shared by the node drivers: the script loop, bodies, typed header values, and a base Driver
+// with every operation that only waits or polls. Same protocol as the Python drivers (see ../PROTOCOL.md).
 'use strict';
 const crypto = require('node:crypto');
 
@@ -38,6 +38,53 @@ function fromNative(v, special) {
   const out = {};
   for (const [k, x] of Object.entries(v)) out[k] = fromNative(x, special);
   return typed('table', out);
+}
+
+// Typed script value -> what the library encodes as that type; `special` maps the types a
+// library takes in its own shape (type -> function of the value).
+function toNative({ type, value }, special) {
+  if (type in special) return special[type](value);
+  switch (type) {
+    case 'bytes': return Buffer.from(value, 'hex');
+    case 'void': return null;
+    case 'table': return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, toNative(v, special)]));
+    case 'array': return value.map((v) => toNative(v, special));
+    default: return value;
+  }
+}
+
+// Script property names -> the camelCase names both libraries use.
+const PROPS = {
+  content_type: 'contentType', content_encoding: 'contentEncoding', delivery_mode: 'deliveryMode',
+  priority: 'priority', correlation_id: 'correlationId', reply_to: 'replyTo', expiration: 'expiration',
+  message_id: 'messageId', timestamp: 'timestamp', type: 'type', user_id: 'userId', app_id: 'appId',
+};
+
+// A publish step's properties in the library's names, leaving out (and naming) the header types
+// in `unsupported`.
+function properties(props, special, unsupported = new Set()) {
+  const out = {};
+  const unsent = [];
+  for (const [k, v] of Object.entries(props || {})) {
+    if (k !== 'headers') {
+      out[PROPS[k]] = v;
+      continue;
+    }
+    out.headers = {};
+    for (const [h, x] of Object.entries(v)) {
+      if (unsupported.has(x.type)) unsent.push(h);
+      else out.headers[h] = toNative(x, special);
+    }
+  }
+  return { props: out, unsent };
+}
+
+// A publish's result: 'ok', or which headers the library could not express.
+function sent(unsent) { return unsent.length ? { unsent: unsent.sort() } : 'ok'; }
+
+// A received message's properties under the script's names.
+function propsOf(properties) {
+  return Object.fromEntries(Object.entries(PROPS).map(([ours, theirs]) => [ours, properties[theirs]]));
 }
 
 // Decimal digits with `places` decimals, as Python's str(Decimal) writes them.
@@ -91,6 +138,90 @@ function withQuery(url, key, value) {
 }
 
 class Unsupported extends Error {}
+
+// Named connections, channels and consumers, and the operations that only wait or poll. A driver
+// adds its library's calls, and for get steps: fetch (one basic.get, falsy when empty),
+// settle (ack/reject/nack as asked), received (the report) and deliveredBody (a delivery's bytes).
+class Driver {
+  constructor(url) {
+    this.url = url;
+    this.conns = {};
+    this.chans = {};
+    this.consumers = {}; // tag -> {msgs, next, cancelled, ...}
+    this.returned = [];
+  }
+
+  conn(step) { return this.conns[step.conn || 'c']; }
+
+  ch(step) { return this.chans[step.ch || 'ch']; }
+
+  // Open the step's connection with attempt(url), retrying refused connects for retry_for seconds.
+  async connect(step, attempt) {
+    let url = step.url || this.url;
+    if ('heartbeat' in step) url = withQuery(url, 'heartbeat', step.heartbeat);
+    const until = Date.now() + (step.retry_for || 0) * 1000;
+    for (;;) {
+      try {
+        this.conns[step.conn || 'c'] = await attempt(url);
+        return;
+      } catch (err) {
+        if (Date.now() > until) throw err;
+        await sleep(500);
+      }
+    }
+  }
+
+  recordReturn(replyCode, exchange, routingKey, body) {
+    this.returned.push({
+      reply_code: replyCode, exchange, routing_key: routingKey, body: describeBody(body),
+    });
+  }
+
+  async op_close(step) { await this.conn(step).close(); }
+
+  async op_returns(step) {
+    await waitFor(() => this.returned.length >= step.count, step.timeout || 5);
+    await sleep((step.settle || 0) * 1000);
+    return [...this.returned];
+  }
+
+  async op_get(step) {
+    const ch = this.ch(step);
+    const ack = step.ack || 'ack';
+    const until = Date.now() + (step.wait || 0) * 1000;
+    let msg;
+    while (!(msg = await this.fetch(ch, step.queue, ack === 'noack'))) {
+      if (Date.now() > until) return 'empty';
+      await sleep(50);
+    }
+    await this.settle(ch, msg, ack);
+    return this.received(msg);
+  }
+
+  async op_get_all(step) {
+    const out = [];
+    for (;;) {
+      const msg = await this.op_get({ ...step, wait: 0 });
+      if (msg === 'empty') return out;
+      out.push(msg.body);
+    }
+  }
+
+  async op_deliveries(step) {
+    const log = this.consumers[step.tag];
+    await waitFor(() => log.msgs.length >= step.count, step.timeout || 5);
+    await sleep((step.settle || 0) * 1000);
+    return log.msgs.map((m) => describeBody(this.deliveredBody(m)));
+  }
+
+  async op_cancelled(step) {
+    const log = this.consumers[step.tag];
+    await waitFor(() => log.cancelled, step.timeout || 5);
+    return log.cancelled;
+  }
+
+  async op_sleep(step) { await sleep(step.seconds * 1000); }
+}
 
 // The step in progress, so a driver whose event loop drains mid-step can say where it stopped.
 const progress = { step: -1, op: null, observed: null };
@@ -159,6 +290,6 @@ function main(makeDriver) {
 }
 
 module.exports = {
-  makeBody, describeBody, fromNative, decimalString, parseDecimal, message, errorCode, sleep, waitFor,
-  withQuery, Unsupported, main, typed,
+  describeBody, fromNative, decimalString, parseDecimal, message, makeBody, properties, sent, propsOf, typed,
+  sleep, Driver, main,
 };

@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import aio_pika
 from aio_pika.exceptions import DeliveryError
 
-from .aiormq_driver import with_query
-from .common import ConsumerLog, Driver, deadline, main, message, native_headers, sent, timestamp_of
-
-Step = dict[str, Any]
+from .common import (ClientDriver, ConsumerLog, Step, exchange_flags, main, message, native_headers,
+                     queue_flags, sent, timestamp_of)
 
 
 def received(m: aio_pika.abc.AbstractIncomingMessage) -> dict[str, Any]:
@@ -25,45 +22,32 @@ def received(m: aio_pika.abc.AbstractIncomingMessage) -> dict[str, Any]:
                    exchange=m.exchange or "", routing_key=m.routing_key or "")
 
 
-class AioPika(Driver):
+class AioPika(ClientDriver):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.close_reasons: dict[str, BaseException] = {}  # per channel name, from its close callback
+
     def _ch(self, step: Step) -> aio_pika.abc.AbstractChannel:
         name = step.get("ch", "ch")
         if name in self.close_reasons:
             raise self.close_reasons[name]  # the broker's close (e.g. 404), as the callback saw it
         return self.chans[name]
 
-    close_reasons: dict[str, BaseException]
-
     async def op_connect(self, step: Step) -> None:
-        url = step.get("url", self.url)
-        if "heartbeat" in step:
-            url = with_query(url, heartbeat=step["heartbeat"])
-        until = deadline(step.get("retry_for", 0))
-        while True:
-            try:
-                conn = await aio_pika.connect(url, timeout=15)
-                break
-            except (OSError, aio_pika.exceptions.AMQPConnectionError):
-                if time.monotonic() > until:
-                    raise
-                await asyncio.sleep(0.5)
-        self.conns[step.get("conn", "c")] = conn
+        url = self._url(step)
+        await self._connect(step, lambda: aio_pika.connect(url, timeout=15),
+                            (OSError, aio_pika.exceptions.AMQPConnectionError))
 
     async def op_close(self, step: Step) -> None:
-        await self.conns[step.get("conn", "c")].close()
+        await self._conn(step).close()
 
     async def op_channel(self, step: Step) -> None:
         # The default channel confirms publishes; a mandatory publish that comes back raises.
-        ch = await self.conns[step.get("conn", "c")].channel(on_return_raises=True)
-
-        def on_cancel(frame: Any) -> None:
-            if frame.consumer_tag in self.consumers:
-                self.consumers[frame.consumer_tag].cancelled = True
-
+        ch = await self._conn(step).channel(on_return_raises=True)
         # aio-pika has no public hook for the broker's basic.cancel; the aiormq channel has.
-        (await ch.get_underlay_channel()).on_consumer_cancel_callbacks.add(on_cancel)
+        (await ch.get_underlay_channel()).on_consumer_cancel_callbacks.add(
+            lambda frame: self.consumer_cancelled(frame.consumer_tag))
         name = step.get("ch", "ch")
-        self.close_reasons = getattr(self, "close_reasons", {})
 
         def on_close(_ch: Any, exc: BaseException | None = None) -> None:
             if isinstance(exc, Exception):
@@ -74,19 +58,13 @@ class AioPika(Driver):
 
     async def op_exchange_declare(self, step: Step) -> None:
         await self._ch(step).declare_exchange(step["exchange"], step.get("type", "direct"),
-                                              passive=step.get("passive", False),
-                                              durable=step.get("durable", False),
-                                              auto_delete=step.get("auto_delete", False))
+                                              **exchange_flags(step))
 
     async def op_exchange_delete(self, step: Step) -> None:
         await self._ch(step).exchange_delete(step["exchange"])
 
     async def op_queue_declare(self, step: Step) -> dict[str, int]:
-        q = await self._ch(step).declare_queue(step["queue"], passive=step.get("passive", False),
-                                               durable=step.get("durable", False),
-                                               exclusive=step.get("exclusive", False),
-                                               auto_delete=step.get("auto_delete", False),
-                                               arguments=step.get("args"))
+        q = await self._ch(step).declare_queue(step["queue"], **queue_flags(step))
         ok = q.declaration_result
         return {"messages": ok.message_count, "consumers": ok.consumer_count}
 
@@ -120,42 +98,20 @@ class AioPika(Driver):
         try:
             await exchange.publish(msg, step["routing_key"], mandatory=step.get("mandatory", False))
         except DeliveryError as e:  # how aio-pika reports a basic.return
-            self.returned.append({"reply_code": e.frame.reply_code, "exchange": e.frame.exchange,
-                                  "routing_key": e.frame.routing_key,
-                                  "body": message(e.message.body, {}, None)["body"]})
+            self.record_return(e.frame.reply_code, e.frame.exchange, e.frame.routing_key, e.message.body)
         return sent(unsent)
 
-    async def op_wait_confirms(self, step: Step) -> str:
-        return "ok"  # each publish awaited its confirm
-
-    async def op_returns(self, step: Step) -> list[dict[str, Any]]:
-        until = deadline(step.get("timeout", 5))
-        while len(self.returned) < step["count"] and time.monotonic() < until:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(step.get("settle", 0))
-        return list(self.returned)
-
-    async def op_get(self, step: Step) -> Any:
+    async def _fetch(self, step: Step, no_ack: bool) -> Callable[[], Awaitable[Any]]:
         queue = await self._queue(step)
-        ack = step.get("ack", "ack")
-        until = deadline(step.get("wait", 0))
-        while (m := await queue.get(no_ack=(ack == "noack"), fail=False)) is None:
-            if time.monotonic() > until:
-                return "empty"
-            await asyncio.sleep(0.05)
-        if ack == "ack":
-            await m.ack()
-        elif ack == "reject":
-            await m.reject(requeue=False)
-        elif ack == "nack":
-            await m.nack(requeue=False)
-        return received(m)
+        return lambda: queue.get(no_ack=no_ack, fail=False)
 
-    async def op_get_all(self, step: Step) -> list[Any]:
-        out = []
-        while (msg := await self.op_get({**step, "wait": 0})) != "empty":
-            out.append(msg["body"])
-        return out
+    async def _fetched(self, step: Step, got: aio_pika.abc.AbstractIncomingMessage,
+                       ack: str) -> dict[str, Any]:
+        if ack == "ack":
+            await got.ack()
+        elif ack in ("reject", "nack"):
+            await getattr(got, ack)(requeue=False)
+        return received(got)
 
     async def op_consume(self, step: Step) -> None:
         queue = await self._queue(step)
@@ -166,29 +122,11 @@ class AioPika(Driver):
 
         await queue.consume(on_message, no_ack=step.get("no_ack", False), consumer_tag=step["tag"])
 
-    async def op_deliveries(self, step: Step) -> list[Any]:
-        log = self.consumers[step["tag"]]
-        until = deadline(step.get("timeout", 5))
-        while len(log.bodies) < step["count"] and time.monotonic() < until:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(step.get("settle", 0))
-        return log.snapshot()
-
     async def op_ack(self, step: Step) -> None:
         await self.consumers[step["tag"]].take_unacked().ack()
 
     async def op_cancel(self, step: Step) -> None:
         await self.consumers[step["tag"]].channel.cancel(step["tag"])  # channel holds the queue
-
-    async def op_cancelled(self, step: Step) -> bool:
-        log = self.consumers[step["tag"]]
-        until = deadline(step.get("timeout", 5))
-        while not log.cancelled and time.monotonic() < until:
-            await asyncio.sleep(0.05)
-        return log.cancelled
-
-    async def op_sleep(self, step: Step) -> None:
-        await asyncio.sleep(step["seconds"])
 
     async def op_sync(self, step: Step) -> None:
         try:

@@ -2,22 +2,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from typing import Any, Awaitable, Callable
 
 import aiormq
 from pamqp import commands as spec
 
-from .common import ConsumerLog, Driver, deadline, main, message, native_headers, sent, to_native
-
-Step = dict[str, Any]
-
-
-def with_query(url: str, **query: Any) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(query=urlencode(query)))
+from .common import (ClientDriver, ConsumerLog, Step, declare_ok, exchange_flags, main, message,
+                     native_headers, queue_flags, sent, settle, to_native)
 
 
 def props_of(p: spec.Basic.Properties) -> dict[str, Any]:
@@ -33,66 +25,44 @@ def received(m: Any) -> dict[str, Any]:
                    exchange=m.exchange or "", routing_key=m.routing_key or "")
 
 
-class Aiormq(Driver):
+class Aiormq(ClientDriver):
     def _ch(self, step: Step) -> Any:
-        ch = self.chans[step.get("ch", "ch")]
+        ch = super()._ch(step)
         reason = getattr(ch, "_close_exception", None)
         if ch.is_closed and reason is not None:
             raise reason  # the broker's channel.close (e.g. 404), not just "channel is closed"
         return ch
 
     async def op_connect(self, step: Step) -> None:
-        url = step.get("url", self.url)
-        if "heartbeat" in step:
-            url = with_query(url, heartbeat=step["heartbeat"])
-        until = deadline(step.get("retry_for", 0))
-        while True:
+        url = self._url(step)
+
+        async def attempt() -> aiormq.Connection:
             conn = aiormq.Connection(url)
-            try:
-                await asyncio.wait_for(conn.connect(), 15)
-                break
-            except (OSError, aiormq.exceptions.AMQPConnectionError):
-                if time.monotonic() > until:
-                    raise
-                await asyncio.sleep(0.5)
-        self.conns[step.get("conn", "c")] = conn
+            await asyncio.wait_for(conn.connect(), 15)
+            return conn
+        await self._connect(step, attempt, (OSError, aiormq.exceptions.AMQPConnectionError))
 
     async def op_close(self, step: Step) -> None:
-        await self.conns[step.get("conn", "c")].close()
+        await self._conn(step).close()
 
     async def op_channel(self, step: Step) -> None:
         # aiormq's default channel has publisher confirms on; returns are matched to a publish
         # by message_id and reported only on such channels.
-        ch = await self.conns[step.get("conn", "c")].channel(on_return_raises=False)
-
-        def on_return(m: Any) -> None:
-            self.returned.append({"reply_code": m.delivery.reply_code, "exchange": m.delivery.exchange,
-                                  "routing_key": m.delivery.routing_key, "body": received(m)["body"]})
-
-        def on_cancel(frame: Any) -> None:
-            if frame.consumer_tag in self.consumers:
-                self.consumers[frame.consumer_tag].cancelled = True
-
-        ch.on_return_callbacks.add(on_return)
-        ch.on_consumer_cancel_callbacks.add(on_cancel)
+        ch = await self._conn(step).channel(on_return_raises=False)
+        ch.on_return_callbacks.add(lambda m: self.record_return(
+            m.delivery.reply_code, m.delivery.exchange, m.delivery.routing_key, m.body))
+        ch.on_consumer_cancel_callbacks.add(lambda frame: self.consumer_cancelled(frame.consumer_tag))
         self.chans[step.get("ch", "ch")] = ch
 
     async def op_exchange_declare(self, step: Step) -> None:
         await self._ch(step).exchange_declare(step["exchange"], exchange_type=step.get("type", "direct"),
-                                              passive=step.get("passive", False),
-                                              durable=step.get("durable", False),
-                                              auto_delete=step.get("auto_delete", False))
+                                              **exchange_flags(step))
 
     async def op_exchange_delete(self, step: Step) -> None:
         await self._ch(step).exchange_delete(step["exchange"])
 
     async def op_queue_declare(self, step: Step) -> dict[str, int]:
-        ok = await self._ch(step).queue_declare(step["queue"], passive=step.get("passive", False),
-                                                durable=step.get("durable", False),
-                                                exclusive=step.get("exclusive", False),
-                                                auto_delete=step.get("auto_delete", False),
-                                                arguments=step.get("args"))
-        return {"messages": ok.message_count, "consumers": ok.consumer_count}
+        return declare_ok(await self._ch(step).queue_declare(step["queue"], **queue_flags(step)))
 
     async def op_queue_bind(self, step: Step) -> None:
         await self._ch(step).queue_bind(step["queue"], step["exchange"], step.get("routing_key", ""),
@@ -123,40 +93,18 @@ class Aiormq(Driver):
                                            mandatory=step.get("mandatory", False))
         return sent(unsent)
 
-    async def op_wait_confirms(self, step: Step) -> str:
-        return "ok"
-
-    async def op_returns(self, step: Step) -> list[dict[str, Any]]:
-        until = deadline(step.get("timeout", 5))
-        while len(self.returned) < step["count"] and time.monotonic() < until:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(step.get("settle", 0))
-        return list(self.returned)
-
-    async def op_get(self, step: Step) -> Any:
+    async def _fetch(self, step: Step, no_ack: bool) -> Callable[[], Awaitable[Any]]:
         ch = self._ch(step)
-        ack = step.get("ack", "ack")
-        until = deadline(step.get("wait", 0))
-        while True:
-            m = await ch.basic_get(step["queue"], no_ack=(ack == "noack"))
-            if isinstance(m.delivery, spec.Basic.GetOk):
-                break
-            if time.monotonic() > until:
-                return "empty"
-            await asyncio.sleep(0.05)
-        if ack == "ack":
-            await ch.basic_ack(m.delivery_tag)
-        elif ack == "reject":
-            await ch.basic_reject(m.delivery_tag, requeue=False)
-        elif ack == "nack":
-            await ch.basic_nack(m.delivery_tag, requeue=False)
-        return received(m)
 
-    async def op_get_all(self, step: Step) -> list[Any]:
-        out = []
-        while (msg := await self.op_get({**step, "wait": 0})) != "empty":
-            out.append(msg["body"])
-        return out
+        async def fetch() -> Any:
+            m = await ch.basic_get(step["queue"], no_ack=no_ack)
+            return m if isinstance(m.delivery, spec.Basic.GetOk) else None
+        return fetch
+
+    async def _fetched(self, step: Step, got: Any, ack: str) -> dict[str, Any]:
+        if (pending := settle(self._ch(step), got.delivery_tag, ack)) is not None:
+            await pending
+        return received(got)
 
     async def op_consume(self, step: Step) -> None:
         ch = self._ch(step)
@@ -168,30 +116,12 @@ class Aiormq(Driver):
         await ch.basic_consume(step["queue"], on_message, no_ack=step.get("no_ack", False),
                                consumer_tag=step["tag"])
 
-    async def op_deliveries(self, step: Step) -> list[Any]:
-        log = self.consumers[step["tag"]]
-        until = deadline(step.get("timeout", 5))
-        while len(log.bodies) < step["count"] and time.monotonic() < until:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(step.get("settle", 0))
-        return log.snapshot()
-
     async def op_ack(self, step: Step) -> None:
         log = self.consumers[step["tag"]]
         await log.channel.basic_ack(log.take_unacked())
 
     async def op_cancel(self, step: Step) -> None:
         await self.consumers[step["tag"]].channel.basic_cancel(step["tag"])
-
-    async def op_cancelled(self, step: Step) -> bool:
-        log = self.consumers[step["tag"]]
-        until = deadline(step.get("timeout", 5))
-        while not log.cancelled and time.monotonic() < until:
-            await asyncio.sleep(0.05)
-        return log.cancelled
-
-    async def op_sleep(self, step: Step) -> None:
-        await asyncio.sleep(step["seconds"])  # the library's reader answers heartbeats meanwhile
 
     async def op_sync(self, step: Step) -> None:
         await self._ch(step).exchange_declare("amq.direct", exchange_type="direct", passive=True)

@@ -7,9 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
-from .common import Driver, main
-
-Step = dict[str, Any]
+from .common import Driver, Step, main
 
 
 class CeleryDriver(Driver):

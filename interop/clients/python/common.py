@@ -1,7 +1,8 @@
 """What every Python driver shares: reading the script, the step loop, value conversions.
 
 A driver is a class with one method per script operation (``op_connect`` ...), sync or
-async. The loop saves each result under the step's ``save`` key; an exception becomes
+async; ``Driver`` holds the operations that only wait or poll, so each driver keeps just its
+library's calls. The loop saves each result under the step's ``save`` key; an exception becomes
 ``{"error": code}`` there (or, for a step without ``save``, ends the script as ``_abort``).
 """
 from __future__ import annotations
@@ -15,9 +16,12 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from interop.bodies import describe_body, make_body
+
+Step = dict[str, Any]
 
 PROPERTY_NAMES = ("content_type", "content_encoding", "delivery_mode", "priority", "correlation_id",
                   "reply_to", "expiration", "message_id", "timestamp", "type", "user_id", "app_id")
@@ -155,6 +159,48 @@ def error_code(exc: BaseException) -> Any:
     return "closed" if "Closed" in name or "Connection" in name else name
 
 
+def described(body: bytes | str) -> Any:
+    """A delivered or returned body as reported; a library that decoded it gets it re-encoded."""
+    return describe_body(body.encode() if isinstance(body, str) else bytes(body))
+
+
+# --- step arguments, in the keyword names most libraries share ----------------------------
+
+def exchange_flags(step: Step) -> dict[str, bool]:
+    return {"passive": step.get("passive", False), "durable": step.get("durable", False),
+            "auto_delete": step.get("auto_delete", False)}
+
+
+def queue_flags(step: Step) -> dict[str, Any]:
+    return {"passive": step.get("passive", False), "durable": step.get("durable", False),
+            "exclusive": step.get("exclusive", False), "auto_delete": step.get("auto_delete", False),
+            "arguments": step.get("args")}
+
+
+def declare_ok(ok: Any) -> dict[str, int]:
+    """queue_declare's result; pika wraps the Declare-Ok method in a frame."""
+    ok = getattr(ok, "method", ok)
+    return {"messages": ok.message_count, "consumers": ok.consumer_count}
+
+
+def with_query(url: str, **query: Any) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def settle(channel: Any, tag: Any, ack: str) -> Any:
+    """Ack, reject or nack (never requeued) what a get step fetched; 'noack'/'none' leave it.
+
+    For channels with the AMQP method names (pika, py-amqp, aiormq); returns what the library
+    returns, which aiormq's caller must await.
+    """
+    if ack == "ack":
+        return channel.basic_ack(tag)
+    if ack in ("reject", "nack"):
+        return getattr(channel, f"basic_{ack}")(tag, requeue=False)
+    return None
+
+
 # --- bookkeeping shared by drivers -------------------------------------------------------
 
 @dataclass
@@ -169,7 +215,7 @@ class ConsumerLog:
 
     def add(self, delivery_tag: Any, body: bytes | str) -> None:
         self.tags.append(delivery_tag)
-        self.bodies.append(describe_body(body.encode() if isinstance(body, str) else bytes(body)))
+        self.bodies.append(described(body))
 
     def snapshot(self) -> list[Any]:
         return list(self.bodies)
@@ -190,12 +236,154 @@ class Driver:
         self.consumers: dict[str, ConsumerLog] = {}
         self.returned: list[dict[str, Any]] = []
 
-    def unsupported(self, step: dict[str, Any]) -> None:
+    def unsupported(self, step: Step) -> None:
         raise Unsupported(step["op"])
 
     @staticmethod
-    def body(step: dict[str, Any]) -> bytes:
+    def body(step: Step) -> bytes:
         return make_body(step.get("body", ""))
+
+
+class ClientDriver(Driver):
+    """A driver over a client library: the operations that only wait or poll, written once.
+
+    Those whose library blocks (pika's BlockingConnection, py-amqp) run them too: nothing else
+    shares their event loop, and they override ``_idle`` so that waiting lets the library read
+    frames. (Drivers that are not libraries, like amqp-tools, keep the bare ``Driver``: an
+    operation they lack must stay unsupported.)
+    """
+
+    def _conn(self, step: Step) -> Any:
+        return self.conns[step.get("conn", "c")]
+
+    def _ch(self, step: Step) -> Any:
+        return self.chans[step.get("ch", "ch")]
+
+    def _url(self, step: Step) -> str:
+        """The step's URL, with the heartbeat as a query parameter (for libraries that read it there)."""
+        url = step.get("url", self.url)
+        return with_query(url, heartbeat=step["heartbeat"]) if "heartbeat" in step else url
+
+    def record_return(self, reply_code: int, exchange: str, routing_key: str, body: bytes | str) -> None:
+        self.returned.append({"reply_code": reply_code, "exchange": exchange,
+                              "routing_key": routing_key, "body": described(body)})
+
+    def consumer_cancelled(self, tag: str) -> None:
+        """The broker's basic.cancel for one of our consumers arrived."""
+        if tag in self.consumers:
+            self.consumers[tag].cancelled = True
+
+    def op_wait_confirms(self, step: Step) -> str:
+        return "ok"  # unless a driver says otherwise, each publish already waited for its confirm
+
+    async def _idle(self, step: Step, seconds: float) -> None:
+        await asyncio.sleep(seconds)  # an asyncio library's reader runs meanwhile
+
+    async def _get_pause(self, step: Step) -> None:
+        await asyncio.sleep(0.05)  # between basic.gets while a get step waits for a message
+
+    async def _connect(self, step: Step, attempt: Callable[[], Any], errors: tuple[type, ...]) -> None:
+        """Open the step's connection, retrying refused connects for its ``retry_for`` seconds."""
+        until = deadline(step.get("retry_for", 0))
+        while True:
+            try:
+                conn = attempt()
+                self.conns[step.get("conn", "c")] = await conn if inspect.isawaitable(conn) else conn
+                return
+            except errors:
+                if time.monotonic() > until:
+                    raise
+                await asyncio.sleep(0.5)
+
+    async def _wait(self, step: Step, done: Callable[[], bool], settling: bool = True) -> None:
+        """Idle until done() or the step's timeout, then on for its ``settle`` seconds (to catch
+        what arrives after the count); even 0 lets what was already read be dispatched."""
+        until = deadline(step.get("timeout", 5))
+        while not done() and time.monotonic() < until:
+            await self._idle(step, 0.05)
+        if settling:
+            await self._idle(step, step.get("settle", 0))
+
+    async def _fetch(self, step: Step, no_ack: bool) -> Callable[[], Awaitable[Any]]:
+        """A function doing one basic.get on the step's queue: the library's message, or None."""
+        raise NotImplementedError
+
+    async def _fetched(self, step: Step, got: Any, ack: str) -> dict[str, Any]:
+        """Settle a fetched message as the step asks (see ``settle``) and report it."""
+        raise NotImplementedError
+
+    async def op_get(self, step: Step) -> Any:
+        ack = step.get("ack", "ack")
+        fetch = await self._fetch(step, ack == "noack")
+        until = deadline(step.get("wait", 0))
+        while (got := await fetch()) is None:
+            if time.monotonic() > until:
+                return "empty"
+            await self._get_pause(step)
+        return await self._fetched(step, got, ack)
+
+    async def op_get_all(self, step: Step) -> list[Any]:
+        out = []
+        while (msg := await self.op_get({**step, "wait": 0})) != "empty":
+            out.append(msg["body"])
+        return out
+
+    async def op_returns(self, step: Step) -> list[dict[str, Any]]:
+        await self._wait(step, lambda: len(self.returned) >= step["count"])
+        return list(self.returned)
+
+    async def op_deliveries(self, step: Step) -> list[Any]:
+        log = self.consumers[step["tag"]]
+        await self._wait(step, lambda: len(log.bodies) >= step["count"])
+        return log.snapshot()
+
+    async def op_cancelled(self, step: Step) -> bool:
+        log = self.consumers[step["tag"]]
+        await self._wait(step, lambda: log.cancelled, settling=False)
+        return log.cancelled
+
+    async def op_sleep(self, step: Step) -> None:
+        await self._idle(step, step["seconds"])  # the library answers heartbeats meanwhile
+
+
+class BlockingDriver(ClientDriver):
+    """A blocking library whose channel has the AMQP methods by name (pika's BlockingChannel,
+    py-amqp): waiting means letting it read frames, which ``_pump`` does."""
+
+    def _pump(self, step: Step, seconds: float) -> None:
+        raise NotImplementedError
+
+    async def _idle(self, step: Step, seconds: float) -> None:
+        self._pump(step, seconds)
+
+    def op_close(self, step: Step) -> None:
+        self._conn(step).close()
+
+    def op_exchange_declare(self, step: Step) -> None:
+        self._ch(step).exchange_declare(step["exchange"], step.get("type", "direct"), **exchange_flags(step))
+
+    def op_exchange_delete(self, step: Step) -> None:
+        self._ch(step).exchange_delete(step["exchange"])
+
+    def op_queue_declare(self, step: Step) -> dict[str, int]:
+        return declare_ok(self._ch(step).queue_declare(step["queue"], **queue_flags(step)))
+
+    def op_queue_bind(self, step: Step) -> None:
+        self._ch(step).queue_bind(step["queue"], step["exchange"], step.get("routing_key", ""),
+                                  arguments=step.get("args") or None)
+
+    def op_queue_delete(self, step: Step) -> None:
+        self._ch(step).queue_delete(step["queue"])
+
+    def op_ack(self, step: Step) -> None:
+        log = self.consumers[step["tag"]]
+        log.channel.basic_ack(log.take_unacked())
+
+    def op_cancel(self, step: Step) -> None:
+        self.consumers[step["tag"]].channel.basic_cancel(step["tag"])
+
+    def op_sync(self, step: Step) -> None:
+        self._ch(step).exchange_declare("amq.direct", "direct", passive=True)
 
 
 class Unsupported(Exception):
@@ -204,7 +392,7 @@ class Unsupported(Exception):
 
 # --- the step loop ----------------------------------------------------------------------
 
-def _record(observed: dict[str, Any], step: dict[str, Any], index: int, result: Any,
+def _record(observed: dict[str, Any], step: Step, index: int, result: Any,
             exc: BaseException | None) -> bool:
     """Store a step's outcome; False when the script must stop."""
     if exc is None:
@@ -222,31 +410,17 @@ def _record(observed: dict[str, Any], step: dict[str, Any], index: int, result: 
     return False
 
 
-def _result(step: dict[str, Any], value: Any) -> Any:
+def _result(step: Step, value: Any) -> Any:
     return "ok" if value is None else value
 
 
-def announce(index: int, step: dict[str, Any]) -> None:
+def announce(index: int, step: Step) -> None:
     """Tell the harness (on stderr) which step runs, so a timeout can name the step that hung."""
     sys.stderr.write(f"interop-step {index} {step['op']}\n")
     sys.stderr.flush()
 
 
-def run_sync(driver: Driver, steps: list[dict[str, Any]]) -> dict[str, Any]:
-    observed: dict[str, Any] = {}
-    for i, step in enumerate(steps):
-        announce(i, step)
-        method = getattr(driver, "op_" + step["op"], driver.unsupported)
-        try:
-            result, exc = _result(step, method(step)), None
-        except Exception as e:  # noqa: BLE001 - every failure is an observation
-            result, exc = None, e
-        if not _record(observed, step, i, result, exc):
-            break
-    return observed
-
-
-async def run_async(driver: Driver, steps: list[dict[str, Any]]) -> dict[str, Any]:
+async def run_steps(driver: Driver, steps: list[Step]) -> dict[str, Any]:
     observed: dict[str, Any] = {}
     for i, step in enumerate(steps):
         announce(i, step)
@@ -256,7 +430,7 @@ async def run_async(driver: Driver, steps: list[dict[str, Any]]) -> dict[str, An
             if inspect.isawaitable(value):
                 value = await value
             result, exc = _result(step, value), None
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - every failure is an observation
             result, exc = None, e
         if not _record(observed, step, i, result, exc):
             break
@@ -269,10 +443,7 @@ def main(make_driver: Any) -> None:
     steps = json.load(sys.stdin)["steps"]
     driver = make_driver(url)
     try:
-        if inspect.iscoroutinefunction(getattr(driver, "op_connect", None)):
-            observed = asyncio.run(run_async(driver, steps))
-        else:
-            observed = run_sync(driver, steps)
+        observed = asyncio.run(run_steps(driver, steps))
     except Exception:  # noqa: BLE001 - a crash in the driver itself
         observed = {"_crash": traceback.format_exc()[-2000:]}
     sys.stdout.write(json.dumps({"scenario": scenario, "observed": observed}) + "\n")

@@ -1,18 +1,14 @@
 """kombu, through its own entities (Exchange, Queue, Producer, Consumer) over pyamqp."""
 from __future__ import annotations
 
-import socket
-import time
-from typing import Any
+from typing import Any, Callable
 
 import kombu
 from amqp.exceptions import ConsumerCancelled
 from kombu import Consumer, Exchange, Producer, Queue
 
-from .common import ConsumerLog, deadline, main, message, native_headers, sent
-from .py_amqp import UNSUPPORTED, PyAmqp, received
-
-Step = dict[str, Any]
+from .common import ConsumerLog, Step, declare_ok, main, message, native_headers, sent
+from .py_amqp import UNSUPPORTED, PyAmqp
 
 
 def kombu_message(m: Any) -> dict[str, Any]:
@@ -26,48 +22,30 @@ def kombu_message(m: Any) -> dict[str, Any]:
 class Kombu(PyAmqp):
     """Reuses py-amqp's waiting and acking; every declaration and message goes through kombu."""
 
-    def _pump(self, step: Step, seconds: float) -> None:
-        conn = self._conn(step)
-        until = time.monotonic() + seconds
-        while True:
-            conn.heartbeat_check()
-            left = until - time.monotonic()
-            if left <= 0:
-                return
-            try:
-                conn.drain_events(timeout=min(left, 0.2))
-            except socket.timeout:
-                pass
-            except ConsumerCancelled as e:  # kombu has no cancel callback: it raises from drain
-                self._mark_cancelled(e)
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.producers: dict[str, Producer] = {}  # per channel name: publishes and their returns
 
-    def op_connect(self, step: Step) -> None:
+    @staticmethod
+    def _heartbeat(conn: kombu.Connection) -> None:
+        conn.heartbeat_check()
+
+    async def op_connect(self, step: Step) -> None:
         conn = kombu.Connection(step.get("url", self.url), heartbeat=step.get("heartbeat", 0),
                                 connect_timeout=15)
-        until = deadline(step.get("retry_for", 0))
-        while True:
-            try:
-                conn.connect()
-                break
-            except (OSError, *conn.recoverable_connection_errors):
-                if time.monotonic() > until:
-                    raise
-                time.sleep(0.5)
-        self.conns[step.get("conn", "c")] = conn
+
+        def attempt() -> kombu.Connection:
+            conn.connect()
+            return conn
+        await self._connect(step, attempt, (OSError, *conn.recoverable_connection_errors))
 
     def op_close(self, step: Step) -> None:
         self._conn(step).release()
 
     def op_channel(self, step: Step) -> None:
         ch = self._conn(step).channel()
-
-        def on_return(exc: Any, exchange: str, routing_key: str, msg: Any) -> None:
-            self.returned.append({"reply_code": exc.reply_code, "exchange": exchange,
-                                  "routing_key": routing_key, "body": received(msg)["body"]})
-
         self.chans[step.get("ch", "ch")] = ch
-        self.producers = getattr(self, "producers", {})
-        self.producers[step.get("ch", "ch")] = Producer(ch, on_return=on_return)
+        self.producers[step.get("ch", "ch")] = Producer(ch, on_return=self._on_return)
 
     def _queue(self, step: Step) -> Queue:
         return Queue(step["queue"], durable=step.get("durable", False),
@@ -83,8 +61,7 @@ class Kombu(PyAmqp):
         Exchange(step["exchange"], channel=self._ch(step)).delete()
 
     def op_queue_declare(self, step: Step) -> dict[str, int]:
-        ok = self._queue(step).queue_declare(passive=step.get("passive", False))
-        return {"messages": ok.message_count, "consumers": ok.consumer_count}
+        return declare_ok(self._queue(step).queue_declare(passive=step.get("passive", False)))
 
     def op_queue_bind(self, step: Step) -> None:
         queue = Queue(step["queue"], channel=self._ch(step))
@@ -113,19 +90,19 @@ class Kombu(PyAmqp):
             expiration=None if expiration is None else int(expiration) / 1000, **props)
         return sent(unsent)
 
-    def op_get(self, step: Step) -> Any:
-        ack = step.get("ack", "ack")
+    async def _fetch(self, step: Step, no_ack: bool) -> Callable[[], Any]:
         queue = Queue(step["queue"], channel=self._ch(step))
-        until = deadline(step.get("wait", 0))
-        while (m := queue.get(no_ack=(ack == "noack"))) is None:
-            if time.monotonic() > until:
-                return "empty"
-            time.sleep(0.05)
+
+        async def fetch() -> Any:
+            return queue.get(no_ack=no_ack)
+        return fetch
+
+    async def _fetched(self, step: Step, got: Any, ack: str) -> dict[str, Any]:
         if ack == "ack":
-            m.ack()
+            got.ack()
         elif ack in ("reject", "nack"):
-            m.reject(requeue=False)
-        return kombu_message(m)
+            got.reject(requeue=False)
+        return kombu_message(got)
 
     def op_consume(self, step: Step) -> None:
         ch = self._ch(step)

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import pika
 from pika import spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-from .common import ConsumerLog, Driver, deadline, main, message, sent
-from .pika_blocking import properties
-
-Step = dict[str, Any]
+from .common import (ClientDriver, ConsumerLog, Step, declare_ok, deadline, exchange_flags, main,
+                     queue_flags, sent, settle)
+from .pika_blocking import on_channel_events, parameters, properties, received
 
 
 class Chan:
@@ -51,63 +50,40 @@ class Chan:
             self.pending.discard(fut)
 
 
-class PikaAsyncio(Driver):
-    def _ch(self, step: Step) -> Chan:
-        return self.chans[step.get("ch", "ch")]
-
+class PikaAsyncio(ClientDriver):
     async def op_connect(self, step: Step) -> None:
-        params = pika.URLParameters(step.get("url", self.url))
-        params.socket_timeout = 15
-        if "heartbeat" in step:
-            params.heartbeat = step["heartbeat"]
-        until = deadline(step.get("retry_for", 0))
-        while True:
-            loop = asyncio.get_running_loop()
-            opened = loop.create_future()
-            closed = loop.create_future()
+        params = parameters(step, self.url)
+        loop = asyncio.get_running_loop()
+
+        async def attempt() -> AsyncioConnection:
+            opened, closed = loop.create_future(), loop.create_future()
             AsyncioConnection(
                 params, custom_ioloop=loop,
                 on_open_callback=lambda c: opened.done() or opened.set_result(c),
                 on_open_error_callback=lambda c, e: opened.done() or opened.set_exception(
                     e if isinstance(e, BaseException) else pika.exceptions.AMQPConnectionError(e)),
                 on_close_callback=lambda c, e: closed.done() or closed.set_result(e))
-            try:
-                conn = await asyncio.wait_for(opened, 20)
-                break
-            except pika.exceptions.AMQPConnectionError:
-                if time.monotonic() > until:
-                    raise
-                await asyncio.sleep(0.5)
-        conn.closed_future = closed
-        self.conns[step.get("conn", "c")] = conn
+            conn = await asyncio.wait_for(opened, 20)
+            conn.closed_future = closed
+            return conn
+        await self._connect(step, attempt, (pika.exceptions.AMQPConnectionError,))
 
     async def op_close(self, step: Step) -> None:
-        conn = self.conns[step.get("conn", "c")]
+        conn = self._conn(step)
         conn.close()
         await asyncio.wait_for(conn.closed_future, 10)
 
     async def op_channel(self, step: Step) -> None:
         opened = asyncio.get_running_loop().create_future()
-        self.conns[step.get("conn", "c")].channel(on_open_callback=opened.set_result)
+        self._conn(step).channel(on_open_callback=opened.set_result)
         ch = Chan(await asyncio.wait_for(opened, 15))
-
-        def on_return(_ch: Any, method: Any, _props: Any, body: bytes) -> None:
-            self.returned.append({"reply_code": method.reply_code, "exchange": method.exchange,
-                                  "routing_key": method.routing_key, "body": message(body, {}, None)["body"]})
-
-        def on_cancel(frame: Any) -> None:
-            if frame.method.consumer_tag in self.consumers:
-                self.consumers[frame.method.consumer_tag].cancelled = True
-
-        ch.channel.add_on_return_callback(on_return)
-        ch.channel.add_on_cancel_callback(on_cancel)
+        on_channel_events(self, ch.channel)
         self.chans[step.get("ch", "ch")] = ch
 
     async def op_exchange_declare(self, step: Step) -> None:
         ch = self._ch(step)
         await ch.call(ch.channel.exchange_declare, step["exchange"], step.get("type", "direct"),
-                      passive=step.get("passive", False), durable=step.get("durable", False),
-                      auto_delete=step.get("auto_delete", False))
+                      **exchange_flags(step))
 
     async def op_exchange_delete(self, step: Step) -> None:
         ch = self._ch(step)
@@ -115,10 +91,7 @@ class PikaAsyncio(Driver):
 
     async def op_queue_declare(self, step: Step) -> dict[str, int]:
         ch = self._ch(step)
-        frame = await ch.call(ch.channel.queue_declare, step["queue"], passive=step.get("passive", False),
-                              durable=step.get("durable", False), exclusive=step.get("exclusive", False),
-                              auto_delete=step.get("auto_delete", False), arguments=step.get("args"))
-        return {"messages": frame.method.message_count, "consumers": frame.method.consumer_count}
+        return declare_ok(await ch.call(ch.channel.queue_declare, step["queue"], **queue_flags(step)))
 
     async def op_queue_bind(self, step: Step) -> None:
         ch = self._ch(step)
@@ -165,12 +138,9 @@ class PikaAsyncio(Driver):
             return f"{missing()} unconfirmed"
         return "ok" if not ch.nacked else f"{len(ch.nacked)} nacked"
 
-    async def op_returns(self, step: Step) -> list[dict[str, Any]]:
-        until = deadline(step.get("timeout", 5))
-        while len(self.returned) < step["count"] and time.monotonic() < until:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(step.get("settle", 0))
-        return list(self.returned)
+    async def _fetch(self, step: Step, no_ack: bool) -> Callable[[], Awaitable[Any]]:
+        ch = self._ch(step)
+        return lambda: self._basic_get(ch, step["queue"], no_ack)
 
     async def _basic_get(self, ch: Chan, queue: str, auto_ack: bool) -> Any:
         """basic.get; pika calls back only on get-ok, so listen for get-empty as well."""
@@ -185,29 +155,10 @@ class PikaAsyncio(Driver):
         finally:
             ch.pending.discard(fut)
 
-    async def op_get(self, step: Step) -> Any:
-        ch = self._ch(step)
-        ack = step.get("ack", "ack")
-        until = deadline(step.get("wait", 0))
-        while (got := await self._basic_get(ch, step["queue"], ack == "noack")) is None:
-            if time.monotonic() > until:
-                return "empty"
-            await asyncio.sleep(0.05)
+    async def _fetched(self, step: Step, got: Any, ack: str) -> dict[str, Any]:
         method, props, body = got
-        if ack == "ack":
-            ch.channel.basic_ack(method.delivery_tag)
-        elif ack == "reject":
-            ch.channel.basic_reject(method.delivery_tag, requeue=False)
-        elif ack == "nack":
-            ch.channel.basic_nack(method.delivery_tag, requeue=False)
-        return message(body, vars(props), props.headers, redelivered=method.redelivered,
-                       exchange=method.exchange, routing_key=method.routing_key)
-
-    async def op_get_all(self, step: Step) -> list[Any]:
-        out = []
-        while (msg := await self.op_get({**step, "wait": 0})) != "empty":
-            out.append(msg["body"])
-        return out
+        settle(self._ch(step).channel, method.delivery_tag, ack)
+        return received(method, props, body)
 
     async def op_consume(self, step: Step) -> None:
         ch = self._ch(step)
@@ -216,14 +167,6 @@ class PikaAsyncio(Driver):
                       lambda _c, m, _p, body: log.add(m.delivery_tag, body),
                       auto_ack=step.get("no_ack", False), consumer_tag=step["tag"])
 
-    async def op_deliveries(self, step: Step) -> list[Any]:
-        log = self.consumers[step["tag"]]
-        until = deadline(step.get("timeout", 5))
-        while len(log.bodies) < step["count"] and time.monotonic() < until:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(step.get("settle", 0))
-        return log.snapshot()
-
     async def op_ack(self, step: Step) -> None:
         log = self.consumers[step["tag"]]
         log.channel.channel.basic_ack(log.take_unacked())
@@ -231,16 +174,6 @@ class PikaAsyncio(Driver):
     async def op_cancel(self, step: Step) -> None:
         ch = self.consumers[step["tag"]].channel
         await ch.call(ch.channel.basic_cancel, step["tag"])
-
-    async def op_cancelled(self, step: Step) -> bool:
-        log = self.consumers[step["tag"]]
-        until = deadline(step.get("timeout", 5))
-        while not log.cancelled and time.monotonic() < until:
-            await asyncio.sleep(0.05)
-        return log.cancelled
-
-    async def op_sleep(self, step: Step) -> None:
-        await asyncio.sleep(step["seconds"])  # the adapter's IO loop answers heartbeats
 
     async def op_sync(self, step: Step) -> None:
         ch = self._ch(step)
