@@ -60,4 +60,6 @@ def _short(y: float) -> str:
         return f"{y / 1e6:.1f}M"
     if y >= 1e4:
         return f"{y / 1e3:.0f}k"
+    if y >= 100:
+        return f"{y:,.0f}"
     return f"{y:.3g}"
