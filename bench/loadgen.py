@@ -46,7 +46,7 @@ def build() -> Path:
     if binary.exists():
         return binary
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = binary.with_suffix(".tmp")
+    tmp = binary.with_name(f"{binary.name}.{os.getpid()}.tmp")  # concurrent builds don't clash
     proc = subprocess.run(
         [go, "build", "-o", str(tmp), "."],
         cwd=SOURCE_DIR, env=_go_env(), capture_output=True, text=True,
