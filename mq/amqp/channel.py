@@ -471,7 +471,8 @@ class Channel:
                                      f"user was '{self.conn.user.name}'")
         if msg.expiration is not None:
             check_expiration(msg.expiration)
-        check_routing_headers(msg)
+        if b"CC" in msg.props:  # only a CC or BCC header needs checking (rare)
+            check_routing_headers(msg)
 
     def flush_confirms(self) -> None:
         """Write the confirms that are settled, in order: runs of acks as one
