@@ -32,6 +32,7 @@ COLUMNS = {
     "users": ("name", "tags"),
     "vhosts": ("name", "messages"),
     "permissions": ("user", "vhost", "configure", "write", "read"),
+    "topic-permissions": ("user", "vhost", "exchange", "write", "read"),
     "policies": ctl_policies.COLUMNS,
 }
 VHOST_SCOPED = ("queues", "exchanges", "bindings", "consumers", "policies")
@@ -195,6 +196,16 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--write", default=".*")
     c.add_argument("--read", default=".*")
     cmd("clear-permissions", "remove a user's permissions on a vhost").add_argument("user")
+    c = cmd("set-topic-permissions", "set a user's routing key patterns on a topic exchange")
+    c.add_argument("user")
+    c.add_argument("exchange")
+    c.add_argument("--write", default=".*", help="pattern for publishing (default .*)")
+    c.add_argument("--read", default=".*", help="pattern for binding (default .*)")
+    cmd("clear-topic-permissions", "remove a user's topic permissions on a vhost"
+        ).add_argument("user")
+    c = cmd("list-topic-permissions", "list topic permissions", vhost=False)
+    c.add_argument("--vhost", help="only this vhost")
+    c.set_defaults(what="topic-permissions")
     c = cmd("close-connection", "close a client connection (320 CONNECTION_FORCED)",
             vhost=False)
     c.add_argument("name", help="as `list connections` shows it")
@@ -286,6 +297,16 @@ def run(args: argparse.Namespace, client: ApiClient) -> Any:
     if command == "clear-permissions":
         client.request("DELETE", f"/api/permissions/{vhost}/{quote(args.user)}")
         return f"permissions of {args.user} cleared"
+    if command == "set-topic-permissions":
+        client.request("PUT", f"/api/topic-permissions/{vhost}/{quote(args.user)}", {
+            "exchange": args.exchange, "write": args.write, "read": args.read})
+        return f"topic permissions of {args.user} on {args.exchange} set"
+    if command == "clear-topic-permissions":
+        client.request("DELETE", f"/api/topic-permissions/{vhost}/{quote(args.user)}")
+        return f"topic permissions of {args.user} cleared"
+    if command == "list-topic-permissions":
+        return client.get(f"/api/vhosts/{vhost}/topic-permissions" if args.vhost
+                          else "/api/topic-permissions")
     if command == "close-connection":
         client.request("DELETE", f"/api/connections/{quote(args.name)}",
                        headers={"X-Reason": args.reason})
@@ -323,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(result, indent=2) if not isinstance(result, str)
               else json.dumps({"result": result}))
-    elif args.command == "list":
+    elif args.command in ("list", "list-topic-permissions"):
         print(format_table(result, COLUMNS[args.what]))
     elif ctl_policies.is_policy_command(args.command) and isinstance(result, list):
         print(format_table(result, ctl_policies.COLUMNS))

@@ -23,6 +23,7 @@ from mq.broker.queue_args import check_expiration, consumer_priority
 
 if TYPE_CHECKING:
     from mq.amqp.connection import Connection
+    from mq.broker.exchange import Exchange
 
 M_PUBLISH = 0x003C0028
 M_ACK = 0x003C0050
@@ -247,6 +248,20 @@ class Channel:
             raise AccessRefused(f"{permission} access to {kind} '{name}' in vhost "
                                 f"'{self.vhost.name}' refused for user '{user.name}'")
 
+    def _allow_topic(self, permission: str, exchange: Exchange | None, routing_key: str) -> None:
+        """B-AUTH-1 topic authorisation: on a topic exchange only, 403 when the user has a
+        topic permission for it whose write (publish) or read (bind) pattern does not
+        match the key. No topic permission for the exchange: allowed."""
+        if exchange is None or exchange.type != "topic":
+            return
+        user = self.conn.user
+        granted = user.topic_permissions.get((self.vhost.name, exchange.name))
+        if granted is not None and not granted.allows(
+                permission, routing_key, {"username": user.name, "vhost": self.vhost.name}):
+            raise AccessRefused(f"access to topic '{routing_key}' in exchange "
+                                f"'{exchange.name}' in vhost '{self.vhost.name}' refused "
+                                f"for user '{user.name}'")
+
     def _exchange_declare(self, m: Any) -> None:
         if not m.passive:
             self._allow("configure", "exchange", m.exchange)
@@ -264,6 +279,7 @@ class Channel:
     def _exchange_bind(self, m: Any) -> None:
         self._allow("write", "exchange", m.destination)
         self._allow("read", "exchange", m.source)
+        self._allow_topic("read", self.vhost.exchanges.get(m.source), m.routing_key)
         self.vhost.bind_names(m.source, m.destination, False, m.routing_key, m.arguments,
                               self.conn)
         if not m.nowait:
@@ -272,6 +288,7 @@ class Channel:
     def _exchange_unbind(self, m: Any) -> None:
         self._allow("write", "exchange", m.destination)
         self._allow("read", "exchange", m.source)
+        self._allow_topic("read", self.vhost.exchanges.get(m.source), m.routing_key)
         self.vhost.unbind_names(m.source, m.destination, False, m.routing_key, m.arguments,
                                 self.conn)
         if not m.nowait:
@@ -303,6 +320,7 @@ class Channel:
     def _queue_bind(self, m: Any) -> None:
         self._allow("write", "queue", m.queue)
         self._allow("read", "exchange", m.exchange)
+        self._allow_topic("read", self.vhost.exchanges.get(m.exchange), m.routing_key)
         self.vhost.bind_names(m.exchange, m.queue, True, m.routing_key, m.arguments, self.conn)
         if not m.nowait:
             self.send(spec.Queue.BindOk())
@@ -310,6 +328,7 @@ class Channel:
     def _queue_unbind(self, m: Any) -> None:
         self._allow("write", "queue", m.queue)
         self._allow("read", "exchange", m.exchange)
+        self._allow_topic("read", self.vhost.exchanges.get(m.exchange), m.routing_key)
         self.vhost.unbind_names(m.exchange, m.queue, True, m.routing_key, m.arguments, self.conn)
         self.send(spec.Queue.UnbindOk())
 
@@ -421,6 +440,7 @@ class Channel:
         if exchange.internal:
             raise AccessRefused(f"cannot publish to internal exchange '{exchange_name}' in "
                                 f"vhost '{vhost.name}'")
+        self._allow_topic("write", exchange, routing_key)
         self._check_message(msg)
         # Direct reply-to is resolved at publish time, in a transaction too (as RabbitMQ).
         if msg.reply_to == REPLY_TO:

@@ -34,6 +34,34 @@ class Permission:
         return bool(pattern) and _compiled(pattern).search(name) is not None
 
 
+@dataclass
+class TopicPermission:
+    """B-AUTH-1 topic authorisation: regexes searched in the routing key of a publish
+    (write) or the binding key of a bind/unbind (read) on one topic exchange."""
+    write: str = ""
+    read: str = ""
+
+    def allows(self, kind: str, routing_key: str, variables: dict[str, str]) -> bool:
+        """kind is 'write' or 'read'. As RabbitMQ: {username}/{vhost} are replaced
+        (unescaped) before matching, and an empty pattern means '^$'."""
+        pattern = getattr(self, kind) or "^$"
+        for name, value in variables.items():
+            pattern = pattern.replace("{" + name + "}", value)
+        try:
+            return _compiled(pattern).search(routing_key) is not None
+        except re.error:  # a user name made the expanded pattern invalid: refuse
+            return False
+
+
+def check_pattern(pattern: str) -> str:
+    """The pattern if it compiles, else ValueError with a readable text."""
+    try:
+        _compiled(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression '{pattern}': {exc}") from None
+    return pattern
+
+
 @functools.lru_cache(maxsize=256)
 def _compiled(pattern: str) -> re.Pattern:
     return re.compile(pattern)
@@ -45,6 +73,8 @@ class User:
     password_hash: str
     tags: list[str] = field(default_factory=list)
     permissions: dict[str, Permission] = field(default_factory=dict)
+    # (vhost, exchange) -> its topic permission (B-AUTH-1)
+    topic_permissions: dict[tuple[str, str], TopicPermission] = field(default_factory=dict)
 
 
 class UserStore:

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import mq
-from mq.broker.auth import Permission, User, hash_password
+from mq.broker.auth import Permission, TopicPermission, User, check_pattern, hash_password
 from mq.broker.errors import NotFound
 from mq.broker.policy import policy_from_json
 
@@ -16,13 +16,15 @@ HASHING = "rabbit_password_hashing_sha256"
 
 def export_definitions(broker: Any) -> dict:
     """Users, vhosts, permissions and the durable topology, as RabbitMQ exports them."""
-    users, permissions = [], []
+    users, permissions, topic_permissions = [], [], []
     for user in broker.users.users.values():
         users.append({"name": user.name, "password_hash": user.password_hash,
                       "hashing_algorithm": HASHING, "tags": list(user.tags), "limits": {}})
         for vhost, perm in user.permissions.items():
             permissions.append({"user": user.name, "vhost": vhost, "configure": perm.configure,
                                 "write": perm.write, "read": perm.read})
+        topic_permissions.extend(topic_permission_json(user, vhost, exchange, perm)
+                                 for (vhost, exchange), perm in user.topic_permissions.items())
     exchanges, queues, bindings = [], [], []
     for vhost in broker.vhosts.values():
         for ex in vhost.exchanges.values():
@@ -48,11 +50,25 @@ def export_definitions(broker: Any) -> dict:
         "users": users,
         "vhosts": [{"name": v, "limits": [], "metadata": {"description": "", "tags": []}}
                    for v in broker.vhosts],
-        "permissions": permissions, "topic_permissions": [], "parameters": [],
+        "permissions": permissions, "topic_permissions": topic_permissions, "parameters": [],
         "global_parameters": [],
         "policies": [p.as_json() for v in broker.vhosts.values() for p in v.policies.values()],
         "queues": queues, "exchanges": exchanges, "bindings": bindings,
     }
+
+
+def topic_permission_json(user: User, vhost: str, exchange: str,
+                          perm: TopicPermission) -> dict[str, str]:
+    """RabbitMQ's shape of one topic permission (definitions and management API)."""
+    return {"user": user.name, "vhost": vhost, "exchange": exchange, "write": perm.write,
+            "read": perm.read}
+
+
+def topic_permission_from_json(body: dict) -> TopicPermission:
+    """B-AUTH-1: write/read patterns from a definitions entry or an API body; ValueError
+    when one is not a regular expression."""
+    return TopicPermission(check_pattern(str(body.get("write", ""))),
+                           check_pattern(str(body.get("read", ""))))
 
 
 def import_definitions(broker: Any, data: dict) -> None:
@@ -66,13 +82,19 @@ def import_definitions(broker: Any, data: dict) -> None:
         password_hash = u.get("password_hash") or hash_password(u.get("password", ""))
         old = broker.users.users.get(u["name"])
         broker.users.users[u["name"]] = User(u["name"], password_hash, list(tags),
-                                             old.permissions if old else {})
+                                             old.permissions if old else {},
+                                             old.topic_permissions if old else {})
     for p in data.get("permissions", []):
         user = broker.users.users.get(p["user"])
         if user is None:
             raise NotFound(f"no user '{p['user']}' for permissions in the definitions")
         user.permissions[p["vhost"]] = Permission(p.get("configure", ""), p.get("write", ""),
                                                   p.get("read", ""))
+    for p in data.get("topic_permissions", []):
+        user = broker.users.users.get(p["user"])
+        if user is None:
+            raise NotFound(f"no user '{p['user']}' for topic permissions in the definitions")
+        user.topic_permissions[(p["vhost"], p["exchange"])] = topic_permission_from_json(p)
     policies: dict[str, list] = {}  # by vhost, to match each object once per vhost
     for p in data.get("policies", []):  # InvalidPolicy for one RabbitMQ would refuse
         policies.setdefault(p["vhost"], []).append(policy_from_json(p["vhost"], p["name"], p))
@@ -97,7 +119,7 @@ def import_definitions(broker: Any, data: dict) -> None:
         vhost.bind(source, destination, b.get("routing_key", ""), b.get("arguments") or {})
 
 
-ACCESS_FILE = "access.json"  # in the data dir: users, vhosts, permissions, policies
+ACCESS_FILE = "access.json"  # in the data dir: users, vhosts, (topic) permissions, policies
 
 
 def save_access(broker: Any, data_dir: str) -> None:
@@ -106,8 +128,8 @@ def save_access(broker: Any, data_dir: str) -> None:
     exported = export_definitions(broker)
     path = os.path.join(data_dir, ACCESS_FILE)
     with open(path + ".tmp", "w") as fh:
-        json.dump({key: exported[key] for key in ("users", "vhosts", "permissions", "policies")},
-                  fh)
+        json.dump({key: exported[key] for key in ("users", "vhosts", "permissions",
+                                                  "topic_permissions", "policies")}, fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(path + ".tmp", path)

@@ -17,7 +17,8 @@ from mq.amqp.connection import _is_loopback
 from mq.broker.auth import Permission, User, hash_password
 from mq.broker.deadletter import without_bcc
 from mq.broker.definitions import (HASHING, export_definitions, import_definitions,
-                                   save_access)
+                                   save_access, topic_permission_from_json,
+                                   topic_permission_json)
 from mq.broker.errors import AccessRefused, AMQPError, ConnectionForced, NotFound
 from mq.broker.exchange import Exchange
 from mq.broker.policy import InvalidPolicy
@@ -458,6 +459,8 @@ class Api:
         del self.broker.vhosts[vhost.name]
         for user in self.broker.users.users.values():
             user.permissions.pop(vhost.name, None)
+            user.topic_permissions = {key: p for key, p in user.topic_permissions.items()
+                                      if key[0] != vhost.name}
         return self._saved(204)
 
     # ---- users and permissions --------------------------------------------------------
@@ -499,7 +502,8 @@ class Api:
             password_hash = ""  # as RabbitMQ: no password, no password login
         old = self.broker.users.users.get(name)
         self.broker.users.users[name] = User(name, password_hash, list(tags),
-                                             old.permissions if old else {})
+                                             old.permissions if old else {},
+                                             old.topic_permissions if old else {})
         return self._saved(204 if old else 201)
 
     async def delete_user(self, request: web.Request) -> web.Response:
@@ -548,6 +552,55 @@ class Api:
             raise not_found()
         return self._saved(204)
 
+    # ---- topic permissions (B-AUTH-1) ----------------------------------------------------
+
+    def _topic_permissions(self, vhost: str | None = None,
+                           user: str | None = None) -> list[dict]:
+        return [topic_permission_json(u, v, exchange, p)
+                for u in self.broker.users.users.values() if user in (None, u.name)
+                for (v, exchange), p in u.topic_permissions.items() if vhost in (None, v)]
+
+    async def list_topic_permissions(self, request: web.Request) -> web.Response:
+        if "user" in request.match_info:
+            return web.json_response(self._topic_permissions(user=self._user(request).name))
+        if "vhost" in request.match_info:
+            return web.json_response(self._topic_permissions(vhost=self._vhost(request).name))
+        return web.json_response(self._topic_permissions())
+
+    async def get_topic_permission(self, request: web.Request) -> web.Response:
+        """As RabbitMQ: the user's topic permissions in the vhost, 404 when there are none."""
+        user, vhost = self._user(request), self._vhost(request)
+        found = self._topic_permissions(vhost.name, user.name)
+        if not found:
+            raise not_found()
+        return web.json_response(found)
+
+    async def put_topic_permission(self, request: web.Request) -> web.Response:
+        """Body {"exchange", "write", "read"}: set (or replace) the one for that exchange."""
+        try:
+            user, vhost = self._user(request), self._vhost(request)
+        except HTTPError:
+            raise bad_request("vhost_or_user_not_found") from None
+        body = await self._body(request)
+        if not isinstance(body.get("exchange"), str):
+            raise bad_request("exchange is missing")
+        try:
+            permission = topic_permission_from_json(body)
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
+        existed = any(v == vhost.name for v, _ in user.topic_permissions)
+        user.topic_permissions[(vhost.name, body["exchange"])] = permission
+        return self._saved(204 if existed else 201)
+
+    async def delete_topic_permission(self, request: web.Request) -> web.Response:
+        """All of the user's topic permissions in the vhost go (RabbitMQ 3.10)."""
+        user, vhost = self._user(request), self._vhost(request)
+        kept = {key: p for key, p in user.topic_permissions.items() if key[0] != vhost.name}
+        if len(kept) == len(user.topic_permissions):
+            raise not_found()
+        user.topic_permissions = kept
+        return self._saved(204)
+
     # ---- definitions --------------------------------------------------------------------
 
     async def get_definitions(self, request: web.Request) -> web.Response:
@@ -561,6 +614,8 @@ class Api:
             raise bad_request(f"malformed definitions: missing or wrong {exc}") from None
         except InvalidPolicy as exc:
             raise bad_request(validation_failed(exc)) from None
+        except ValueError as exc:  # a topic permission pattern that does not compile
+            raise bad_request(str(exc)) from None
         return self._saved(204)
 
     # ---- routes ---------------------------------------------------------------------------
@@ -617,6 +672,12 @@ class Api:
             web.get("/api/permissions/{vhost}/{user}", self.get_permission),
             web.put("/api/permissions/{vhost}/{user}", self.put_permission),
             web.delete("/api/permissions/{vhost}/{user}", self.delete_permission),
+            web.get("/api/vhosts/{vhost}/topic-permissions", self.list_topic_permissions),
+            web.get("/api/users/{user}/topic-permissions", self.list_topic_permissions),
+            web.get("/api/topic-permissions", self.list_topic_permissions),
+            web.get("/api/topic-permissions/{vhost}/{user}", self.get_topic_permission),
+            web.put("/api/topic-permissions/{vhost}/{user}", self.put_topic_permission),
+            web.delete("/api/topic-permissions/{vhost}/{user}", self.delete_topic_permission),
             web.get("/api/definitions", self.get_definitions),
             web.post("/api/definitions", self.post_definitions),
             *policy_routes(self),
