@@ -2,10 +2,8 @@
 flow control through pika."""
 from __future__ import annotations
 
-import socket
 
 import aio_pika
-import amqp
 import pika
 import pytest
 from pamqp import commands as spec
@@ -125,33 +123,30 @@ async def test_aio_pika_channel_error_then_new_channel(mq_url, uid):
         assert queue.name == uid
 
 
-def test_flow_stops_and_resumes_deliveries(connection, channel, uid):
-    """B-CHAN-3: channel.flow(active=false) is accepted and stops deliveries on the channel;
-    active=true resumes them, in order."""
+def test_flow_active_true_is_acknowledged(connection, channel, uid):
+    """B-CHAN-3 (as RabbitMQ 3.10): channel.flow(active=true) gets flow-ok(true) and
+    deliveries go on."""
     queue = fresh_queue(channel, uid)
-    assert channel.flow(False) is False
-    got = collect(connection, channel, queue, 0, auto_ack=True)
-    publish_many(connection.channel(), queue, [b"1", b"2", b"3"])
-    settle(connection, 0.5)
-    assert got == []
-    assert channel.queue_declare(queue, passive=True).method.message_count == 3
     assert channel.flow(True) is True
-    wait_for(connection, lambda: len(got) == 3)
-    assert [body for _, _, body in got] == [b"1", b"2", b"3"]
+    got = collect(connection, channel, queue, 0, auto_ack=True)
+    publish_many(connection.channel(), queue, [b"1", b"2"])
+    wait_for(connection, lambda: len(got) == 2)
+    assert [body for _, _, body in got] == [b"1", b"2"]
 
 
-def test_pyamqp_flow(mq_broker, uid):
-    """B-CHAN-3: py-amqp's channel.flow(False) pauses a consumer, flow(True) resumes it."""
-    with amqp.Connection(f"127.0.0.1:{mq_broker.port}") as conn:
-        ch = conn.channel()
-        ch.queue_declare(uid, exclusive=True)
-        got = []
-        ch.basic_consume(uid, callback=lambda m: got.append(m.body), no_ack=True)
-        ch.flow(False)
-        ch.basic_publish(amqp.Message(b"held"), exchange="", routing_key=uid)
-        with pytest.raises(socket.timeout):
-            conn.drain_events(timeout=0.5)
-        assert got == []
-        ch.flow(True)
-        conn.drain_events(timeout=5)
-        assert got == [b"held"]
+def test_flow_active_false_is_540_as_rabbitmq(raw):
+    """B-CHAN-3: where the contract says flow(active=false) is accepted, RabbitMQ 3.10 (which
+    the contract says wins) closes the connection with 540 NOT_IMPLEMENTED - active=false,
+    naming channel.flow; clients such as amqp091-go's test suite rely on that."""
+    raw.send_method(1, spec.Channel.Flow(active=False))
+    close = raw.expect("Connection.Close")
+    assert (close.reply_code, close.reply_text) == (540, "NOT_IMPLEMENTED - active=false")
+    assert (close.class_id, close.method_id) == (20, 20)
+
+
+def test_channel_number_above_channel_max_opens(raw):
+    """B-CONN-8 (as RabbitMQ 3.10, which wins over the contract here): channel_max bounds how
+    many channels are open at once, not their numbers; channel 3000 opens under 2047."""
+    raw.open_channel(3000)
+    raw.send_method(3000, spec.Queue.Declare(queue="", exclusive=True))
+    assert raw.expect("Queue.DeclareOk").queue.startswith("amq.gen-")

@@ -234,10 +234,6 @@ MALFORMED = [
     ("connection-method-on-channel-1", pamqp_frame.marshal(spec.Connection.Close(200, "", 0, 0), 1),
      503,
      (10, 50), "Connection.Close"),
-    # RabbitMQ 3.10 only counts channels against channel_max; AMQP and the contract bound the
-    # channel number.
-    ("channel-above-channel-max", pamqp_frame.marshal(spec.Channel.Open(), 2048), 504, (20, 10),
-     "channel_max 2047"),
 ]
 
 

@@ -56,7 +56,7 @@ class ChannelConsumer:
 
     def has_room(self) -> bool:
         ch = self.channel
-        if not ch.flow or not ch.conn.writable or ch.state != "open":
+        if not ch.conn.writable or ch.state != "open":
             return False
         if self.no_ack:
             return True
@@ -95,7 +95,6 @@ class Channel:
         self.conn = conn
         self.number = number
         self.state = "open"
-        self.flow = True
         self.current_method = (0, 0)
         self.consumers: dict[str, ChannelConsumer] = {}
         self.delivery_tag = 0
@@ -205,10 +204,11 @@ class Channel:
         self.conn.channel_closed(self.number)
 
     def _flow(self, method: Any) -> None:
-        self.flow = method.active
-        self.send(spec.Channel.FlowOk(active=method.active))
-        if self.flow:
-            self.resume_deliveries()
+        # As RabbitMQ 3.10: a client may not pause the server's deliveries this way (basic.qos
+        # is the way); active=false closes the connection with 540.
+        if not method.active:
+            raise NotImplemented_("active=false")
+        self.send(spec.Channel.FlowOk(active=True))
 
     def closing(self) -> None:
         """We are closing the channel with an error: drop its state now."""

@@ -249,9 +249,6 @@ class Connection:
             self._current_method = (0, 0)  # RabbitMQ's close names no method here
             raise NotAllowed(f"number of channels opened ({len(self.channels)}) has reached "
                              f"the negotiated channel_max ({self.channel_max})")
-        if channel > self.channel_max:
-            raise ChannelError(f"channel id {channel} exceeds the negotiated channel_max "
-                               f"{self.channel_max}")
         if ch is None:
             if ftype != 1:  # RabbitMQ: 505, as for content without a publish
                 raise UnexpectedFrame(f"content frame on channel {channel}, which is not open")
