@@ -8,7 +8,7 @@ import pika
 import pytest
 from pamqp import commands as spec
 
-from amqputil import collect, fresh_queue, publish_many, settle, wait_for
+from amqputil import collect, fresh_queue, publish_many, wait_for
 from rawamqp import RawClient
 
 

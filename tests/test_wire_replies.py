@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import struct
 
-import pytest
 from pamqp import commands as spec
 
 from rawamqp import RawClient
