@@ -1,25 +1,25 @@
-"""An AMQP channel: method dispatch, content assembly, consumers, acks, confirms."""
+"""An AMQP channel: frame and method dispatch, the channel, exchange, queue and consume
+methods. Publishing (publishing.py) and settling with transactions (settling.py) are mixed in;
+subscriptions are consumer.py's."""
 from __future__ import annotations
 
-import base64
-import os
 import struct
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pamqp import commands as spec
 
 from mq._core import frames
 from mq._core.message import Message
 from mq._core.msgqueue import Entry
+from mq.amqp.consumer import ChannelConsumer, consumer_tag
 from mq.amqp.methods import decode_method
+from mq.amqp.publishing import REPLY_TO, Publishing
+from mq.amqp.settling import Settling
 from mq.broker.errors import (AccessRefused, ChannelError, CommandInvalid, FrameError, NotAllowed,
-                              NotImplemented_, PreconditionFailed, SyntaxError_, UnexpectedFrame)
-from mq.broker.deadletter import check_routing_headers, without_bcc
-from mq.broker.properties import decode as decode_properties
-from mq.broker.properties import encode as encode_properties
+                              NotImplemented_, PreconditionFailed, UnexpectedFrame)
 from mq.broker.queue import Queue
-from mq.broker.queue_args import check_expiration, consumer_priority
+from mq.broker.queue_args import consumer_priority
 
 if TYPE_CHECKING:
     from mq.amqp.connection import Connection
@@ -29,66 +29,9 @@ M_PUBLISH = 0x003C0028
 M_ACK = 0x003C0050
 M_CHANNEL_CLOSE = 0x00140028
 M_CHANNEL_CLOSE_OK = 0x00140029
-REPLY_TO = "amq.rabbitmq.reply-to"
 
 
-def _ctag() -> str:
-    return "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
-
-
-class ChannelConsumer:
-    """A basic.consume subscription; implements mq.broker.consumer.Consumer."""
-
-    __slots__ = ("channel", "queue", "tag", "no_ack", "exclusive", "priority", "prefetch",
-                 "unacked", "arguments")
-
-    def __init__(self, channel: Channel, queue: Queue, tag: str, no_ack: bool, exclusive: bool,
-                 priority: int, prefetch: int, arguments: dict) -> None:
-        self.channel = channel
-        self.queue = queue
-        self.tag = tag
-        self.no_ack = no_ack
-        self.exclusive = exclusive
-        self.priority = priority
-        self.prefetch = prefetch
-        self.unacked = 0
-        self.arguments = arguments
-
-    def has_room(self) -> bool:
-        ch = self.channel
-        if not ch.conn.writable or ch.state != "open":
-            return False
-        if self.no_ack:
-            return True
-        return (not self.prefetch or self.unacked < self.prefetch) and \
-            (not ch.global_prefetch or ch.global_unacked < ch.global_prefetch)
-
-    def deliver(self, entry: Entry, queue: Queue) -> None:
-        ch = self.channel
-        ch.delivery_tag += 1
-        tag = ch.delivery_tag
-        if not self.no_ack:
-            ch.unacked[tag] = (entry, queue, self)
-            self.unacked += 1
-            ch.global_unacked += 1
-        msg = entry.msg
-        props = queue.delivery_props(entry) if queue.counts_deliveries else msg.props
-        ch.conn.write(frames.encode_deliver(ch.number, self.tag, tag, entry.redelivered,
-                                            msg.exchange, msg.routing_key, props, msg.body,
-                                            ch.conn.frame_max))
-
-    def cancelled_by_broker(self, queue: Queue) -> None:
-        ch = self.channel
-        if ch.consumers.pop(self.tag, None) is None:
-            return
-        if ch.conn.capabilities.get("consumer_cancel_notify") and ch.state == "open":
-            if ch.held_cancels is not None:
-                ch.held_cancels.append(self.tag)
-            else:
-                ch.send(spec.Basic.Cancel(consumer_tag=self.tag, nowait=True))
-
-
-class Channel:
+class Channel(Publishing, Settling):
     """One channel of a connection. Errors it raises are closed by the connection."""
 
     def __init__(self, conn: Connection, number: int) -> None:
@@ -352,191 +295,6 @@ class Channel:
         for tag in held:
             self.send(spec.Basic.Cancel(consumer_tag=tag, nowait=True))
 
-    # ---- publishing ---------------------------------------------------------------------
-
-    def _publish(self, payload: bytes) -> None:
-        try:
-            exchange, routing_key, mandatory, immediate = frames.decode_publish(payload)
-        except ValueError as exc:  # RabbitMQ: 501 "cannot decode"
-            raise FrameError(f"cannot decode basic.publish: {exc}") from None
-        if immediate:
-            raise NotImplemented_("immediate=true")
-        self._pending = (exchange, routing_key, mandatory)
-
-    def _content_header(self, payload: bytes) -> None:
-        if self._pending is None or self._props:
-            raise UnexpectedFrame(f"content header frame without a basic.publish on channel "
-                                  f"{self.number}")
-        try:
-            class_id, body_size, props = frames.decode_content_header(payload)
-        except ValueError as exc:  # RabbitMQ: 501 FRAME_ERROR
-            raise FrameError(f"cannot decode content header: {exc}") from None
-        if class_id != 60:
-            raise UnexpectedFrame(f"content header for class {class_id}, expected 60")
-        self._accept_header(body_size, props)
-
-    def ready_for_publish(self) -> bool:
-        """Open and not in the middle of assembling another message."""
-        return self.state == "open" and self._pending is None
-
-    def publish_assembled(self, exchange: str, routing_key: str, mandatory: bool, props: bytes,
-                          body: bytes) -> None:
-        """basic.publish + header + body, already cut from the stream in one piece."""
-        self.current_method = (60, 40)
-        self._pending = (exchange, routing_key, mandatory)
-        self._accept_header(len(body), props)
-        if body:
-            self._complete(body)
-
-    def ack_assembled(self, delivery_tag: int, multiple: bool) -> None:
-        """basic.ack, decoded by the frame reader."""
-        self.current_method = (60, 80)
-        self._ack(delivery_tag, multiple)
-
-    def _accept_header(self, body_size: int, props: bytes) -> None:
-        limit = self.conn.broker.max_message_size
-        if body_size > limit:
-            self._pending = None
-            raise PreconditionFailed(f"message size {body_size} is larger than configured "
-                                     f"max size {limit}")
-        self._props = props
-        self._body_size = body_size
-        if body_size == 0:
-            self._complete(b"")
-
-    def _content_body(self, payload: bytes) -> None:
-        if self._pending is None or not self._props:
-            raise UnexpectedFrame(f"content body frame without a content header on channel "
-                                  f"{self.number}")
-        self._received += len(payload)
-        if self._received > self._body_size:
-            raise UnexpectedFrame(f"content body larger than the {self._body_size} bytes the "
-                                  "header announced")
-        if self._received == self._body_size:
-            if self._body:
-                self._body.append(payload)
-                payload = b"".join(self._body)
-                self._body = []
-            self._complete(payload)
-        else:
-            self._body.append(payload)
-
-    def _complete(self, body: bytes) -> None:
-        exchange_name, routing_key, mandatory = self._pending
-        props = self._props
-        self._pending = None
-        self._props = b""
-        self._received = 0
-        try:
-            msg = Message(exchange_name, routing_key, props, body)
-        except ValueError as exc:
-            raise SyntaxError_(f"malformed content header properties: {exc}") from None
-        self.published += 1
-        if exchange_name not in self._writable:
-            self._allow("write", "exchange", exchange_name)
-            self._writable.add(exchange_name)
-        vhost = self.vhost
-        exchange = vhost.get_exchange(exchange_name)
-        if exchange.internal:
-            raise AccessRefused(f"cannot publish to internal exchange '{exchange_name}' in "
-                                f"vhost '{vhost.name}'")
-        self._allow_topic("write", exchange, routing_key)
-        self._check_message(msg)
-        # Direct reply-to is resolved at publish time, in a transaction too (as RabbitMQ).
-        if msg.reply_to == REPLY_TO:
-            msg = self._with_reply_queue(msg)
-        if self.tx:
-            self._tx_publishes.append((exchange, msg, mandatory))
-            return
-        store = self.conn.broker.store
-        logged_before = store.seq if store is not None else 0
-        accepted = self._route(exchange, msg, mandatory)
-        if self.confirm:
-            self.publish_seq += 1
-            if accepted and store is not None and store.seq != logged_before:
-                # Persistent into a durable queue: confirmed once the fsync covers it
-                # (B-PUB-6); store_durable() settles it.
-                self.unconfirmed.append([self.publish_seq, None, store.seq])
-                store.waiters.add(self)
-            else:
-                self.unconfirmed.append([self.publish_seq, accepted])
-
-    def _route(self, exchange: Any, msg: Message, mandatory: bool) -> bool:
-        """Route and enqueue; False when a queue refused the message (x-overflow)."""
-        queues = self.vhost.route(exchange, msg)
-        accepted = True
-        if queues:
-            if b"BCC" in msg.props:
-                msg = without_bcc(msg)
-            for queue in queues:
-                accepted = queue.publish(msg) and accepted
-        elif mandatory:
-            self.conn.write(frames.encode_return(self.number, 312, "NO_ROUTE", msg.exchange,
-                                                 msg.routing_key, msg.props, msg.body,
-                                                 self.conn.frame_max))
-        return accepted
-
-    def _with_reply_queue(self, msg: Message) -> Message:
-        """Direct reply-to: name this channel's pseudo-queue as the reply address."""
-        if self.reply_queue is None:
-            raise PreconditionFailed("fast reply consumer does not exist")
-        props = decode_properties(msg.props)
-        props.reply_to = self.reply_queue.name
-        return msg.with_route(msg.exchange, msg.routing_key, encode_properties(props))
-
-    def _check_message(self, msg: Message) -> None:
-        """RabbitMQ's checks of the message itself, in its order (after the exchange's)."""
-        if msg.user_id is not None and msg.user_id != self.conn.user.name:
-            raise PreconditionFailed(f"user_id property set to '{msg.user_id}' but authenticated "
-                                     f"user was '{self.conn.user.name}'")
-        if msg.expiration is not None:
-            check_expiration(msg.expiration)
-        if b"CC" in msg.props:  # only a CC or BCC header needs checking (rare)
-            check_routing_headers(msg)
-
-    def flush_confirms(self) -> None:
-        """Write the confirms that are settled, in order: runs of acks as one
-        basic.ack(multiple), each refused publish as a basic.nack. A lone ack is not
-        multiple, as RabbitMQ sends it."""
-        pending = self.unconfirmed
-        last_ack = run = 0
-        out = []
-        while pending and pending[0][1] is not None:
-            seq, ok = pending.popleft()[:2]
-            if ok:
-                last_ack, run = seq, run + 1
-                continue
-            if last_ack:
-                out.append(frames.encode_basic_ack(self.number, last_ack, run > 1))
-                last_ack = run = 0
-            out.append(frames.encode_basic_ack(self.number, seq, False, True))
-        if last_ack:
-            out.append(frames.encode_basic_ack(self.number, last_ack, run > 1))
-        if out and self.state == "open":
-            self.conn.write(b"".join(out))
-
-    def store_durable(self, seq: int) -> bool:
-        """The store's records up to seq are on disk: confirm the publishes they cover.
-        Returns whether this channel still waits for more."""
-        if self.state != "open":
-            return False
-        waiting = False
-        for entry in self.unconfirmed:
-            if entry[1] is None:
-                if entry[2] > seq:
-                    waiting = True
-                    break
-                entry[1] = True
-        self.flush_confirms()
-        return waiting
-
-    def _confirm_select(self, m: Any) -> None:
-        if self.tx:
-            raise PreconditionFailed("cannot switch from tx to confirm mode")
-        self.confirm = True
-        if not m.nowait:
-            self.send(spec.Confirm.SelectOk())
-
     # ---- consuming ----------------------------------------------------------------------
 
     def _qos(self, m: Any) -> None:
@@ -555,7 +313,7 @@ class Channel:
         else:
             self._allow("read", "queue", m.queue)
             queue = self.vhost.get_queue(m.queue, self.conn)
-        tag = m.consumer_tag or _ctag()
+        tag = m.consumer_tag or consumer_tag()
         if tag in self.consumers:
             raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")
         # RabbitMQ refuses any exclusive consume on a single-active-consumer queue.
@@ -605,134 +363,6 @@ class Channel:
                                              msg.exchange, msg.routing_key, queue.message_count,
                                              queue.delivery_props(entry), msg.body,
                                              self.conn.frame_max))
-
-    # ---- settling deliveries ------------------------------------------------------------
-
-    def _pop(self, tag: int, multiple: bool) -> list[tuple[int, Any]]:
-        """Remove from unacked the (tag, delivery) pairs an ack/nack/reject names; 406 if
-        unknown."""
-        unacked = self.unacked
-        if (tag or not multiple) and tag not in unacked:
-            raise PreconditionFailed(f"unknown delivery tag {tag}")
-        if multiple:
-            tags = [t for t in unacked if t <= tag] if tag else list(unacked)
-        else:
-            tags = [tag]
-        return [(t, unacked.pop(t)) for t in tags]
-
-    def _take(self, tag: int, multiple: bool) -> list[tuple[Entry, Queue, ChannelConsumer | None]]:
-        """Remove and return the deliveries an ack/nack/reject names, freeing prefetch room."""
-        return self._uncount([delivery for _, delivery in self._pop(tag, multiple)])
-
-    def _uncount(self, taken: list) -> list:
-        """Settled deliveries no longer count against their consumer's and channel's prefetch."""
-        for _, _, consumer in taken:
-            if consumer is not None:
-                consumer.unacked -= 1
-                self.global_unacked -= 1
-        return taken
-
-    def _ack(self, tag: int, multiple: bool) -> None:
-        if self.tx:
-            self._tx_defer(tag, multiple, None)
-            return
-        taken = self._take(tag, multiple)
-        for queue, entries in _by_queue(taken).items():
-            queue.settle(entries)
-        self._refill(taken)
-
-    def _reject(self, m: Any) -> None:
-        if self.tx:
-            self._tx_defer(m.delivery_tag, False, m.requeue)
-            return
-        self._settle_negative(self._take(m.delivery_tag, False), m.requeue)
-
-    def _nack(self, m: Any) -> None:
-        if self.tx:
-            self._tx_defer(m.delivery_tag, m.multiple, m.requeue)
-            return
-        self._settle_negative(self._take(m.delivery_tag, m.multiple), m.requeue)
-
-    def _settle_negative(self, taken: list, requeue: bool) -> None:
-        if requeue:
-            self._requeue_entries(taken)
-        else:
-            for queue, entries in _by_queue(taken).items():
-                queue.reject(entries)
-        self._refill(taken)
-
-    def _recover(self, m: Any) -> None:
-        if not m.requeue:
-            raise NotImplemented_("requeue=false")
-        # Deliveries whose settle waits in a transaction still count against prefetch.
-        taken = self._uncount(list(self.unacked.values()))
-        self.unacked.clear()
-        self._requeue_entries(taken)
-        if m.name == "Basic.Recover":
-            self.send(spec.Basic.RecoverOk())
-
-    def _requeue_entries(self, taken: list) -> None:
-        for queue, entries in _by_queue(taken).items():
-            queue.requeue(entries)
-
-    def _refill(self, taken: list) -> None:
-        """Room was freed: let the queues of the affected consumers deliver again."""
-        if self.global_prefetch:
-            self.resume_deliveries()
-            return
-        pending = self.conn.pending_dispatch
-        for _, _, consumer in taken:
-            if consumer is not None:
-                pending[consumer.queue] = None
-
-    # ---- transactions -------------------------------------------------------------------
-
-    def _tx_select(self, m: Any) -> None:
-        if self.confirm:
-            raise PreconditionFailed("cannot switch from confirm to tx mode")
-        self.tx = True
-        self.send(spec.Tx.SelectOk())
-
-    def _tx_defer(self, tag: int, multiple: bool, requeue: bool | None) -> None:
-        """In tx mode an ack/nack/reject takes its deliveries out of unacked now (settling
-        one twice is 406, as in RabbitMQ) and applies at commit."""
-        self._tx_settles.append((self._pop(tag, multiple), requeue))
-
-    def _tx_commit(self, m: Any) -> None:
-        if not self.tx:
-            raise PreconditionFailed("channel is not transactional")
-        publishes, settles = self._tx_publishes, self._tx_settles
-        self._tx_publishes, self._tx_settles = [], []
-        store = self.conn.broker.store
-        logged_before = store.seq if store is not None else 0
-        for exchange, msg, mandatory in publishes:
-            self._route(exchange, msg, mandatory)
-        for popped, requeue in settles:
-            taken = self._uncount([delivery for _, delivery in popped])
-            if requeue is None:
-                for queue, entries in _by_queue(taken).items():
-                    queue.settle(entries)
-                self._refill(taken)
-            else:
-                self._settle_negative(taken, requeue)
-        if store is not None and store.seq != logged_before:
-            store.wait_durable()  # as in RabbitMQ, commit-ok means persistent work is on disk
-        self.send(spec.Tx.CommitOk())
-
-    def _tx_rollback(self, m: Any) -> None:
-        if not self.tx:
-            raise PreconditionFailed("channel is not transactional")
-        for popped, _ in self._tx_settles:
-            self.unacked.update(popped)  # rolled back settles leave them unacked
-        self._tx_publishes, self._tx_settles = [], []
-        self.send(spec.Tx.RollbackOk())
-
-
-def _by_queue(taken: Iterable[tuple[Entry, Queue, Any]]) -> dict[Queue, list[Entry]]:
-    grouped: dict[Queue, list[Entry]] = {}
-    for entry, queue, _ in taken:
-        grouped.setdefault(queue, []).append(entry)
-    return grouped
 
 
 def _encode_declare_ok(channel: int, queue: Queue) -> bytes:

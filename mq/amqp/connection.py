@@ -342,7 +342,8 @@ class Connection:
             return
         self.user = user
         self.state = "tune-ok"
-        self.send_method(0, spec.Connection.Tune(channel_max=self._max_channels, frame_max=FRAME_MAX,
+        self.send_method(0, spec.Connection.Tune(channel_max=self._max_channels,
+                                                 frame_max=FRAME_MAX,
                                                  heartbeat=self._proposed_heartbeat))
 
     def _refuse_login(self, text: str, username: str) -> None:

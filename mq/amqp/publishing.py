@@ -1,0 +1,205 @@
+"""Publishing on a channel: content assembly, the message checks, routing and publisher
+confirms. Mixed into Channel, whose state it uses."""
+from __future__ import annotations
+
+from typing import Any
+
+from pamqp import commands as spec
+
+from mq._core import frames
+from mq._core.message import Message
+from mq.broker.deadletter import check_routing_headers, without_bcc
+from mq.broker.errors import (AccessRefused, FrameError, NotImplemented_, PreconditionFailed,
+                              SyntaxError_, UnexpectedFrame)
+from mq.broker.properties import decode as decode_properties
+from mq.broker.properties import encode as encode_properties
+from mq.broker.queue_args import check_expiration
+
+REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+class Publishing:
+    """basic.publish (with its content frames) and confirm.select, for Channel."""
+
+    def _publish(self, payload: bytes) -> None:
+        try:
+            exchange, routing_key, mandatory, immediate = frames.decode_publish(payload)
+        except ValueError as exc:  # RabbitMQ: 501 "cannot decode"
+            raise FrameError(f"cannot decode basic.publish: {exc}") from None
+        if immediate:
+            raise NotImplemented_("immediate=true")
+        self._pending = (exchange, routing_key, mandatory)
+
+    def _content_header(self, payload: bytes) -> None:
+        if self._pending is None or self._props:
+            raise UnexpectedFrame(f"content header frame without a basic.publish on channel "
+                                  f"{self.number}")
+        try:
+            class_id, body_size, props = frames.decode_content_header(payload)
+        except ValueError as exc:  # RabbitMQ: 501 FRAME_ERROR
+            raise FrameError(f"cannot decode content header: {exc}") from None
+        if class_id != 60:
+            raise UnexpectedFrame(f"content header for class {class_id}, expected 60")
+        self._accept_header(body_size, props)
+
+    def ready_for_publish(self) -> bool:
+        """Open and not in the middle of assembling another message."""
+        return self.state == "open" and self._pending is None
+
+    def publish_assembled(self, exchange: str, routing_key: str, mandatory: bool, props: bytes,
+                          body: bytes) -> None:
+        """basic.publish + header + body, already cut from the stream in one piece."""
+        self.current_method = (60, 40)
+        self._pending = (exchange, routing_key, mandatory)
+        self._accept_header(len(body), props)
+        if body:
+            self._complete(body)
+
+    def ack_assembled(self, delivery_tag: int, multiple: bool) -> None:
+        """basic.ack, decoded by the frame reader."""
+        self.current_method = (60, 80)
+        self._ack(delivery_tag, multiple)
+
+    def _accept_header(self, body_size: int, props: bytes) -> None:
+        limit = self.conn.broker.max_message_size
+        if body_size > limit:
+            self._pending = None
+            raise PreconditionFailed(f"message size {body_size} is larger than configured "
+                                     f"max size {limit}")
+        self._props = props
+        self._body_size = body_size
+        if body_size == 0:
+            self._complete(b"")
+
+    def _content_body(self, payload: bytes) -> None:
+        if self._pending is None or not self._props:
+            raise UnexpectedFrame(f"content body frame without a content header on channel "
+                                  f"{self.number}")
+        self._received += len(payload)
+        if self._received > self._body_size:
+            raise UnexpectedFrame(f"content body larger than the {self._body_size} bytes the "
+                                  "header announced")
+        if self._received == self._body_size:
+            if self._body:
+                self._body.append(payload)
+                payload = b"".join(self._body)
+                self._body = []
+            self._complete(payload)
+        else:
+            self._body.append(payload)
+
+    def _complete(self, body: bytes) -> None:
+        exchange_name, routing_key, mandatory = self._pending
+        props = self._props
+        self._pending = None
+        self._props = b""
+        self._received = 0
+        try:
+            msg = Message(exchange_name, routing_key, props, body)
+        except ValueError as exc:
+            raise SyntaxError_(f"malformed content header properties: {exc}") from None
+        self.published += 1
+        if exchange_name not in self._writable:
+            self._allow("write", "exchange", exchange_name)
+            self._writable.add(exchange_name)
+        vhost = self.vhost
+        exchange = vhost.get_exchange(exchange_name)
+        if exchange.internal:
+            raise AccessRefused(f"cannot publish to internal exchange '{exchange_name}' in "
+                                f"vhost '{vhost.name}'")
+        self._allow_topic("write", exchange, routing_key)
+        self._check_message(msg)
+        # Direct reply-to is resolved at publish time, in a transaction too (as RabbitMQ).
+        if msg.reply_to == REPLY_TO:
+            msg = self._with_reply_queue(msg)
+        if self.tx:
+            self._tx_publishes.append((exchange, msg, mandatory))
+            return
+        store = self.conn.broker.store
+        logged_before = store.seq if store is not None else 0
+        accepted = self._route(exchange, msg, mandatory)
+        if self.confirm:
+            self.publish_seq += 1
+            if accepted and store is not None and store.seq != logged_before:
+                # Persistent into a durable queue: confirmed once the fsync covers it
+                # (B-PUB-6); store_durable() settles it.
+                self.unconfirmed.append([self.publish_seq, None, store.seq])
+                store.waiters.add(self)
+            else:
+                self.unconfirmed.append([self.publish_seq, accepted])
+
+    def _route(self, exchange: Any, msg: Message, mandatory: bool) -> bool:
+        """Route and enqueue; False when a queue refused the message (x-overflow)."""
+        queues = self.vhost.route(exchange, msg)
+        accepted = True
+        if queues:
+            if b"BCC" in msg.props:
+                msg = without_bcc(msg)
+            for queue in queues:
+                accepted = queue.publish(msg) and accepted
+        elif mandatory:
+            self.conn.write(frames.encode_return(self.number, 312, "NO_ROUTE", msg.exchange,
+                                                 msg.routing_key, msg.props, msg.body,
+                                                 self.conn.frame_max))
+        return accepted
+
+    def _with_reply_queue(self, msg: Message) -> Message:
+        """Direct reply-to: name this channel's pseudo-queue as the reply address."""
+        if self.reply_queue is None:
+            raise PreconditionFailed("fast reply consumer does not exist")
+        props = decode_properties(msg.props)
+        props.reply_to = self.reply_queue.name
+        return msg.with_route(msg.exchange, msg.routing_key, encode_properties(props))
+
+    def _check_message(self, msg: Message) -> None:
+        """RabbitMQ's checks of the message itself, in its order (after the exchange's)."""
+        if msg.user_id is not None and msg.user_id != self.conn.user.name:
+            raise PreconditionFailed(f"user_id property set to '{msg.user_id}' but authenticated "
+                                     f"user was '{self.conn.user.name}'")
+        if msg.expiration is not None:
+            check_expiration(msg.expiration)
+        if b"CC" in msg.props:  # only a CC or BCC header needs checking (rare)
+            check_routing_headers(msg)
+
+    def flush_confirms(self) -> None:
+        """Write the confirms that are settled, in order: runs of acks as one
+        basic.ack(multiple), each refused publish as a basic.nack. A lone ack is not
+        multiple, as RabbitMQ sends it."""
+        pending = self.unconfirmed
+        last_ack = run = 0
+        out = []
+        while pending and pending[0][1] is not None:
+            seq, ok = pending.popleft()[:2]
+            if ok:
+                last_ack, run = seq, run + 1
+                continue
+            if last_ack:
+                out.append(frames.encode_basic_ack(self.number, last_ack, run > 1))
+                last_ack = run = 0
+            out.append(frames.encode_basic_ack(self.number, seq, False, True))
+        if last_ack:
+            out.append(frames.encode_basic_ack(self.number, last_ack, run > 1))
+        if out and self.state == "open":
+            self.conn.write(b"".join(out))
+
+    def store_durable(self, seq: int) -> bool:
+        """The store's records up to seq are on disk: confirm the publishes they cover.
+        Returns whether this channel still waits for more."""
+        if self.state != "open":
+            return False
+        waiting = False
+        for entry in self.unconfirmed:
+            if entry[1] is None:
+                if entry[2] > seq:
+                    waiting = True
+                    break
+                entry[1] = True
+        self.flush_confirms()
+        return waiting
+
+    def _confirm_select(self, m: Any) -> None:
+        if self.tx:
+            raise PreconditionFailed("cannot switch from tx to confirm mode")
+        self.confirm = True
+        if not m.nowait:
+            self.send(spec.Confirm.SelectOk())

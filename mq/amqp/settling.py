@@ -1,0 +1,144 @@
+"""Settling deliveries on a channel: ack, nack, reject, recover, and transactions (which
+defer publishes and settles to commit). Mixed into Channel, whose state it uses."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+
+from pamqp import commands as spec
+
+from mq._core.msgqueue import Entry
+from mq.broker.errors import NotImplemented_, PreconditionFailed
+from mq.broker.queue import Queue
+
+if TYPE_CHECKING:
+    from mq.amqp.consumer import ChannelConsumer
+
+
+class Settling:
+    """basic.ack/nack/reject/recover and tx.select/commit/rollback, for Channel."""
+
+    def _pop(self, tag: int, multiple: bool) -> list[tuple[int, Any]]:
+        """Remove from unacked the (tag, delivery) pairs an ack/nack/reject names; 406 if
+        unknown."""
+        unacked = self.unacked
+        if (tag or not multiple) and tag not in unacked:
+            raise PreconditionFailed(f"unknown delivery tag {tag}")
+        if multiple:
+            tags = [t for t in unacked if t <= tag] if tag else list(unacked)
+        else:
+            tags = [tag]
+        return [(t, unacked.pop(t)) for t in tags]
+
+    def _take(self, tag: int, multiple: bool) -> list[tuple[Entry, Queue, ChannelConsumer | None]]:
+        """Remove and return the deliveries an ack/nack/reject names, freeing prefetch room."""
+        return self._uncount([delivery for _, delivery in self._pop(tag, multiple)])
+
+    def _uncount(self, taken: list) -> list:
+        """Settled deliveries no longer count against their consumer's and channel's prefetch."""
+        for _, _, consumer in taken:
+            if consumer is not None:
+                consumer.unacked -= 1
+                self.global_unacked -= 1
+        return taken
+
+    def _ack(self, tag: int, multiple: bool) -> None:
+        if self.tx:
+            self._tx_defer(tag, multiple, None)
+            return
+        taken = self._take(tag, multiple)
+        for queue, entries in _by_queue(taken).items():
+            queue.settle(entries)
+        self._refill(taken)
+
+    def _reject(self, m: Any) -> None:
+        if self.tx:
+            self._tx_defer(m.delivery_tag, False, m.requeue)
+            return
+        self._settle_negative(self._take(m.delivery_tag, False), m.requeue)
+
+    def _nack(self, m: Any) -> None:
+        if self.tx:
+            self._tx_defer(m.delivery_tag, m.multiple, m.requeue)
+            return
+        self._settle_negative(self._take(m.delivery_tag, m.multiple), m.requeue)
+
+    def _settle_negative(self, taken: list, requeue: bool) -> None:
+        if requeue:
+            self._requeue_entries(taken)
+        else:
+            for queue, entries in _by_queue(taken).items():
+                queue.reject(entries)
+        self._refill(taken)
+
+    def _recover(self, m: Any) -> None:
+        if not m.requeue:
+            raise NotImplemented_("requeue=false")
+        # Deliveries whose settle waits in a transaction still count against prefetch.
+        taken = self._uncount(list(self.unacked.values()))
+        self.unacked.clear()
+        self._requeue_entries(taken)
+        if m.name == "Basic.Recover":
+            self.send(spec.Basic.RecoverOk())
+
+    def _requeue_entries(self, taken: list) -> None:
+        for queue, entries in _by_queue(taken).items():
+            queue.requeue(entries)
+
+    def _refill(self, taken: list) -> None:
+        """Room was freed: let the queues of the affected consumers deliver again."""
+        if self.global_prefetch:
+            self.resume_deliveries()
+            return
+        pending = self.conn.pending_dispatch
+        for _, _, consumer in taken:
+            if consumer is not None:
+                pending[consumer.queue] = None
+
+    # ---- transactions -------------------------------------------------------------------
+
+    def _tx_select(self, m: Any) -> None:
+        if self.confirm:
+            raise PreconditionFailed("cannot switch from confirm to tx mode")
+        self.tx = True
+        self.send(spec.Tx.SelectOk())
+
+    def _tx_defer(self, tag: int, multiple: bool, requeue: bool | None) -> None:
+        """In tx mode an ack/nack/reject takes its deliveries out of unacked now (settling
+        one twice is 406, as in RabbitMQ) and applies at commit."""
+        self._tx_settles.append((self._pop(tag, multiple), requeue))
+
+    def _tx_commit(self, m: Any) -> None:
+        if not self.tx:
+            raise PreconditionFailed("channel is not transactional")
+        publishes, settles = self._tx_publishes, self._tx_settles
+        self._tx_publishes, self._tx_settles = [], []
+        store = self.conn.broker.store
+        logged_before = store.seq if store is not None else 0
+        for exchange, msg, mandatory in publishes:
+            self._route(exchange, msg, mandatory)
+        for popped, requeue in settles:
+            taken = self._uncount([delivery for _, delivery in popped])
+            if requeue is None:
+                for queue, entries in _by_queue(taken).items():
+                    queue.settle(entries)
+                self._refill(taken)
+            else:
+                self._settle_negative(taken, requeue)
+        if store is not None and store.seq != logged_before:
+            store.wait_durable()  # as in RabbitMQ, commit-ok means persistent work is on disk
+        self.send(spec.Tx.CommitOk())
+
+    def _tx_rollback(self, m: Any) -> None:
+        if not self.tx:
+            raise PreconditionFailed("channel is not transactional")
+        for popped, _ in self._tx_settles:
+            self.unacked.update(popped)  # rolled back settles leave them unacked
+        self._tx_publishes, self._tx_settles = [], []
+        self.send(spec.Tx.RollbackOk())
+
+
+def _by_queue(taken: Iterable[tuple[Entry, Queue, Any]]) -> dict[Queue, list[Entry]]:
+    grouped: dict[Queue, list[Entry]] = {}
+    for entry, queue, _ in taken:
+        grouped.setdefault(queue, []).append(entry)
+    return grouped
