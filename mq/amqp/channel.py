@@ -39,6 +39,7 @@ class Channel(Publishing, Settling):
         self.number = number
         self.state = "open"
         self.current_method = (0, 0)
+        self.store = conn.broker.store  # the durable store (None: in memory), fixed at start
         self.consumers: dict[str, ChannelConsumer] = {}
         self.delivery_tag = 0
         self.unacked: dict[int, tuple[Entry, Queue, ChannelConsumer | None]] = {}

@@ -50,10 +50,11 @@ class Publishing:
                           body: bytes) -> None:
         """basic.publish + header + body, already cut from the stream in one piece."""
         self.current_method = (60, 40)
-        self._pending = (exchange, routing_key, mandatory)
-        self._accept_header(len(body), props)
-        if body:
-            self._complete(body)
+        limit = self.conn.broker.max_message_size
+        if len(body) > limit:
+            raise PreconditionFailed(f"message size {len(body)} is larger than configured "
+                                     f"max size {limit}")
+        self._publish_message(exchange, routing_key, mandatory, props, body)
 
     def ack_assembled(self, delivery_tag: int, multiple: bool) -> None:
         """basic.ack, decoded by the frame reader."""
@@ -94,6 +95,11 @@ class Publishing:
         self._pending = None
         self._props = b""
         self._received = 0
+        self._publish_message(exchange_name, routing_key, mandatory, props, body)
+
+    def _publish_message(self, exchange_name: str, routing_key: str, mandatory: bool,
+                         props: bytes, body: bytes) -> None:
+        """A whole message from the client: checks, then routing (or the transaction)."""
         try:
             msg = Message(exchange_name, routing_key, props, body)
         except ValueError as exc:
@@ -103,19 +109,22 @@ class Publishing:
             self._allow("write", "exchange", exchange_name)
             self._writable.add(exchange_name)
         vhost = self.vhost
-        exchange = vhost.get_exchange(exchange_name)
+        exchange = vhost.exchanges.get(exchange_name) or vhost.get_exchange(exchange_name)
         if exchange.internal:
             raise AccessRefused(f"cannot publish to internal exchange '{exchange_name}' in "
                                 f"vhost '{vhost.name}'")
-        self._allow_topic("write", exchange, routing_key)
-        self._check_message(msg)
+        if exchange.type == "topic":
+            self._allow_topic("write", exchange, routing_key)
+        # The message's own checks, only when it carries what they look at.
+        if msg.user_id is not None or msg.expiration is not None or b"CC" in props:
+            self._check_message(msg)
         # Direct reply-to is resolved at publish time, in a transaction too (as RabbitMQ).
         if msg.reply_to == REPLY_TO:
             msg = self._with_reply_queue(msg)
         if self.tx:
             self._tx_publishes.append((exchange, msg, mandatory))
             return
-        store = self.conn.broker.store
+        store = self.store
         logged_before = store.seq if store is not None else 0
         accepted = self._route(exchange, msg, mandatory)
         if self.confirm:

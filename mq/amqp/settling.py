@@ -112,7 +112,7 @@ class Settling:
             raise PreconditionFailed("channel is not transactional")
         publishes, settles = self._tx_publishes, self._tx_settles
         self._tx_publishes, self._tx_settles = [], []
-        store = self.conn.broker.store
+        store = self.store
         logged_before = store.seq if store is not None else 0
         for exchange, msg, mandatory in publishes:
             self._route(exchange, msg, mandatory)
