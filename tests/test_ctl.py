@@ -10,6 +10,7 @@ from typing import Iterator
 import pika
 import pytest
 
+from ctlutil import amqp, ctl
 from mq.ctl import ApiClient
 from mq.testing import BrokerProcess, run_broker
 
@@ -20,26 +21,11 @@ def broker() -> Iterator[BrokerProcess]:
         yield b
 
 
-def ctl(broker: BrokerProcess, *args: str, ok: bool = True,
-        user: str = "guest", password: str = "guest") -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "mq", "ctl", "--url", broker.management_url,
-                             "--user", user, "--password", password, *args],
-                            capture_output=True, text=True, timeout=30)
-    assert (result.returncode == 0) == ok, result.stderr
-    return result
-
-
 def table(output: str) -> list[dict[str, str]]:
     """Rows of a ctl table, by column name."""
     header, *rows = output.splitlines()
     names = header.split()
     return [dict(zip(names, row.split())) for row in rows]
-
-
-def amqp(broker: BrokerProcess, user: str = "guest", password: str = "guest",
-         vhost: str = "/") -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.ConnectionParameters(
-        "127.0.0.1", broker.port, vhost, pika.PlainCredentials(user, password)))
 
 
 def test_queues_declare_list_purge_delete(broker: BrokerProcess, uid: str) -> None:

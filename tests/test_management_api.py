@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 import pika
 import pytest
 
+from ctlutil import amqp
 from mq.ctl import ApiClient, ApiError, quote
 from mq.testing import BrokerProcess, run_broker
 
@@ -35,13 +36,6 @@ def broker() -> Iterator[BrokerProcess]:
 @pytest.fixture
 def api(broker: BrokerProcess) -> ApiClient:
     return ApiClient(broker.management_url)
-
-
-def amqp(broker: BrokerProcess, user: str = "guest", password: str = "guest",
-         vhost: str = "/") -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.ConnectionParameters(
-        "127.0.0.1", broker.port, vhost,
-        pika.PlainCredentials(user, password)))
 
 
 def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:

@@ -15,6 +15,7 @@ import pika
 import pika.exceptions
 import pytest
 
+from ctlutil import ctl
 from mq.ctl import ApiClient, ApiError
 from mq.testing import BrokerProcess, run_broker
 
@@ -355,25 +356,21 @@ def test_policies_in_api_and_definitions(api: ApiClient) -> None:
 def test_ctl_set_list_clear_policy(broker: BrokerProcess, ch: Any, uid: str) -> None:
     """issue 4 (B-MGMT-3): `mq ctl set_policy / list_policies / clear_policy`, as
     rabbitmqctl takes them (and `list policies` as the other lists)."""
-    def ctl(*args: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "mq", "ctl", "--url",
-                                 broker.management_url, *args],
-                                capture_output=True, text=True, timeout=30)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
+    def run(*args: str) -> str:
+        return ctl(broker, *args).stdout
 
     queue, policy = f"ctl.{uid}", f"ctl-{uid}"
     ch.queue_declare(queue)
-    assert ctl("set_policy", policy, rf"^ctl\.{uid}$", '{"max-length": 1}', "--priority", "3",
+    assert run("set_policy", policy, rf"^ctl\.{uid}$", '{"max-length": 1}', "--priority", "3",
                "--apply-to", "queues").strip() == f"policy {policy} set"
     for i in range(2):
         ch.basic_publish("", queue, f"m{i}".encode())
     assert wait_for(lambda: count(ch, queue) == 1)
-    row = next(line for line in ctl("list_policies").splitlines() if policy in line)
+    row = next(line for line in run("list_policies").splitlines() if policy in line)
     assert row.split() == ["/", policy, rf"^ctl\.{uid}$", "queues", '{"max-length":', "1}", "3"]
-    assert row in ctl("list", "policies").splitlines()
-    assert ctl("clear_policy", policy).strip() == f"policy {policy} cleared"
-    assert policy not in ctl("list-policies")
+    assert row in run("list", "policies").splitlines()
+    assert run("clear_policy", policy).strip() == f"policy {policy} cleared"
+    assert policy not in run("list-policies")
 
 
 @pytest.mark.skipif(not RABBITMQADMIN, reason="rabbitmqadmin not found: put it on PATH or set "

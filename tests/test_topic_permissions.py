@@ -5,13 +5,12 @@ and managed over the management API and `mq ctl` as RabbitMQ 3.10 does."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any, Callable, Iterator
 
 import pika
 import pytest
 
+from ctlutil import ctl
 from mq.ctl import ApiClient, ApiError
 from mq.testing import BrokerProcess, run_broker
 
@@ -208,21 +207,17 @@ def test_topic_permissions_survive_a_restart(uid: str) -> None:
 
 def test_ctl_set_list_clear(broker: BrokerProcess, api: ApiClient, uid: str) -> None:
     """B-AUTH-1: `mq ctl set-topic-permissions/list-topic-permissions/clear-topic-permissions`."""
-    def ctl(*args: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "mq", "ctl", "--url",
-                                 broker.management_url, *args],
-                                capture_output=True, text=True, timeout=30)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
+    def run(*args: str) -> str:
+        return ctl(broker, *args).stdout
     user = f"ctl-{uid}"
     _new_user(api, user)
-    ctl("set-topic-permissions", user, "tp.free", "--write", "^w$", "--read", "^r$")
-    rows = [line.split() for line in ctl("list-topic-permissions", "--vhost", "/").splitlines()]
+    run("set-topic-permissions", user, "tp.free", "--write", "^w$", "--read", "^r$")
+    rows = [line.split() for line in run("list-topic-permissions", "--vhost", "/").splitlines()]
     assert rows[0] == ["user", "vhost", "exchange", "write", "read"]
     assert [user, "/", "tp.free", "^w$", "^r$"] in rows
     ch = _channel(broker, user)
     assert _refused(lambda: ch.basic_publish("tp.free", "x", b"x")) == (
         403, _text("x", user, "tp.free"))
-    ctl("clear-topic-permissions", user)
-    assert user not in {p["user"] for p in json.loads(ctl("--json", "list-topic-permissions"))}
+    run("clear-topic-permissions", user)
+    assert user not in {p["user"] for p in json.loads(run("--json", "list-topic-permissions"))}
     _channel(broker, user).basic_publish("tp.free", "x", b"x")
