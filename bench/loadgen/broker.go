@@ -40,14 +40,24 @@ type topology struct {
 	queues   []string
 }
 
-func declare(cfg Config) (*topology, error) {
-	conn, err := dial(cfg.URL)
+// dialChannel opens a connection with one channel on it (the connection is closed again
+// if the channel can't be had).
+func dialChannel(url string) (*amqp.Connection, *amqp.Channel, error) {
+	conn, err := dial(url)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ch, err := conn.Channel()
 	if err != nil {
 		conn.Close()
+		return nil, nil, err
+	}
+	return conn, ch, nil
+}
+
+func declare(cfg Config) (*topology, error) {
+	conn, ch, err := dialChannel(cfg.URL)
+	if err != nil {
 		return nil, err
 	}
 	t := &topology{conn: conn, ch: ch}

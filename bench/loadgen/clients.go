@@ -19,13 +19,8 @@ type producer struct {
 }
 
 func openProducer(cfg Config) (*producer, error) {
-	conn, err := dial(cfg.URL)
+	conn, ch, err := dialChannel(cfg.URL)
 	if err != nil {
-		return nil, err
-	}
-	ch, err := conn.Channel()
-	if err != nil {
-		conn.Close()
 		return nil, err
 	}
 	p := &producer{conn: conn, ch: ch, closed: conn.NotifyClose(make(chan *amqp.Error, 1))}
