@@ -217,6 +217,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands that are one request without a body: method, path, what to say when done.
+_BODILESS = {
+    "delete-user": ("DELETE", "/api/users/{name}", "user {name} deleted"),
+    "add-vhost": ("PUT", "/api/vhosts/{name}", "vhost {name} added"),
+    "delete-vhost": ("DELETE", "/api/vhosts/{name}", "vhost {name} deleted"),
+    "clear-permissions": ("DELETE", "/api/permissions/{vhost}/{user}",
+                          "permissions of {user} cleared"),
+    "clear-topic-permissions": ("DELETE", "/api/topic-permissions/{vhost}/{user}",
+                                "topic permissions of {user} cleared"),
+}
+
+
 def run(args: argparse.Namespace, client: ApiClient) -> Any:
     """Do the command; returns what to print (rows for lists, a dict, text or None)."""
     command = args.command
@@ -281,29 +293,19 @@ def run(args: argparse.Namespace, client: ApiClient) -> Any:
         client.request("PUT", f"/api/users/{quote(args.name)}",
                        {"password": args.password, "tags": args.tags})
         return f"user {args.name} added"
-    if command == "delete-user":
-        client.request("DELETE", f"/api/users/{quote(args.name)}")
-        return f"user {args.name} deleted"
-    if command == "add-vhost":
-        client.request("PUT", f"/api/vhosts/{quote(args.name)}")
-        return f"vhost {args.name} added"
-    if command == "delete-vhost":
-        client.request("DELETE", f"/api/vhosts/{quote(args.name)}")
-        return f"vhost {args.name} deleted"
+    if command in _BODILESS:
+        method, path, done = _BODILESS[command]
+        name, user = getattr(args, "name", ""), getattr(args, "user", "")
+        client.request(method, path.format(vhost=vhost, name=quote(name), user=quote(user)))
+        return done.format(name=name, user=user)
     if command == "set-permissions":
         client.request("PUT", f"/api/permissions/{vhost}/{quote(args.user)}", {
             "configure": args.configure, "write": args.write, "read": args.read})
         return f"permissions of {args.user} set"
-    if command == "clear-permissions":
-        client.request("DELETE", f"/api/permissions/{vhost}/{quote(args.user)}")
-        return f"permissions of {args.user} cleared"
     if command == "set-topic-permissions":
         client.request("PUT", f"/api/topic-permissions/{vhost}/{quote(args.user)}", {
             "exchange": args.exchange, "write": args.write, "read": args.read})
         return f"topic permissions of {args.user} on {args.exchange} set"
-    if command == "clear-topic-permissions":
-        client.request("DELETE", f"/api/topic-permissions/{vhost}/{quote(args.user)}")
-        return f"topic permissions of {args.user} cleared"
     if command == "list-topic-permissions":
         return client.get(f"/api/vhosts/{vhost}/topic-permissions" if args.vhost
                           else "/api/topic-permissions")
