@@ -1,9 +1,11 @@
-"""Shared by the management tests: `mq ctl` run as a user runs it, and a pika connection as
-a given user."""
+"""Shared by the management tests: `mq ctl` run as a user runs it, a pika connection as a
+given user, and polling until something holds."""
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from typing import Any, Callable
 
 import pika
 
@@ -24,3 +26,13 @@ def amqp(broker: BrokerProcess, user: str = "guest", password: str = "guest",
          vhost: str = "/") -> pika.BlockingConnection:
     return pika.BlockingConnection(pika.ConnectionParameters(
         "127.0.0.1", broker.port, vhost, pika.PlainCredentials(user, password)))
+
+
+def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Poll until check() is truthy; returns its last value (falsy after the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)

@@ -13,12 +13,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pika
 import pytest
 
-from ctlutil import amqp
+from ctlutil import amqp, eventually
 from mq.ctl import ApiClient, ApiError, quote
 from mq.testing import BrokerProcess, run_broker
 
@@ -36,16 +36,6 @@ def broker() -> Iterator[BrokerProcess]:
 @pytest.fixture
 def api(broker: BrokerProcess) -> ApiClient:
     return ApiClient(broker.management_url)
-
-
-def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll until check() is truthy (rates are sampled every two seconds)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
 
 
 def raw_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
@@ -74,7 +64,7 @@ def test_overview_shape_and_rates(broker: BrokerProcess, api: ApiClient, uid: st
             ch.basic_publish("", f"ov-{uid}", b"x")
         return api.get("/api/overview")["message_stats"]["publish_details"]["rate"]
 
-    assert eventually(publishing_rate) > 0
+    assert eventually(publishing_rate, timeout=15.0) > 0
     overview = api.get("/api/overview")
     assert overview["message_stats"]["publish"] >= before + 20
     assert set(overview["object_totals"]) == {"connections", "channels", "exchanges", "queues",
@@ -106,7 +96,8 @@ def test_declare_queue_via_api_then_use_it_with_pika(broker: BrokerProcess, api:
     ch.queue_declare(f"api-{uid}", passive=True)
     for i in range(7):
         ch.basic_publish("", f"api-{uid}", f"m{i}".encode())
-    queue = eventually(lambda: (q := api.get(path))["messages_ready"] == 5 and q)
+    queue = eventually(lambda: (q := api.get(path))["messages_ready"] == 5 and q,
+                       timeout=15.0)
     assert queue["name"] == f"api-{uid}" and queue["vhost"] == "/"
     assert queue["durable"] is True and queue["auto_delete"] is False
     assert queue["exclusive"] is False and queue["state"] == "running"
@@ -118,7 +109,8 @@ def test_declare_queue_via_api_then_use_it_with_pika(broker: BrokerProcess, api:
     queue = api.get(path)
     assert (queue["messages_ready"], queue["messages_unacknowledged"]) == (4, 1)
     ch.basic_ack(method.delivery_tag)
-    queue = eventually(lambda: (q := api.get(path))["message_stats"]["ack"] == 1 and q)
+    queue = eventually(lambda: (q := api.get(path))["message_stats"]["ack"] == 1 and q,
+                       timeout=15.0)
     assert queue["message_stats"]["deliver_get"] == 1 and queue["messages"] == 4
     conn.close()
     assert api.call("DELETE", path)[0] == 204
@@ -148,7 +140,7 @@ def test_queue_rates_consumers_purge_and_delete(broker: BrokerProcess, api: ApiC
         conn.process_data_events(0.1)
         return api.get(path)["message_stats"]["deliver_get_details"]["rate"] > 0
 
-    assert eventually(flowing)
+    assert eventually(flowing, timeout=15.0)
     acking[0] = False
     for _ in range(10):
         ch.basic_publish("", name, b"x")
@@ -252,7 +244,7 @@ def test_connections_channels_and_forced_close(broker: BrokerProcess, api: ApiCl
         ch.basic_publish("", "nowhere", b"x")
     assert closed.value.reply_code == 320
     assert closed.value.reply_text == f"CONNECTION_FORCED - bye {uid}"
-    assert eventually(lambda: mine() is None)
+    assert eventually(lambda: mine() is None, timeout=15.0)
 
 
 def test_vhosts_users_permissions(broker: BrokerProcess, api: ApiClient, uid: str) -> None:

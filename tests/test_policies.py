@@ -9,13 +9,14 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pika
 import pika.exceptions
 import pytest
 
-from ctlutil import ctl
+from ctlutil import ctl, eventually
+from queuetest import drain, message_count
 from mq.ctl import ApiClient, ApiError
 from mq.testing import BrokerProcess, run_broker
 
@@ -60,26 +61,8 @@ def ch(broker: BrokerProcess) -> Iterator[Any]:
     conn.close()
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.02)
-
-
-def count(ch: Any, queue: str) -> int:
-    return ch.queue_declare(queue, passive=True).method.message_count
-
-
 def bodies(ch: Any, queue: str) -> list[bytes]:
-    out = []
-    while True:
-        method, _, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append(body)
+    return [body for _, _, body in drain(ch, queue)]
 
 
 def dead_queue(ch: Any, source: str, exchange: str = "pol.dlx") -> str:
@@ -106,14 +89,14 @@ def test_policy_dead_letters_expired_messages(ch: Any, uid: str) -> None:
     ch.queue_declare(queue)
     dead = dead_queue(ch, queue)
     ch.basic_publish("", queue, b"m1")
-    assert wait_for(lambda: count(ch, dead) == 1)
+    assert eventually(lambda: message_count(ch, dead) == 1)
     _, props, body = ch.basic_get(dead, auto_ack=True)
     assert body == b"m1"
     death = props.headers["x-death"][0]
     assert (death["queue"], death["reason"], death["count"]) == (queue, "expired", 1)
     assert death["routing-keys"] == [queue]
     assert props.headers["x-first-death-reason"] == "expired"
-    assert count(ch, queue) == 0
+    assert message_count(ch, queue) == 0
 
 
 def test_policy_max_length_drop_head(ch: Any, uid: str) -> None:
@@ -124,7 +107,7 @@ def test_policy_max_length_drop_head(ch: Any, uid: str) -> None:
     dead = dead_queue(ch, queue)
     for i in range(4):
         ch.basic_publish("", queue, f"m{i}".encode())
-    assert wait_for(lambda: count(ch, dead) == 2)
+    assert eventually(lambda: message_count(ch, dead) == 2)
     assert bodies(ch, queue) == [b"m2", b"m3"]
     _, props, body = ch.basic_get(dead, auto_ack=True)
     assert body == b"m0" and props.headers["x-death"][0]["reason"] == "maxlen"
@@ -137,7 +120,7 @@ def test_lower_of_argument_and_policy_wins(ch: Any, uid: str) -> None:
     ch.queue_declare(ttl_queue, arguments={"x-message-ttl": 60000})  # policy: 100 ms
     dead = dead_queue(ch, ttl_queue)
     ch.basic_publish("", ttl_queue, b"short")
-    assert wait_for(lambda: count(ch, dead) == 1, timeout=3.0)
+    assert eventually(lambda: message_count(ch, dead) == 1, timeout=3.0)
     for own_limit, kept in ((1, [b"m2"]), (5, [b"m1", b"m2"])):  # policy: 2
         queue = f"len.{own_limit}.{uid}"
         ch.queue_declare(queue, arguments={"x-max-length": own_limit})
@@ -157,8 +140,8 @@ def test_argument_wins_for_dead_letter_exchange(ch: Any, uid: str) -> None:
     ch.queue_declare(policy_dead)
     ch.queue_bind(policy_dead, "pol.dlx", routing_key=queue)
     ch.basic_publish("", queue, b"m1")
-    assert wait_for(lambda: count(ch, mine) == 1)
-    assert count(ch, policy_dead) == 0
+    assert eventually(lambda: message_count(ch, mine) == 1)
+    assert message_count(ch, policy_dead) == 0
 
 
 def test_highest_priority_policy_alone_applies(ch: Any, api: ApiClient, uid: str) -> None:
@@ -171,7 +154,7 @@ def test_highest_priority_policy_alone_applies(ch: Any, api: ApiClient, uid: str
         ch.basic_publish("", queue, f"m{i}".encode())
     assert bodies(ch, queue) == [b"m2"]
     time.sleep(0.1)
-    assert count(ch, policy_dead) == 0
+    assert message_count(ch, policy_dead) == 0
     assert api.get(f"/api/queues/%2F/{queue}")["policy"] == "len-high"
 
 
@@ -218,15 +201,15 @@ def test_apply_to_and_clear(ch: Any, api: ApiClient, uid: str) -> None:
                       apply_to="exchanges") == 201
     for i in range(3):
         ch.basic_publish("", queue, f"m{i}".encode())
-    assert wait_for(lambda: count(ch, queue) == 3)
+    assert eventually(lambda: message_count(ch, queue) == 3)
     assert api.get(f"/api/queues/%2F/{queue}")["policy"] is None
     assert set_policy(api, policy, rf"^applyto\.{uid}$", {"max-length": 1},
                       apply_to="queues") == 204
-    assert count(ch, queue) == 1
+    assert message_count(ch, queue) == 1
     api.request("DELETE", f"/api/policies/%2F/{policy}")
     for i in range(3, 6):
         ch.basic_publish("", queue, f"m{i}".encode())
-    assert wait_for(lambda: count(ch, queue) == 4)
+    assert eventually(lambda: message_count(ch, queue) == 4)
     assert bodies(ch, queue) == [b"m2", b"m3", b"m4", b"m5"]
 
 
@@ -237,7 +220,7 @@ def test_clearing_a_ttl_policy_keeps_new_messages(ch: Any, api: ApiClient, uid: 
     ch.queue_declare(queue)
     set_policy(api, policy, rf"^clear\.{uid}$", {"message-ttl": 50}, apply_to="queues")
     ch.basic_publish("", queue, b"gone")
-    assert wait_for(lambda: count(ch, queue) == 0)
+    assert eventually(lambda: message_count(ch, queue) == 0)
     api.request("DELETE", f"/api/policies/%2F/{policy}")
     ch.basic_publish("", queue, b"kept")
     time.sleep(0.3)
@@ -274,7 +257,7 @@ def test_policy_expires_unused_queue(ch: Any, api: ApiClient, uid: str) -> None:
             except ApiError as exc:
                 return exc.status == 404
             return False
-        assert wait_for(gone, timeout=3.0)
+        assert eventually(gone, timeout=3.0)
     finally:
         api.request("DELETE", f"/api/policies/%2F/{policy}")
 
@@ -291,12 +274,12 @@ def test_policy_delivery_limit_on_quorum_queue(ch: Any, api: ApiClient, uid: str
         dead = dead_queue(ch, queue)
         ch.basic_publish("", queue, b"poison")
         for _ in range(2):
-            method = wait_for(lambda: ch.basic_get(queue)[0])
+            method = eventually(lambda: ch.basic_get(queue)[0])
             ch.basic_nack(method.delivery_tag, requeue=True)
-        assert wait_for(lambda: count(ch, dead) == 1)
+        assert eventually(lambda: message_count(ch, dead) == 1)
         _, props, _ = ch.basic_get(dead, auto_ack=True)
         assert props.headers["x-death"][0]["reason"] == "delivery_limit"
-        assert count(ch, queue) == 0
+        assert message_count(ch, queue) == 0
     finally:
         api.request("DELETE", f"/api/policies/%2F/{policy}")
         ch.queue_delete(queue)
@@ -365,7 +348,7 @@ def test_ctl_set_list_clear_policy(broker: BrokerProcess, ch: Any, uid: str) -> 
                "--apply-to", "queues").strip() == f"policy {policy} set"
     for i in range(2):
         ch.basic_publish("", queue, f"m{i}".encode())
-    assert wait_for(lambda: count(ch, queue) == 1)
+    assert eventually(lambda: message_count(ch, queue) == 1)
     row = next(line for line in run("list_policies").splitlines() if policy in line)
     assert row.split() == ["/", policy, rf"^ctl\.{uid}$", "queues", '{"max-length":', "1}", "3"]
     assert row in run("list", "policies").splitlines()
