@@ -98,19 +98,15 @@ cdef class FrameReader:
                                   f"frame_max {self.frame_max}")
         raise FrameError(501, "FRAME_ERROR - missing frame end octet 0xCE")
 
-    def frames(self) -> list:
-        """All complete frames as (type, channel, payload). Frames before a malformed one
-        are returned first; the next call raises FrameError for it."""
-        return self._parse(False)
-
     def events(self) -> list:
-        """Like frames(), except for the two hottest methods: a basic.publish whose content
-        header and single body frame are already buffered comes as one event
-        (EVENT_PUBLISH, channel, exchange, routing_key, mandatory, props, body), and a
-        basic.ack as (EVENT_ACK, channel, delivery_tag, multiple)."""
-        return self._parse(True)
+        """Complete frames as (type, channel, payload). Frames before a malformed one come
+        first; the next call raises FrameError for it. The two hottest methods come decoded:
+        a basic.publish whose content header and single body frame are already buffered is
+        one event (EVENT_PUBLISH, channel, exchange, routing_key, mandatory, props, body),
+        and a basic.ack is (EVENT_ACK, channel, delivery_tag, multiple)."""
+        return self._parse()
 
-    cdef list _parse(self, bint assemble):
+    cdef list _parse(self):
         cdef list out = []
         cdef bytearray buf = self._buf
         cdef const unsigned char *p = <const unsigned char *><char *>buf
@@ -125,7 +121,7 @@ cdef class FrameReader:
                 if out:
                     break
                 self._raise_bad(p, self._pos, size)
-            if assemble and p[self._pos] == FRAME_METHOD and size >= 4:
+            if p[self._pos] == FRAME_METHOD and size >= 4:
                 if _u32(p + self._pos + 7) == 0x003C0028:
                     ev = self._publish_at(p, n, size)
                     if ev is not None:

@@ -59,10 +59,6 @@ class UnexpectedFrame(AMQPError):
     reply_code, name, connection_level = 505, "UNEXPECTED_FRAME", True
 
 
-class ResourceError(AMQPError):
-    reply_code, name, connection_level = 506, "RESOURCE_ERROR", True
-
-
 class NotAllowed(AMQPError):
     reply_code, name, connection_level = 530, "NOT_ALLOWED", True
 

@@ -1,9 +1,7 @@
 """Deferred calls for TTL expiry and x-expires. The broker never sees the event loop: the
-server plugs one in; without it (sans-IO tests), calls wait for `run_due`."""
+server plugs one in; without it (sans-IO tests), calls wait until one is attached."""
 from __future__ import annotations
 
-import heapq
-import itertools
 import time
 from typing import Any, Callable
 
@@ -28,14 +26,13 @@ class Timers:
 
     def __init__(self) -> None:
         self._loop: Any = None
-        self._pending: list[tuple[float, int, Timer]] = []
-        self._order = itertools.count()
+        self._pending: list[Timer] = []  # set before a loop is attached
 
     def attach(self, loop: Any) -> None:
         """Run timers on an asyncio loop from now on (including those already waiting)."""
         self._loop = loop
         pending, self._pending = self._pending, []
-        for _, _, timer in pending:
+        for timer in pending:
             if not timer.cancelled:
                 self._arm(timer)
 
@@ -44,7 +41,7 @@ class Timers:
         if self._loop is not None:
             self._arm(timer)
         else:
-            heapq.heappush(self._pending, (when, next(self._order), timer))
+            self._pending.append(timer)
         return timer
 
     def _arm(self, timer: Timer) -> None:
@@ -54,10 +51,3 @@ class Timers:
     def _fire(timer: Timer) -> None:
         if not timer.cancelled:
             timer.callback()
-
-    def run_due(self, now: float | None = None) -> None:
-        """Without a loop: run every timer due by `now`."""
-        now = time.time() if now is None else now
-        while self._pending and self._pending[0][0] <= now:
-            _, _, timer = heapq.heappop(self._pending)
-            self._fire(timer)
