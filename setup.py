@@ -2,7 +2,8 @@
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-CORE_MODULES = ["frames", "message", "msgqueue", "topic", "headers", "hashring", "records"]
+CORE_MODULES = ["frames", "message", "msgqueue", "topic", "headers", "hashring", "records",
+                "paged"]
 
 extensions = [
     Extension(f"mq._core.{name}", [f"mq/_core/{name}.pyx"], extra_compile_args=["-O2"])

@@ -40,7 +40,7 @@ class Settings:
     max_connections: int = 0
     max_channels_per_connection: int = 2047
     max_queues: int = 0
-    queue_memory_budget: int = 64 * 1024 * 1024
+    queue_memory_budget: int = 32 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -71,8 +71,9 @@ HELP = {
     "max_connections": "most client connections at once (0: no limit)",
     "max_channels_per_connection": "channel_max proposed to clients (1..2047)",
     "max_queues": "most queues in the broker, all vhosts together (0: no limit)",
-    "queue_memory_budget": "bytes of message bodies a durable queue keeps in memory; its "
-                           "persistent messages beyond that wait on disk only (0: no limit)",
+    "queue_memory_budget": "bytes a queue keeps in memory (bodies plus about 400 per message); "
+                           "newer messages beyond that wait on disk until the queue drains "
+                           "(0: no limit)",
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -22,6 +22,7 @@ from mq.broker.definitions import import_definitions, load_access
 from mq.config import Settings, memory_limit, parse_size
 from mq.logfmt import kv
 from mq.store import Store, StoreError
+from mq.store.paging import Pager
 
 log = logging.getLogger("mq.server")
 
@@ -30,6 +31,13 @@ log = logging.getLogger("mq.server")
 TICK = 0.25
 WRITE_BUFFER_HIGH = 4 * 1024 * 1024  # pause deliveries above this much unsent output
 WRITE_BUFFER_LOW = 1024 * 1024
+# Bytes one connection may hand to the broker in one event-loop turn before the others get
+# theirs (B-FLOW-4): libuv would otherwise read up to 32 chunks of 256 KB from one socket
+# per turn, and a flooding publisher would starve every other connection's acks.
+READ_SLICE = 64 * 1024
+# Output gathered during a read goes out in one write, or sooner past this much: the
+# transport's high-water mark (pause_writing) must see it while a queue is still dispatching.
+WRITE_GATHER = 256 * 1024
 SHUTDOWN_DRAIN_TIMEOUT = 2.0  # seconds for clients to be sent their 320 before we exit
 
 
@@ -41,8 +49,11 @@ class AMQPProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
         self._out: list[bytes] = []
+        self._out_size = 0
         self._flush_scheduled = False
         self._in_read = False
+        self._paused: set[str] = set()  # why reading is paused: "turn", "flow", "blocked"
+        self._turn_bytes = 0
         self.recv_oct = self.send_oct = 0  # bytes in and out, for the management API
         self.connected_at = time.time()
 
@@ -67,11 +78,22 @@ class AMQPProtocol(asyncio.Protocol):
         finally:
             self._in_read = False
         self._flush()
+        self._turn_bytes += len(data)
+        if self._turn_bytes >= READ_SLICE and "turn" not in self._paused:
+            self.pause_reading("turn")
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn_bytes = 0
+        self.resume_reading("turn")
 
     # Transport interface used by Connection.
     def write(self, data: bytes) -> None:
         self._out.append(data)
-        if not self._in_read and not self._flush_scheduled:
+        self._out_size += len(data)
+        if self._out_size >= WRITE_GATHER:
+            self._flush()
+        elif not self._in_read and not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -82,19 +104,26 @@ class AMQPProtocol(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._out and self.transport is not None and not self.transport.is_closing():
-            out = self._out
-            self._out = []
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        self._out_size = 0
+        if self.transport is not None and not self.transport.is_closing():
             data = out[0] if len(out) == 1 else b"".join(out)
             self.send_oct += len(data)
             self.transport.write(data)
 
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+    def pause_reading(self, reason: str) -> None:
+        """Stop reading the socket for this reason (others may hold it paused too)."""
+        if not self._paused and self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
+        self._paused.add(reason)
 
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+    def resume_reading(self, reason: str) -> None:
+        """This reason is gone: read again once no other one holds the socket paused."""
+        self._paused.discard(reason)
+        if not self._paused and self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
     def pause_writing(self) -> None:
@@ -105,6 +134,7 @@ class AMQPProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._out = []
+        self._out_size = 0
         self.transport = None
         if self.conn is not None:
             self.conn.connection_lost()
@@ -139,6 +169,9 @@ class Server:
         except StoreError as exc:
             log.error("cannot start: %s", exc)
             raise SystemExit(f"mq: {exc}") from None
+        # After the store's lock is ours: the last run's paging scratch is wiped here.
+        self.broker.page_to(Pager(os.path.join(self.settings.data_dir, "paging"),
+                                  self.settings.queue_memory_budget))
         self.broker.restore(store, recovered)
         del recovered            # the queues hold what they need; free the rest now
         release_free_memory()

@@ -83,9 +83,11 @@ class SlowConsumer(threading.Thread):
 
 
 def test_flood_blocks_publisher_at_memory_watermark_and_recovers(low_watermark_broker, uid):
-    """B-CONN-10: a publisher flooding a slow consumer gets connection.blocked ('low on
-    memory') at the watermark, the broker's memory stays bounded, connection.unblocked comes
-    once the consumer has drained, publishing goes on, and every message is consumed once."""
+    """B-CONN-10: a publisher flooding a queue gets connection.blocked ('low on memory') at
+    the watermark, the broker's memory stays bounded, connection.unblocked comes once a slow
+    consumer has drained it, publishing goes on, and every message is consumed once. (The
+    consumer starts at the block: with it attached from the start, credit flow (B-FLOW-1)
+    would hold the publisher before the watermark.)"""
     broker, watermark = low_watermark_broker
     sampler = RssSampler(broker.proc.pid)
     sampler.start()
@@ -97,12 +99,13 @@ def test_flood_blocks_publisher_at_memory_watermark_and_recovers(low_watermark_b
     ch = conn.channel()
     ch.queue_declare(uid)
     consumer = SlowConsumer(broker.url, uid, TOTAL)
-    consumer.start()
     padding = b"x" * (BODY - 4)
     sent, sent_at_first_unblock = 0, None
     deadline = time.monotonic() + 30
     while sent < TOTAL and time.monotonic() < deadline:
         if events and events[-1][0] == "blocked":
+            if consumer.ident is None:  # not started yet
+                consumer.start()
             conn.process_data_events(time_limit=0.05)  # wait, as a publisher should
             continue
         if sent_at_first_unblock is None and events:

@@ -398,5 +398,5 @@ def test_with_a_memory_budget_recovery_leaves_bodies_on_disk(data_dir: str) -> N
     store, rec = reopen(store, segment_size=4096, page_budget=1)
     stubs = [m for m, _, _ in rec.queues[0].messages]
     assert [(m.body, m.priority) for m in stubs] == [(b"", i % 3) for i in range(35, 40)]
-    assert [store.read_message(m).body for m in stubs] == [m.body for m in msgs[35:]]
+    assert [store.read_message(m.store_id).body for m in stubs] == [m.body for m in msgs[35:]]
     store.close()

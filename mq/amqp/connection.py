@@ -33,6 +33,9 @@ FRAME_MIN = 4096
 HEARTBEAT = 60
 HANDSHAKE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 3.0
+# Credit flow (B-FLOW-1) holds a publisher at most this long before reading it again for a
+# turn, so that connections which publish to each other's consumers never wait forever.
+FLOW_MAX_PAUSE = 1.0
 
 # channel.open-ok with an empty reserved long string, as RabbitMQ sends it (pamqp would send
 # "0", which clients that skip a fixed 4 bytes, like @cloudamqp/amqp-client, misparse).
@@ -58,9 +61,9 @@ class Transport(Protocol):
 
     def close(self) -> None: ...
 
-    def pause_reading(self) -> None: ...
+    def pause_reading(self, reason: str) -> None: ...
 
-    def resume_reading(self) -> None: ...
+    def resume_reading(self, reason: str) -> None: ...
 
 
 class Connection:
@@ -101,6 +104,10 @@ class Connection:
         # 'blocking'; its next publish makes it 'blocked' (connection.blocked, reading paused).
         self.alarms: tuple[str, ...] = ()
         self.blocked = False
+        # Credit flow (B-FLOW-1): queues that fell behind this connection's publishes; it is
+        # not read while any of them is behind.
+        self.flow_queues: set[Any] = set()
+        self._flow_since = 0.0
         self._counted = False  # counted in broker.open_connections
 
     # ---- output ---------------------------------------------------------------------
@@ -439,9 +446,13 @@ class Connection:
                     peer=self.name, reason=f"handshake not finished in "
                                            f"{self._handshake_timeout:.0f}s"))
                 self.close_transport()
-        elif self.heartbeat:
+        else:
+            if self.flow_queues and now - self._flow_since > FLOW_MAX_PAUSE:
+                self._end_flow()
+            if not self.heartbeat:
+                return
             # Not reading a blocked connection is our doing: its silence is no timeout.
-            if now - self._last_recv > 2 * self.heartbeat and not self.blocked:
+            if now - self._last_recv > 2 * self.heartbeat and not self.paused:
                 log.warning("connection closed %s", kv(
                     peer=self.name, user=getattr(self.user, "name", None),
                     reason=f"missed heartbeats from client, timeout: {self.heartbeat}s"))
@@ -461,7 +472,7 @@ class Connection:
             try:
                 if self.capabilities.get("connection.blocked"):
                     self.send_method(0, spec.Connection.Unblocked())
-                self.transport.resume_reading()
+                self.transport.resume_reading("blocked")
             except Exception:
                 log.exception("connection dropped %s", kv(peer=self.name,
                                                           reason="error while unblocking it"))
@@ -481,9 +492,46 @@ class Connection:
         reason = "low on " + " & ".join(self.alarms)  # RabbitMQ's: 'low on memory & disk'
         if self.capabilities.get("connection.blocked"):
             self.send_method(0, spec.Connection.Blocked(reason=reason))
-        self.transport.pause_reading()
+        self.transport.pause_reading("blocked")
         log.info("connection blocked %s", kv(peer=self.name, user=getattr(self.user, "name", None),
                                              reason=reason))
+
+    @property
+    def paused(self) -> bool:
+        """Not read by our choice (alarm or flow): its silence is no missed heartbeat."""
+        return self.blocked or bool(self.flow_queues)
+
+    def flow(self, queue: Any) -> None:
+        """A queue this connection published to is behind its consumers: stop reading until
+        it catches up (it calls flow_off). Not when this connection consumes from it: the
+        acks that let the queue catch up would never be read."""
+        if queue in self.flow_queues or self.closed or queue.consumed_by(self):
+            return
+        if not self.flow_queues:
+            self._flow_since = self.clock()
+            self.transport.pause_reading("flow")
+        self.flow_queues.add(queue)
+        queue.flow_publishers.add(self)
+
+    def flow_off(self, queue: Any) -> None:
+        """The queue caught up. Never raises: another connection's dispatch calls it."""
+        self.flow_queues.discard(queue)
+        if not self.flow_queues and not self.closed:
+            self._last_recv = self.clock()
+            try:
+                self.transport.resume_reading("flow")
+            except Exception:
+                log.exception("connection dropped %s", kv(peer=self.name,
+                                                          reason="error while resuming it"))
+                self.abort()
+
+    def _end_flow(self) -> None:
+        queues, self.flow_queues = self.flow_queues, set()
+        for queue in queues:
+            queue.flow_publishers.discard(self)
+        if not self.closed:
+            self._last_recv = self.clock()
+            self.transport.resume_reading("flow")
 
     def set_writable(self, writable: bool) -> None:
         """Back-pressure from the socket: consumers pause while the peer can't keep up."""
@@ -530,6 +578,9 @@ class Connection:
     def _release(self) -> None:
         # Messages requeued from one channel must not be delivered to another of ours.
         self.writable = False
+        for queue in self.flow_queues:
+            queue.flow_publishers.discard(self)
+        self.flow_queues.clear()
         for ch in list(self.channels.values()):
             ch.release()
         self.channels.clear()

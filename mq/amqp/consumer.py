@@ -38,6 +38,10 @@ class ChannelConsumer:
         self.unacked = 0
         self.arguments = arguments
 
+    @property
+    def owner(self) -> object:
+        return self.channel.conn
+
     def has_room(self) -> bool:
         ch = self.channel
         if not ch.conn.writable or ch.state != "open":

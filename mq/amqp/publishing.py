@@ -146,6 +146,8 @@ class Publishing:
                 msg = without_bcc(msg)
             for queue in queues:
                 accepted = queue.publish(msg) and accepted
+                if queue.consumer_count and queue.behind():
+                    self.conn.flow(queue)
         elif mandatory:
             self.conn.write(frames.encode_return(self.number, 312, "NO_ROUTE", msg.exchange,
                                                  msg.routing_key, msg.props, msg.body,

@@ -13,6 +13,7 @@ from mq.logfmt import kv
 
 if TYPE_CHECKING:
     from mq.store import Recovered, Store
+    from mq.store.paging import Pager
 
 log = logging.getLogger("mq.broker")
 
@@ -28,6 +29,7 @@ class Broker:
         self.max_queues = max_queues  # 0: no limit
         self.timers = Timers()
         self.store: Store | None = None  # None: nothing is durable (in-memory broker)
+        self.pager: Pager | None = None  # None: queues keep every message in memory
         self.vhosts: dict[str, VirtualHost] = {}
         self.users = UserStore()
         self.add_vhost("/")
@@ -48,7 +50,14 @@ class Broker:
         if vhost is None:
             vhost = self.vhosts[name] = VirtualHost(name, self.timers)
             vhost.store = self.store
+            vhost.pager = self.pager
         return vhost
+
+    def page_to(self, pager: Pager) -> None:
+        """Queues past their memory budget page out through pager from now on."""
+        self.pager = pager
+        for vhost in self.vhosts.values():
+            vhost.pager = pager
 
     def restore(self, store: Store, recovered: Recovered) -> None:
         """Rebuild durable exchanges, queues (with their messages) and bindings from the

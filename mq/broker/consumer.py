@@ -15,6 +15,7 @@ class Consumer(Protocol):
     exclusive: bool
     no_ack: bool
     unacked: int  # deliveries to this consumer not yet settled (acked, rejected, requeued)
+    owner: object  # the client connection it belongs to (credit flow never pauses that one)
 
     def has_room(self) -> bool:
         """True when the consumer may take one more delivery now (prefetch, flow, socket)."""

@@ -12,9 +12,28 @@ from mq.broker.policy import Policy, merge_queue_settings
 from mq.broker.queue_args import check_queue_properties, parse_queue_arguments
 from mq.broker.rawprops import long, with_header
 from mq.broker.timers import Timer, Timers
+from mq.store.paging import PagedMessages, Pager
 
 if TYPE_CHECKING:
     from mq.broker.consumer import Consumer
+
+
+# Credit flow (B-FLOW-1): a queue with consumers is behind when more than this many messages
+# (or bytes) wait; the connections publishing into it are not read until it is back under
+# half of that. A queue without consumers takes everything (load leveling, B-FLOW-3).
+FLOW_READY_MESSAGES = 20_000
+FLOW_READY_BYTES = 32 * 1024 * 1024
+
+
+# What one ready message costs in memory besides its body (message and entry objects, its
+# strings): counted against the queue's memory budget.
+ENTRY_OVERHEAD = 400
+
+
+class FlowPublisher(Protocol):
+    """A connection held by credit flow: told when the queue has caught up."""
+
+    def flow_off(self, queue: Queue) -> None: ...
 
 
 class QueueHost(Protocol):
@@ -22,6 +41,7 @@ class QueueHost(Protocol):
 
     name: str
     timers: Timers
+    pager: Pager | None  # where messages past the memory budget go (None: kept in memory)
 
     def remove_queue(self, queue: Queue) -> int: ...
 
@@ -81,7 +101,11 @@ class Queue:
         # are logged (enqueue, delivered, gone).
         self.store: Any = None
         self.store_qid = 0
-        self._paging = False  # some ready entries may be stubs whose body is on disk only
+        # Past the memory budget, newer messages wait on disk (B-FLOW-3): ready holds the
+        # oldest of each priority level, paged the rest.
+        self.paged: PagedMessages | None = None
+        self._budget = 0  # the pager's budget, read when the queue first pages out
+        self.flow_publishers: set[FlowPublisher] = set()
         self.touch()
 
     @property
@@ -90,7 +114,32 @@ class Queue:
 
     @property
     def message_count(self) -> int:
-        return self.ready.count
+        paged = self.paged
+        return self.ready.count + (paged.count if paged is not None else 0)
+
+    @property
+    def message_bytes(self) -> int:
+        paged = self.paged
+        return self.ready.bytes + (paged.bytes if paged is not None else 0)
+
+    # ---- credit flow --------------------------------------------------------------------
+
+    def behind(self) -> bool:
+        """More is waiting than the consumers take: publishers into it should wait."""
+        return self.consumer_count > 0 and (self.message_count > FLOW_READY_MESSAGES
+                                            or self.message_bytes > FLOW_READY_BYTES)
+
+    def consumed_by(self, owner: object) -> bool:
+        return any(c.owner is owner for c in self.consumers)
+
+    def _caught_up(self) -> None:
+        """Let held publishers go: the backlog is down to half, or nobody consumes."""
+        if self.consumer_count and (self.message_count > FLOW_READY_MESSAGES // 2
+                                    or self.message_bytes > FLOW_READY_BYTES // 2):
+            return
+        publishers, self.flow_publishers = self.flow_publishers, set()
+        for publisher in publishers:
+            publisher.flow_off(self)
 
     # ---- messages in ------------------------------------------------------------------
 
@@ -108,13 +157,15 @@ class Queue:
             now = expires_at = 0.0  # no clock read on the common path
         if self.store_qid and msg.delivery_mode == 2:
             self.store.enqueue(self.store_qid, msg, expires_at)
-            entry = self.ready.push(self._page_out(msg), expires_at)
+        if (self.paged is not None or self._over_budget()) and not 0.0 < expires_at <= now:
+            self._page_out(msg, expires_at)
+            entry = None
         else:
             entry = self.ready.push(msg, expires_at)
         self.published += 1
         if self.consumer_count:
             self.dispatch(now)
-        if expires_at:
+        if expires_at and entry is not None:
             if expires_at <= now:  # TTL 0: only a consumer ready right now could take it
                 if not entry.removed:
                     self.ready.remove(entry)
@@ -127,18 +178,18 @@ class Queue:
 
     def _would_overflow(self, msg: Message) -> bool:
         settings = self.settings
-        return (settings.max_length is not None and self.ready.count + 1 > settings.max_length) \
+        return (settings.max_length is not None and self.message_count + 1 > settings.max_length) \
             or (settings.max_length_bytes is not None
-                and self.ready.bytes + len(msg.body) > settings.max_length_bytes)
+                and self.message_bytes + len(msg.body) > settings.max_length_bytes)
 
     def _drop_over_limit(self) -> None:
-        settings, ready = self.settings, self.ready
+        settings = self.settings
         dropped = []
-        while ready.count and (
-                (settings.max_length is not None and ready.count > settings.max_length)
+        while self.message_count and (
+                (settings.max_length is not None and self.message_count > settings.max_length)
                 or (settings.max_length_bytes is not None
-                    and ready.bytes > settings.max_length_bytes)):
-            dropped.append(ready.pop())  # the head: in a priority queue, the highest first
+                    and self.message_bytes > settings.max_length_bytes)):
+            dropped.append(self._pop())  # the head: in a priority queue, the highest first
         if dropped:
             self._dead_letter(dropped, "maxlen")
 
@@ -236,10 +287,14 @@ class Queue:
     def dispatch(self, now: float = 0.0) -> None:
         """Hand ready messages to consumers with room, round-robin within a priority."""
         ready = self.ready
-        while ready.count:
+        while True:
+            if self.paged is not None:
+                self._page_in()
+            if not ready.count:
+                break
             consumer = self._pick_consumer()
             if consumer is None:
-                return
+                break
             entry = ready.pop()
             if entry.expires_at:
                 now = now or time.time()
@@ -248,25 +303,29 @@ class Queue:
                     continue
             if not consumer.no_ack:
                 self.unacked += 1
-            if self._paging:
-                self._page_in(entry)
             consumer.deliver(entry, self)
             self.delivered += 1
             self.redelivered += entry.redelivered
             if self.store_qid and entry.msg.store_id:
                 self._handed_out(entry, consumer.no_ack)
+        if self.flow_publishers:
+            self._caught_up()
+
+    def _pop(self) -> Entry | None:
+        """The next ready message off the queue (from disk if it waits there)."""
+        if self.paged is not None:
+            self._page_in()
+        return self.ready.pop()
 
     def get(self, no_ack: bool) -> Entry | None:
         self.touch()
         now = time.time()
         while True:
-            entry = self.ready.pop()
+            entry = self._pop()
             if entry is None or not entry.expires_at or entry.expires_at >= now:
                 break
             self._dead_letter([entry], "expired")
         if entry is not None and self.store_qid and entry.msg.store_id:
-            if self._paging:
-                self._page_in(entry)
             self._handed_out(entry, no_ack)
         if entry is not None:
             self.got += 1
@@ -292,43 +351,81 @@ class Queue:
     def purge(self) -> int:
         purged = self.ready.purge()
         self._unstore(purged)
-        return len(purged)
+        count = len(purged)
+        paged = self.paged
+        if paged is not None:
+            count += paged.count
+            if self.store_qid:
+                for store_id in paged.stored_ids():
+                    self.store.ack(self.store_qid, store_id)
+            paged.close()
+            self.paged = None
+        if self.flow_publishers:
+            self._caught_up()
+        return count
 
-    # ---- the store ----------------------------------------------------------------------
+    # ---- memory budget and the store ------------------------------------------------------
 
     def recover(self, messages: Iterable[tuple[Message, float, bool]]) -> None:
         """Messages from the store after a restart: (message, expiry, redelivered), in order.
-        With a memory budget they come as stubs, their bodies read back when delivered."""
-        self._paging = self._paging or bool(self.store.page_budget)
+        Bodies may have been left on disk (stubs): those kept in memory are read back, the
+        rest stay paged out as references to the log."""
+        store = self.store
         for msg, expires_at, redelivered in messages:
-            self.ready.push(self._page_out(msg), expires_at).redelivered = redelivered
+            if self.paged is not None or self._over_budget():
+                self._page_out(msg, expires_at, redelivered)
+                continue
+            if not msg.body and msg.store_id:
+                msg = store.read_message(msg.store_id)
+            self.ready.push(msg, expires_at).redelivered = redelivered
         self._arm_expiry()
 
-    def _page_out(self, msg: Message) -> Message:
-        """Over the store's memory budget a stored message waits on disk only: the queue
-        keeps a stub (same routing and properties, no body) and reads the body back when
-        the message leaves. Not with x-max-length-bytes, which counts bodies held here."""
-        budget = self.store.page_budget
-        if not budget or self.ready.bytes < budget or not msg.body \
-                or self.settings.max_length_bytes is not None:
-            return msg
-        self._paging = True
-        stub = Message(msg.exchange, msg.routing_key, msg.props, b"")
-        stub.store_id = msg.store_id
-        return stub
+    def _over_budget(self) -> bool:
+        """Memory is full: newer messages wait on disk (B-FLOW-3)."""
+        pager = self.host.pager
+        if pager is None or not pager.budget:
+            return False
+        ready = self.ready
+        return ready.bytes + ready.count * ENTRY_OVERHEAD > pager.budget
 
-    def _page_in(self, entry: Entry) -> None:
-        """Taken off ready: give a stub its body back (ready.bytes never counted it)."""
-        msg = entry.msg
-        if not msg.body and msg.store_id:
-            entry.msg = self.store.read_message(msg)
+    def _page_out(self, msg: Message, expires_at: float, redelivered: bool = False) -> None:
+        paged = self.paged
+        if paged is None:
+            pager = self.host.pager
+            paged = self.paged = pager.open()
+            self._budget = pager.budget
+        level = 0
+        if self.ready.max_priority:
+            level = min(msg.priority, self.ready.max_priority)
+        paged.put(level, msg, expires_at, redelivered, bool(self.store_qid and msg.store_id))
+
+    def _page_in(self) -> None:
+        """Read paged-out messages back, a chunk at a time, while memory is under half its
+        budget, and always when a paged level outranks the next message in memory (so that
+        priority order holds)."""
+        paged, ready = self.paged, self.ready
+        while paged.count:
+            if ready.count and ready.bytes + ready.count * ENTRY_OVERHEAD >= self._budget // 2:
+                if not ready.max_priority:
+                    return
+                top = paged.top_level()
+                if top <= ready.peek().level:
+                    return
+            else:
+                top = paged.top_level()
+            stored = self.store.read_message if self.store_qid else None
+            for msg, expires_at, redelivered in paged.take(top, stored):
+                ready.push(msg, expires_at).redelivered = redelivered
+            if ready.count:
+                self._arm_expiry()
+                break
+        if not paged.count:
+            paged.close()
+            self.paged = None
 
     def _dead_letter(self, entries: list[Entry], reason: str) -> None:
         """Messages leave for good (expired, dropped, rejected): forwarded first, so that a
         crash in between leaves a duplicate, never a loss (B-DLX-6)."""
-        if self._paging and self.settings.dead_letter_exchange is not None:
-            for entry in entries:
-                self._page_in(entry)
         self.host.dead_letter(self, entries, reason)
         self._unstore(entries)
 
@@ -405,6 +502,8 @@ class Queue:
             self._single_active = self._arrivals[0] if self._arrivals else None
             self.dispatch()
         if self.consumer_count == 0:
+            if self.flow_publishers:
+                self._caught_up()
             if self.auto_delete and self._had_consumer:
                 self.host.remove_queue(self)
                 return
@@ -417,14 +516,19 @@ class Queue:
         for timer in (self._expiry_timer, self._unused_timer):
             if timer is not None:
                 timer.cancel()
-        count = self.ready.count
+        count = self.message_count
         self.ready.purge()
+        if self.paged is not None:
+            self.paged.close()
+            self.paged = None
         consumers = self.consumers
         self._groups = []
         self._arrivals = []
         self._single_active = None
         self._handing_over = None
         self.consumer_count = 0
+        if self.flow_publishers:
+            self._caught_up()
         for consumer in consumers:
             consumer.cancelled_by_broker(self)
         return count

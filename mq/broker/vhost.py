@@ -45,6 +45,7 @@ class VirtualHost:
         self.name = name
         self.timers = timers or Timers()
         self.store: Any = None  # set by the broker when it has one: durable changes go there
+        self.pager: Any = None  # set by the broker: where queues page out past their budget
         self.queues: dict[str, Queue] = {}
         self.reply_queues: dict[str, Queue] = {}  # direct reply-to pseudo-queues
         self.policies: dict[str, Policy] = {}  # by name

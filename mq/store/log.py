@@ -417,11 +417,10 @@ class Store:
             del self._msgs[mid]
             self._dead(m[0], m[1])
 
-    def read_message(self, msg: Message) -> Message:
-        """The full message (with its body) for a paged-out one, read back from the log."""
-        m = self._msgs.get(msg.store_id)
-        if m is None:
-            return msg
+    def read_message(self, mid: int) -> Message:
+        """A stored message, with its body, read back from the log (for a queue that kept
+        only its id in memory)."""
+        m = self._msgs[mid]
         seg, off = self._segments[m[0] >> 32], m[0] & 0xFFFFFFFF
         if off + m[1] > seg.flushed:
             self.wait_durable()  # rare: paged out and wanted before the flusher wrote it
@@ -429,7 +428,7 @@ class Store:
             seg.rfd = os.open(seg.path, os.O_RDONLY)
         f = R.scan(os.pread(seg.rfd, m[1], off))[0][0][2]
         full = Message(f[2], f[3], f[4], f[5])
-        full.store_id = msg.store_id
+        full.store_id = mid
         return full
 
     # ---- topology -----------------------------------------------------------------------

@@ -1,0 +1,92 @@
+# cython: language_level=3
+"""Records of messages that a queue paged out of memory (mq/store/paging.py).
+
+They live in scratch files that the same process writes and reads back, so there is no
+checksum and integers are in host byte order:
+
+    u32 size (of the rest) | f64 expires_at | u8 flags | i64 store_id |
+    u32 body_size | [u8+exchange | u8+routing_key | u32+props | body]   (full records only)
+
+flags: 1 = redelivered, 2 = reference: a message stored in the queue's log, so only its
+id is paged out (body_size still counts its body, for the queue's byte totals).
+"""
+from libc.string cimport memcpy
+from libc.stdint cimport uint32_t, int64_t
+
+from cpython.bytes cimport PyBytes_AS_STRING
+
+from mq._core.message cimport Message
+
+DEF FIXED = 4 + 8 + 1 + 8 + 4
+DEF REDELIVERED = 1
+DEF REFERENCE = 2
+
+
+cdef inline void _put32(bytearray out, uint32_t v):
+    out += (<char *>&v)[:4]
+
+
+def append(bytearray out, Message msg, double expires_at, bint redelivered, bint ref) -> None:
+    """Append one record for msg to out: only its store id when ref (the queue's log holds
+    the message), else the whole message."""
+    cdef bytes ex = b"" if ref else msg.exchange.encode("utf-8", "surrogateescape")
+    cdef bytes rk = b"" if ref else msg.routing_key.encode("utf-8", "surrogateescape")
+    cdef Py_ssize_t body_size = len(msg.body)
+    cdef Py_ssize_t size = FIXED - 4
+    cdef unsigned char flags = (REDELIVERED if redelivered else 0) | (REFERENCE if ref else 0)
+    cdef int64_t store_id = msg.store_id
+    if not ref:
+        size += 1 + len(ex) + 1 + len(rk) + 4 + len(msg.props) + body_size
+    _put32(out, <uint32_t>size)
+    out += (<char *>&expires_at)[:8]
+    out += (<char *>&flags)[:1]
+    out += (<char *>&store_id)[:8]
+    _put32(out, <uint32_t>body_size)
+    if not ref:
+        out.append(len(ex))
+        out += ex
+        out.append(len(rk))
+        out += rk
+        _put32(out, <uint32_t>len(msg.props))
+        out += msg.props
+        out += msg.body
+
+
+def decode(bytes data, Py_ssize_t start=0) -> tuple:
+    """Records from data[start:] up to the last complete one. Returns (records, end), each
+    record (message or None for a reference, store_id, expires_at, redelivered, body_size)."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = len(data), off = start, end, pos, ln
+    cdef uint32_t size, body_size, props_size
+    cdef double expires_at
+    cdef unsigned char flags
+    cdef int64_t store_id
+    cdef list out = []
+    cdef object msg
+    cdef str ex, rk
+    while off + 4 <= n:
+        memcpy(&size, p + off, 4)
+        end = off + 4 + size
+        if end > n:
+            break
+        memcpy(&expires_at, p + off + 4, 8)
+        flags = p[off + 12]
+        memcpy(&store_id, p + off + 13, 8)
+        memcpy(&body_size, p + off + 21, 4)
+        if flags & REFERENCE:
+            msg = None
+        else:
+            pos = off + FIXED
+            ln = p[pos]
+            ex = (<const char *>p)[pos + 1:pos + 1 + ln].decode("utf-8", "surrogateescape")
+            pos += 1 + ln
+            ln = p[pos]
+            rk = (<const char *>p)[pos + 1:pos + 1 + ln].decode("utf-8", "surrogateescape")
+            pos += 1 + ln
+            memcpy(&props_size, p + pos, 4)
+            pos += 4
+            msg = Message(ex, rk, data[pos:pos + props_size], data[pos + props_size:end])
+            (<Message>msg).store_id = store_id
+        out.append((msg, store_id, expires_at, bool(flags & REDELIVERED), body_size))
+        off = end
+    return out, off

@@ -1,0 +1,185 @@
+"""Messages a queue keeps on disk past its memory budget (B-FLOW-3), as RabbitMQ's classic
+queues v2 do: transient messages and non-durable queues included.
+
+Each queue that pages out gets a `PagedMessages`: per priority level, a FIFO chain of scratch
+segment files under `<data dir>/paging/`. A stored message (persistent, in a durable queue)
+is already in the log, so only its id is paged out; everything else is written whole. The
+files are scratch: they are wiped at start (what was durable is in the log) and each segment
+is unlinked once it has been read back.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import struct
+from collections import deque
+from typing import Callable
+
+from mq._core import paged
+from mq._core.message import Message
+
+SEGMENT_SIZE = 16 * 1024 * 1024  # a segment file is closed for writing past this
+WRITE_BUFFER = 256 * 1024        # paged records are written in chunks of about this
+READ_CHUNK = 1024 * 1024         # and read back in chunks of about this
+
+# (message, expires_at, redelivered): what a queue gets back
+PagedEntry = tuple[Message, float, bool]
+
+
+class Pager:
+    """Where queues page out to, and how much each may keep in memory."""
+
+    def __init__(self, directory: str, budget: int) -> None:
+        self.directory = directory
+        self.budget = budget  # bytes a queue keeps in memory (0: never page out)
+        self._names = itertools.count(1)
+        shutil.rmtree(directory, ignore_errors=True)  # the last run's scratch
+
+    def open(self) -> PagedMessages:
+        """A new, empty set of paged messages for one queue."""
+        os.makedirs(self.directory, exist_ok=True)
+        return PagedMessages(os.path.join(self.directory, f"q{next(self._names)}"))
+
+
+class _Segment:
+    """One scratch file: written at its end, read from read_pos."""
+
+    __slots__ = ("path", "fd", "size", "read_pos")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.size = 0      # bytes written to the file
+        self.read_pos = 0
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            os.unlink(self.path)
+
+
+class _Level:
+    """The paged messages of one priority level, oldest first."""
+
+    __slots__ = ("prefix", "segments", "buffer", "count", "names")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.segments: deque[_Segment] = deque()
+        self.buffer = bytearray()  # records not yet written to the last segment
+        self.count = 0
+        self.names = itertools.count(1)
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        seg = self.segments[-1] if self.segments else None
+        if seg is None or seg.size >= SEGMENT_SIZE:
+            seg = _Segment(f"{self.prefix}.{next(self.names)}")
+            self.segments.append(seg)
+        view = memoryview(self.buffer)
+        while view:
+            written = os.pwrite(seg.fd, view, seg.size)
+            seg.size += written
+            view = view[written:]
+        view.release()
+        self.buffer.clear()
+
+    def read(self) -> list:
+        """The next chunk of records, decoded. Only called while count > 0, so there are
+        unread records in the segments or the write buffer."""
+        while self.segments and self.segments[0].read_pos >= self.segments[0].size:
+            if len(self.segments) == 1:
+                self.flush()  # the rest is still in the write buffer
+                if self.segments[0].read_pos < self.segments[0].size:
+                    break
+            self.segments.popleft().close()
+        if not self.segments:
+            self.flush()
+        seg = self.segments[0]
+        want = min(READ_CHUNK, seg.size - seg.read_pos)
+        data = os.pread(seg.fd, want, seg.read_pos)
+        if len(data) >= 4:
+            whole = 4 + struct.unpack_from("=I", data)[0]
+            if whole > len(data):  # one record bigger than a chunk
+                data = os.pread(seg.fd, whole, seg.read_pos)
+        records, end = paged.decode(data)
+        if not records:
+            raise OSError(f"paged-out messages in {seg.path} cannot be read back")
+        seg.read_pos += end
+        return records
+
+    def close(self) -> None:
+        for seg in self.segments:
+            seg.close()
+        self.segments.clear()
+        self.buffer.clear()
+        self.count = 0
+
+
+class PagedMessages:
+    """One queue's paged-out messages, by priority level, each level in arrival order."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.levels: dict[int, _Level] = {}
+        self.count = 0
+        self.bytes = 0  # bodies, paged out or referenced
+
+    def has(self, level: int) -> bool:
+        lvl = self.levels.get(level)
+        return lvl is not None and lvl.count > 0
+
+    def top_level(self) -> int:
+        """The highest level holding messages (-1: none)."""
+        return max((n for n, lvl in self.levels.items() if lvl.count), default=-1)
+
+    def put(self, level: int, msg: Message, expires_at: float, redelivered: bool,
+            stored: bool) -> None:
+        """Page msg out at the end of its level; a stored one (in the queue's log) only as
+        a reference to its store id."""
+        lvl = self.levels.get(level)
+        if lvl is None:
+            lvl = self.levels[level] = _Level(f"{self.prefix}.p{level}")
+        paged.append(lvl.buffer, msg, expires_at, redelivered, stored)
+        lvl.count += 1
+        self.count += 1
+        self.bytes += len(msg.body)
+        if len(lvl.buffer) >= WRITE_BUFFER:
+            lvl.flush()
+
+    def take(self, level: int,
+             read_stored: Callable[[int], Message] | None) -> list[PagedEntry]:
+        """The oldest chunk of one level's messages, removed from here. References are
+        read back from the log with read_stored(store_id)."""
+        lvl = self.levels[level]
+        out = []
+        for msg, store_id, expires_at, redelivered, body_size in lvl.read():
+            if msg is None:
+                msg = read_stored(store_id)
+            out.append((msg, expires_at, redelivered))
+            self.bytes -= body_size
+        lvl.count -= len(out)
+        self.count -= len(out)
+        if not lvl.count:
+            lvl.close()
+        return out
+
+    def stored_ids(self) -> list[int]:
+        """Store ids of every paged message (to forget them in the log on a purge)."""
+        ids = []
+        for lvl in self.levels.values():
+            while lvl.count:
+                records = lvl.read()
+                ids.extend(r[1] for r in records if r[1])
+                lvl.count -= len(records)
+        return ids
+
+    def close(self) -> None:
+        """Forget everything paged out and remove its files."""
+        for lvl in self.levels.values():
+            lvl.close()
+        self.levels.clear()
+        self.count = self.bytes = 0
