@@ -31,10 +31,6 @@ log = logging.getLogger("mq.server")
 TICK = 0.25
 WRITE_BUFFER_HIGH = 4 * 1024 * 1024  # pause deliveries above this much unsent output
 WRITE_BUFFER_LOW = 1024 * 1024
-# Bytes one connection may hand to the broker in one event-loop turn before the others get
-# theirs (B-FLOW-4): libuv would otherwise read up to 32 chunks of 256 KB from one socket
-# per turn, and a flooding publisher would starve every other connection's acks.
-READ_SLICE = 64 * 1024
 # Output gathered during a read goes out in one write, or sooner past this much: the
 # transport's high-water mark (pause_writing) must see it while a queue is still dispatching.
 WRITE_GATHER = 256 * 1024
@@ -53,7 +49,7 @@ class AMQPProtocol(asyncio.Protocol):
         self._flush_scheduled = False
         self._in_read = False
         self._paused: set[str] = set()  # why reading is paused: "turn", "flow", "blocked"
-        self._turn_bytes = 0
+        self._slice_scheduled = False
         self.recv_oct = self.send_oct = 0  # bytes in and out, for the management API
         self.connected_at = time.time()
 
@@ -74,18 +70,36 @@ class AMQPProtocol(asyncio.Protocol):
         self.recv_oct += len(data)
         self._in_read = True
         try:
-            self.conn.data_received(data)
+            more = self.conn.data_received(data)
         finally:
             self._in_read = False
         self._flush()
-        self._turn_bytes += len(data)
-        if self._turn_bytes >= READ_SLICE and "turn" not in self._paused:
+        if more:
+            # The connection handles one slice per loop turn (B-FLOW-4). Without this,
+            # libuv reads up to 32 chunks of 256 KB from one socket per turn and a flooding
+            # publisher starves every other connection's acks and heartbeats.
             self.pause_reading("turn")
-            asyncio.get_running_loop().call_soon(self._next_turn)
+            self._schedule_slice()
 
-    def _next_turn(self) -> None:
-        self._turn_bytes = 0
-        self.resume_reading("turn")
+    def _schedule_slice(self) -> None:
+        if not self._slice_scheduled:
+            self._slice_scheduled = True
+            asyncio.get_running_loop().call_soon(self._next_slice)
+
+    def _next_slice(self) -> None:
+        self._slice_scheduled = False
+        if len(self._paused) > 1 or self.conn.closed:
+            return  # also held by flow or an alarm: resume_reading goes on from here
+        self._in_read = True
+        try:
+            more = self.conn.process_more()
+        finally:
+            self._in_read = False
+        self._flush()
+        if more:
+            self._schedule_slice()
+        else:
+            self.resume_reading("turn")
 
     # Transport interface used by Connection.
     def write(self, data: bytes) -> None:
@@ -121,9 +135,13 @@ class AMQPProtocol(asyncio.Protocol):
         self._paused.add(reason)
 
     def resume_reading(self, reason: str) -> None:
-        """This reason is gone: read again once no other one holds the socket paused."""
+        """This reason is gone: read again once no other one holds the socket paused (first
+        what is still buffered, a slice per turn)."""
         self._paused.discard(reason)
-        if not self._paused and self.transport is not None and not self.transport.is_closing():
+        if self._paused == {"turn"}:
+            self._schedule_slice()
+        elif not self._paused and self.transport is not None \
+                and not self.transport.is_closing():
             self.transport.resume_reading()
 
     def pause_writing(self) -> None:

@@ -8,6 +8,7 @@ content frames. Rarer methods go through pamqp in the Python layer.
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport memcpy
+from cpython.pyport cimport PY_SSIZE_T_MAX
 
 DEF FRAME_METHOD = 1
 DEF FRAME_HEADER = 2
@@ -98,22 +99,24 @@ cdef class FrameReader:
                                   f"frame_max {self.frame_max}")
         raise FrameError(501, "FRAME_ERROR - missing frame end octet 0xCE")
 
-    def events(self) -> list:
-        """Complete frames as (type, channel, payload). Frames before a malformed one come
+    def events(self, Py_ssize_t max_bytes=0) -> list:
+        """Complete frames as (type, channel, payload), all of them or (max_bytes > 0) as
+        many as fit in about max_bytes (at least one). Frames before a malformed one come
         first; the next call raises FrameError for it. The two hottest methods come decoded:
         a basic.publish whose content header and single body frame are already buffered is
         one event (EVENT_PUBLISH, channel, exchange, routing_key, mandatory, props, body),
         and a basic.ack is (EVENT_ACK, channel, delivery_tag, multiple)."""
-        return self._parse()
+        return self._parse(max_bytes)
 
-    cdef list _parse(self):
+    cdef list _parse(self, Py_ssize_t max_bytes):
         cdef list out = []
+        cdef Py_ssize_t stop = self._pos + max_bytes if max_bytes > 0 else PY_SSIZE_T_MAX
         cdef bytearray buf = self._buf
         cdef const unsigned char *p = <const unsigned char *><char *>buf
         cdef Py_ssize_t n = len(buf)
         cdef Py_ssize_t size
         cdef object ev
-        while True:
+        while self._pos < stop:
             size = self._frame_at(p, n, self._pos)
             if size == -1:
                 break

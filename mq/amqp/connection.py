@@ -36,6 +36,10 @@ CLOSE_TIMEOUT = 3.0
 # Credit flow (B-FLOW-1) holds a publisher at most this long before reading it again for a
 # turn, so that connections which publish to each other's consumers never wait forever.
 FLOW_MAX_PAUSE = 1.0
+FLOW_STATE_INTERVAL = 1.0
+# Bytes of frames handled per event-loop turn (B-FLOW-4): the rest of a big read waits for
+# the next turn, so one connection's flood delays the others by about this much work.
+READ_SLICE = 64 * 1024  # 'flow' is shown this long after it ends (RabbitMQ's interval)
 
 # channel.open-ok with an empty reserved long string, as RabbitMQ sends it (pamqp would send
 # "0", which clients that skip a fixed 4 bytes, like @cloudamqp/amqp-client, misparse).
@@ -108,6 +112,7 @@ class Connection:
         # not read while any of them is behind.
         self.flow_queues: set[Any] = set()
         self._flow_since = 0.0
+        self._flow_ended = float("-inf")
         self._counted = False  # counted in broker.open_connections
 
     # ---- output ---------------------------------------------------------------------
@@ -121,15 +126,25 @@ class Connection:
 
     # ---- input ----------------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        """Handle bytes from the peer. Never raises: every failure becomes a close."""
+    def data_received(self, data: bytes) -> bool:
+        """Handle bytes from the peer, one slice of them now (B-FLOW-4). Returns True when
+        more is buffered: call process_more() on a later loop turn. Never raises."""
         if self.closed:
-            return
+            return False
         self._last_recv = self.clock()
         self.reader.feed(data)
+        return self.process_more()
+
+    def process_more(self) -> bool:
+        """The next slice of what is buffered (at most READ_SLICE bytes of frames, so that
+        other connections get their turn). Returns True when more remains. Never raises:
+        every failure becomes a close."""
+        if self.closed:
+            return False
+        more = False
         try:
             try:
-                self._process()
+                more = self._process()
             except frames.FrameError as exc:
                 self._connection_error(FrameError(exc.text.partition(" - ")[2] or exc.text), 0, 0,
                                        broken=True)
@@ -147,6 +162,7 @@ class Connection:
             log.exception("connection dropped %s", kv(peer=self.name,
                                                       reason="error while closing it"))
             self.abort()
+        return more and not self.closed
 
     def _after_read(self) -> None:
         """Deliveries freed by this read's acks, then its confirms, each batched."""
@@ -156,25 +172,24 @@ class Connection:
         for ch in list(self.channels.values()):
             ch.flush_confirms()
 
-    def _process(self) -> None:
+    def _process(self) -> bool:
+        """Handle one slice of buffered frames; True when frames may remain."""
         if self.state == "header" and not self._protocol_header():
-            return
-        while True:
-            events = self.reader.events()
-            if not events:
-                return
-            for event in events:
-                kind = event[0]
-                if kind == frames.EVENT_PUBLISH or kind == frames.EVENT_ACK:
-                    self._hot(event)
-                else:
-                    self._frame(*event)
-                if self.closed:
-                    return
-                if self.alarms and not self.blocked and (
-                        kind == frames.EVENT_PUBLISH
-                        or (kind == 2 or kind == 3) and self._message_complete(event[1])):
-                    self._block()
+            return False
+        events = self.reader.events(READ_SLICE)
+        for event in events:
+            kind = event[0]
+            if kind == frames.EVENT_PUBLISH or kind == frames.EVENT_ACK:
+                self._hot(event)
+            else:
+                self._frame(*event)
+            if self.closed:
+                return False
+            if self.alarms and not self.blocked and (
+                    kind == frames.EVENT_PUBLISH
+                    or (kind == 2 or kind == 3) and self._message_complete(event[1])):
+                self._block()
+        return bool(events) and self.reader.pending() > 0
 
     def _hot(self, event: tuple) -> None:
         """A publish (with its content) or an ack that the frame reader decoded itself.
@@ -496,6 +511,18 @@ class Connection:
         log.info("connection blocked %s", kv(peer=self.name, user=getattr(self.user, "name", None),
                                              reason=reason))
 
+    def reading_state(self) -> str:
+        """What the management API shows, as RabbitMQ: 'blocked' by an alarm, 'blocking'
+        (an alarm is on, it has not published since), 'flow' (held by credit flow now or
+        within the last second), else 'running'."""
+        if self.blocked:
+            return "blocked"
+        if self.alarms:
+            return "blocking"
+        if self.flow_queues or self.clock() - self._flow_ended < FLOW_STATE_INTERVAL:
+            return "flow"
+        return "running"
+
     @property
     def paused(self) -> bool:
         """Not read by our choice (alarm or flow): its silence is no missed heartbeat."""
@@ -517,7 +544,7 @@ class Connection:
         """The queue caught up. Never raises: another connection's dispatch calls it."""
         self.flow_queues.discard(queue)
         if not self.flow_queues and not self.closed:
-            self._last_recv = self.clock()
+            self._last_recv = self._flow_ended = self.clock()
             try:
                 self.transport.resume_reading("flow")
             except Exception:
@@ -530,7 +557,7 @@ class Connection:
         for queue in queues:
             queue.flow_publishers.discard(self)
         if not self.closed:
-            self._last_recv = self.clock()
+            self._last_recv = self._flow_ended = self.clock()
             self.transport.resume_reading("flow")
 
     def set_writable(self, writable: bool) -> None:

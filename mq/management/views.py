@@ -215,7 +215,7 @@ class Views:
         ssl = bool(sock and sock("ssl_object"))
         view = {
             "name": conn.name, "node": NODE, "type": "network", "protocol": "AMQP 0-9-1",
-            "state": "running" if conn.state == "open" else conn.state,
+            "state": conn.reading_state() if conn.state == "open" else conn.state,
             "user": conn.user.name, "vhost": conn.vhost.name,
             "peer_host": conn.peer[0], "peer_port": conn.peer[1],
             "host": local[0], "port": local[1], "ssl": ssl,
