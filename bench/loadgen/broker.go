@@ -9,9 +9,12 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// dial opens a connection whose writes are coalesced (see batchConn).
-func dial(url string) (*amqp.Connection, error) {
-	return amqp.DialConfig(url, amqp.Config{
+// dial opens a connection whose writes are coalesced (see batchConn); the
+// batchConn is returned too, so that a connection stuck writing to a broker
+// that stopped reading can be cut (batchConn.Close) to end a run in time.
+func dial(url string) (*amqp.Connection, *batchConn, error) {
+	var bc *batchConn
+	conn, err := amqp.DialConfig(url, amqp.Config{
 		// amqp091-go drops a connection that reads nothing for 1.5 heartbeat
 		// intervals; a broker busy paging a backlog to disk (RabbitMQ in S8)
 		// can stay silent that long. Runs are bounded anyway, so ask for a long one.
@@ -26,15 +29,46 @@ func dial(url string) (*amqp.Connection, error) {
 			if err := c.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
 				return nil, err
 			}
-			return newBatchConn(c), nil
+			bc = newBatchConn(c)
+			return bc, nil
 		},
 	})
+	return conn, bc, err
+}
+
+// within runs f and waits for it at most d; it reports whether f returned.
+// (amqp091-go's calls take no deadline; a broker far behind may answer late.)
+func within(d time.Duration, f func()) bool {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// closeWithin closes an amqp091-go connection politely, or cuts its socket
+// when the broker does not answer the close within d.
+func closeWithin(conn *amqp.Connection, bc *batchConn, d time.Duration) error {
+	var err error
+	if !within(d, func() { err = conn.Close() }) && bc != nil {
+		return bc.Close()
+	}
+	return err
 }
 
 // topology is the queues (and fanout exchange) of one run, declared on an
 // admin connection that also deletes them at the end.
 type topology struct {
 	conn     *amqp.Connection
+	bc       *batchConn
 	ch       *amqp.Channel
 	exchange string
 	queues   []string
@@ -42,25 +76,25 @@ type topology struct {
 
 // dialChannel opens a connection with one channel on it (the connection is closed again
 // if the channel can't be had).
-func dialChannel(url string) (*amqp.Connection, *amqp.Channel, error) {
-	conn, err := dial(url)
+func dialChannel(url string) (*amqp.Connection, *amqp.Channel, *batchConn, error) {
+	conn, bc, err := dial(url)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	ch, err := conn.Channel()
 	if err != nil {
 		conn.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return conn, ch, nil
+	return conn, ch, bc, nil
 }
 
 func declare(cfg Config) (*topology, error) {
-	conn, ch, err := dialChannel(cfg.URL)
+	conn, ch, bc, err := dialChannel(cfg.URL)
 	if err != nil {
 		return nil, err
 	}
-	t := &topology{conn: conn, ch: ch}
+	t := &topology{conn: conn, bc: bc, ch: ch}
 	prefix := fmt.Sprintf("bench.%d.%d", os.Getpid(), time.Now().UnixNano())
 	var args amqp.Table
 	if cfg.MaxPriority > 0 {
@@ -107,12 +141,42 @@ func (t *topology) depth() (int, error) {
 	return q.Messages, err
 }
 
+// backlog is the number of ready messages in all the run's queues (a passive
+// queue.declare returns it: no management API needed); nil when the broker
+// does not answer within d.
+func (t *topology) backlog(d time.Duration) (*int64, error) {
+	var total int64
+	var err error
+	answered := within(d, func() {
+		for _, name := range t.queues {
+			q, qerr := t.ch.QueueDeclarePassive(name, false, false, false, false, nil)
+			if qerr != nil {
+				err = qerr
+				return
+			}
+			total += int64(q.Messages)
+		}
+	})
+	if !answered || err != nil {
+		return nil, err
+	}
+	return &total, nil
+}
+
+// cleanup deletes the run's queues and exchange. A broker holding a large
+// backlog may take a while; after a bound the connection is cut instead (the
+// queues are not durable except in S3/S8, whose names are unique per run).
 func (t *topology) cleanup() {
-	for _, q := range t.queues {
-		t.ch.QueueDelete(q, false, false, false)
+	done := within(30*time.Second, func() {
+		for _, q := range t.queues {
+			t.ch.QueueDelete(q, false, false, false)
+		}
+		if t.exchange != "" {
+			t.ch.ExchangeDelete(t.exchange, false, false)
+		}
+	})
+	if !done {
+		fmt.Fprintln(os.Stderr, "loadgen: the broker did not delete the queues within 30 s")
 	}
-	if t.exchange != "" {
-		t.ch.ExchangeDelete(t.exchange, false, false)
-	}
-	t.conn.Close()
+	closeWithin(t.conn, t.bc, 5*time.Second)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -12,18 +13,20 @@ import (
 
 // producer publishes on its own connection.
 type producer struct {
-	conn   *amqp.Connection
-	ch     *amqp.Channel
-	slots  chan struct{} // one per unconfirmed publish
-	closed chan *amqp.Error
+	conn      *amqp.Connection
+	bc        *batchConn // its socket, to cut it when the broker stops reading
+	ch        *amqp.Channel
+	slots     chan struct{} // one per unconfirmed publish
+	confirmed atomic.Int64  // publishes the broker acked (with -confirms)
+	closed    chan *amqp.Error
 }
 
 func openProducer(cfg Config) (*producer, error) {
-	conn, ch, err := dialChannel(cfg.URL)
+	conn, ch, bc, err := dialChannel(cfg.URL)
 	if err != nil {
 		return nil, err
 	}
-	p := &producer{conn: conn, ch: ch, closed: conn.NotifyClose(make(chan *amqp.Error, 1))}
+	p := &producer{conn: conn, bc: bc, ch: ch, closed: conn.NotifyClose(make(chan *amqp.Error, 1))}
 	if cfg.Confirms > 0 {
 		if err := ch.Confirm(false); err != nil {
 			conn.Close()
@@ -32,7 +35,10 @@ func openProducer(cfg Config) (*producer, error) {
 		p.slots = make(chan struct{}, cfg.Confirms)
 		confirms := ch.NotifyPublish(make(chan amqp.Confirmation, cfg.Confirms))
 		go func() {
-			for range confirms {
+			for c := range confirms {
+				if c.Ack {
+					p.confirmed.Add(1)
+				}
 				<-p.slots
 			}
 		}()
@@ -40,11 +46,24 @@ func openProducer(cfg Config) (*producer, error) {
 	return p, nil
 }
 
+// Close closes the connection politely, or cuts the socket if the broker does
+// not answer within 3 s (it may be busy with megabytes of publishes queued
+// ahead of the close, or have stopped reading the socket altogether).
+func (p *producer) Close() error {
+	return closeWithin(p.conn, p.bc, 3*time.Second)
+}
+
+// abort cuts the socket: a publish blocked writing to a broker that stopped
+// reading returns at once.
+func (p *producer) abort() {
+	p.bc.Close()
+}
+
 // publishPlan says how much and how fast one producer publishes.
 type publishPlan struct {
 	limit     int64   // stop after this many (0: until ctx ends)
-	rate      float64 // msg/s for this producer (0: flat out)
-	maxQueued int64   // pause while stats.queued() exceeds it (0: never)
+	rate      float64 // msg/s for this producer (0: no pacing)
+	maxQueued int64   // pause while stats.queued() exceeds it (0: never, the default)
 }
 
 func (p *producer) run(ctx context.Context, cfg Config, t *topology, plan publishPlan, st *stats) error {

@@ -1,6 +1,10 @@
 // Command loadgen drives one benchmark scenario against an AMQP 0-9-1 broker
 // and prints its result as one JSON object on stdout. The Python `bench`
 // package builds it and maps scenarios S1..S9 onto its modes and flags.
+//
+// While it runs it writes a line "mark NAME" on stderr at each phase boundary
+// (throughput: measure, end; backlog: fill, full, drain, drained), so that the
+// runner can read the broker's CPU time and RSS at that very moment.
 package main
 
 import (
@@ -45,12 +49,21 @@ type Config struct {
 
 // Result is what the run measured; zero fields are left out.
 type Result struct {
-	Mode        string   `json:"mode"`
-	Seconds     float64  `json:"seconds,omitempty"`
-	Published   int64    `json:"published"`
-	Consumed    int64    `json:"consumed"`
+	Mode    string  `json:"mode"`
+	Seconds float64 `json:"seconds,omitempty"`
+	// Published is what the publishers wrote; Confirmed what the broker
+	// confirmed (with -confirms); Accepted is Confirmed with -confirms, else
+	// Published: what the broker took from the publishers.
+	Published   int64   `json:"published"`
+	Confirmed   *int64  `json:"confirmed,omitempty"`
+	Accepted    int64   `json:"accepted"`
+	Delivered   int64   `json:"delivered"`
+	AcceptRate  float64 `json:"accept_rate,omitempty"`
+	DeliverRate float64 `json:"deliver_rate,omitempty"`
+	// Backlog is the messages ready in the run's queues when publishing
+	// stopped at the end of the window (nil: the broker did not say in time).
+	Backlog     *int64   `json:"backlog,omitempty"`
 	PublishRate float64  `json:"publish_rate,omitempty"`
-	ConsumeRate float64  `json:"consume_rate,omitempty"`
 	P50Ms       float64  `json:"p50_ms,omitempty"`
 	P99Ms       float64  `json:"p99_ms,omitempty"`
 	DrainRate   float64  `json:"drain_rate,omitempty"`
@@ -82,8 +95,8 @@ func parseFlags() Config {
 	flag.IntVar(&c.Backlog, "backlog", 1000000, "messages in the backlog (backlog mode)")
 	flag.IntVar(&c.Conns, "conns", 1000, "idle consumer connections (idle mode)")
 	flag.IntVar(&c.Burst, "burst", 10000, "messages in the burst (idle mode)")
-	flag.IntVar(&c.MaxQueued, "max-queued", 10000, "producers pause while this many messages are queued")
-	flag.IntVar(&c.PID, "pid", 0, "broker pid, to read its RSS")
+	flag.IntVar(&c.MaxQueued, "max-queued", 0, "producers pause while this many deliveries are queued (0: never, the default: publishers go flat out)")
+	flag.IntVar(&c.PID, "pid", 0, "broker pid, to read its RSS (idle mode)")
 	flag.IntVar(&c.Procs, "procs", 1, "GOMAXPROCS: one thread keeps goroutine hand-offs cheap and leaves the other core to the broker")
 	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write a Go CPU profile here (to tune the load generator)")
 	flag.Parse()
@@ -91,6 +104,11 @@ func parseFlags() Config {
 		c.Size = 8
 	}
 	return c
+}
+
+// mark tells the runner (on stderr, unbuffered) that a phase begins now.
+func mark(name string) {
+	fmt.Fprintf(os.Stderr, "mark %s\n", name)
 }
 
 func main() {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 )
 
@@ -56,8 +57,11 @@ func waitDelivered(g *group, st *stats) error {
 	}
 }
 
-// runThroughput: producers and consumers run together; rates and latency
-// are measured over Duration after Warmup.
+// runThroughput: producers publish flat out (unless -rate or -max-queued say
+// otherwise) while consumers take what the broker delivers; accepted and
+// delivered are counted over Duration after Warmup. Publishing stops when the
+// window ends, whatever the broker still holds: that is reported as the
+// backlog, not waited for, and the queues are deleted with it.
 func runThroughput(ctx context.Context, cfg Config) (Result, error) {
 	var res Result
 	t, err := declare(cfg)
@@ -77,7 +81,7 @@ func runThroughput(ctx context.Context, cfg Config) (Result, error) {
 	})
 	for _, p := range producers {
 		if p != nil {
-			conns = append(conns, p.conn)
+			conns = append(conns, p)
 		}
 	}
 	if err != nil {
@@ -96,21 +100,42 @@ func runThroughput(ctx context.Context, cfg Config) (Result, error) {
 		p := p
 		pg.Go(func(ctx context.Context) error { return p.run(ctx, cfg, t, plan, st) })
 	}
+	// accepted is what the broker took so far: confirmed with confirms, else written.
+	accepted := func() (published, confirmed int64) {
+		for _, p := range producers {
+			confirmed += p.confirmed.Load()
+		}
+		return st.published.Load(), confirmed
+	}
 
 	complete := sleep(pg.ctx, cfg.Warmup)
-	p0, c0, t0 := st.published.Load(), st.consumed.Load(), time.Now()
+	p0, f0 := accepted()
+	c0, t0 := st.consumed.Load(), time.Now()
+	mark("measure")
 	st.measuring.Store(true)
 	complete = complete && sleep(pg.ctx, cfg.Duration)
-	p1, c1, t1 := st.published.Load(), st.consumed.Load(), time.Now()
+	p1, f1 := accepted()
+	c1, t1 := st.consumed.Load(), time.Now()
+	mark("end")
 	st.measuring.Store(false)
-	perr := pg.Stop()
+	perr := stopPublishers(pg, producers)
+	backlog, berr := t.backlog(10 * time.Second)
+	if berr != nil {
+		fmt.Fprintf(os.Stderr, "loadgen: reading the backlog: %v\n", berr)
+	}
+	res.Backlog = backlog
 	cerr := cg.Stop()
 
 	secs := t1.Sub(t0).Seconds()
 	res.Seconds = secs
-	res.Published, res.Consumed = p1-p0, c1-c0
-	res.PublishRate = float64(res.Published) / secs
-	res.ConsumeRate = float64(res.Consumed) / secs
+	res.Published, res.Delivered = p1-p0, c1-c0
+	res.Accepted = res.Published
+	if cfg.Confirms > 0 {
+		confirmed := f1 - f0
+		res.Confirmed, res.Accepted = &confirmed, confirmed
+	}
+	res.AcceptRate = float64(res.Accepted) / secs
+	res.DeliverRate = float64(res.Delivered) / secs
 	var all []int64
 	for _, c := range consumers {
 		all = append(all, c.latencies...)
@@ -127,10 +152,26 @@ func runThroughput(ctx context.Context, cfg Config) (Result, error) {
 	return res, nil
 }
 
-// runBacklog: publish Backlog messages with no consumer, read the broker's
-// RSS once it holds them all, then drain them with one consumer.
+// stopPublishers ends publishing: each producer returns before its next
+// publish. One blocked writing to a broker that stopped reading its socket
+// (flow control, a memory alarm) has the socket cut after 2 s.
+func stopPublishers(pg *group, producers []*producer) error {
+	pg.cancel()
+	var err error
+	if within(2*time.Second, func() { err = pg.Stop() }) {
+		return err
+	}
+	for _, p := range producers {
+		p.abort()
+	}
+	return pg.Stop()
+}
+
+// runBacklog: publish Backlog messages flat out with no consumer, until the
+// queue reports them all; then drain them with one consumer. The runner
+// samples the broker's RSS and CPU between the marks.
 func runBacklog(ctx context.Context, cfg Config) (Result, error) {
-	res := Result{RSSBeforeKB: rssKB(cfg.PID)}
+	var res Result
 	t, err := declare(cfg)
 	if err != nil {
 		return res, err
@@ -140,9 +181,10 @@ func runBacklog(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	defer p.conn.Close()
+	defer p.Close()
 
 	st := newStats(1, int64(cfg.Backlog))
+	mark("fill")
 	start := time.Now()
 	if err := p.run(ctx, cfg, t, publishPlan{limit: int64(cfg.Backlog)}, st); err != nil {
 		return res, err
@@ -161,22 +203,25 @@ func runBacklog(ctx context.Context, cfg Config) (Result, error) {
 		}
 	}
 	res.Published = st.published.Load()
+	res.Accepted = res.Published
 	res.PublishRate = float64(res.Published) / time.Since(start).Seconds()
-	res.RSSKB = rssKB(cfg.PID)
+	mark("full")
 
 	c, err := openConsumer(cfg, t.queues[0])
 	if err != nil {
 		return res, err
 	}
 	defer c.Close()
+	mark("drain")
 	start = time.Now()
 	g := newGroup(ctx)
 	g.Go(func(ctx context.Context) error { return c.run(ctx, cfg, st) })
 	err = waitDelivered(g, st)
 	res.Seconds = time.Since(start).Seconds()
+	mark("drained")
 	g.Stop()
-	res.Consumed = st.consumed.Load()
-	res.DrainRate = float64(res.Consumed) / res.Seconds
+	res.Delivered = st.consumed.Load()
+	res.DrainRate = float64(res.Delivered) / res.Seconds
 	return res, err
 }
 
@@ -217,13 +262,14 @@ func runIdle(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	conns = append(conns, p.conn)
+	conns = append(conns, p)
 	start = time.Now()
 	if err := p.run(g.ctx, cfg, t, publishPlan{limit: int64(cfg.Burst)}, st); err != nil {
 		return res, err
 	}
 	err = waitDelivered(g, st)
 	res.BurstMs = float64(time.Since(start).Microseconds()) / 1000
-	res.Published, res.Consumed = st.published.Load(), st.consumed.Load()
+	res.Published, res.Delivered = st.published.Load(), st.consumed.Load()
+	res.Accepted = res.Published
 	return res, err
 }
