@@ -8,8 +8,10 @@ import resource
 import shutil
 import signal
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 SOURCE_DIR = Path(__file__).parent / "loadgen"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mq-bench"
@@ -70,26 +72,47 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run(binary: Path, url: str, flags: list[str], pid: int | None, timeout: float) -> Run:
-    """Run the load generator; it stops itself at `timeout`, we kill it a little later."""
+def run(binary: Path, url: str, flags: list[str], pid: int | None, timeout: float,
+        on_mark: Callable[[str], None] = lambda name: None) -> Run:
+    """Run the load generator; it stops itself at `timeout`, we kill it a little later.
+    Each "mark NAME" line it writes on stderr calls on_mark(NAME) as it arrives."""
     cmd = [str(binary), "-url", url, "-timeout", f"{timeout:.0f}s", *flags]
     if pid:
         cmd += ["-pid", str(pid)]
     before = _children_cpu()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            bufsize=1)
+    out: list[str] = []
+    err: list[str] = []
+
+    def read_stdout() -> None:
+        out.append(proc.stdout.read())
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            if line.startswith("mark "):
+                on_mark(line[5:].strip())
+            else:
+                err.append(line)
+
+    readers = [threading.Thread(target=f, daemon=True) for f in (read_stdout, read_stderr)]
+    for t in readers:
+        t.start()
     try:
-        out, err = proc.communicate(timeout=timeout + 15)
+        proc.wait(timeout=timeout + 15)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGTERM)  # lets it delete its queues
         try:
-            out, err = proc.communicate(timeout=10)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, err = proc.communicate()
+            proc.wait()
+    for t in readers:
+        t.join(timeout=5)
     cpu = _children_cpu() - before
-    lines = out.strip().splitlines()
+    lines = "".join(out).strip().splitlines()
     try:
         result = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
-        result = {"error": f"load generator exited {proc.returncode}: {err.strip()[-500:]}"}
+        result = {"error": f"load generator exited {proc.returncode}: {''.join(err).strip()[-500:]}"}
     return Run(result=result, cpu_seconds=cpu)

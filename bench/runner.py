@@ -1,18 +1,20 @@
-"""Run one scenario against one broker and record what it cost each side in CPU."""
+"""Run one scenario against one broker: the load generator's counts, plus what /proc says the
+broker spent meanwhile (CPU per message, RSS sampled every 100 ms); and the median of repeats."""
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import loadgen
 from bench.brokers import Broker
-from bench.procinfo import cpu_seconds, fd_headroom
+from bench.procinfo import Sampler, fd_headroom
 from bench.scenarios import Scenario, Settings
 
 
 @dataclass
 class Measurement:
-    result: dict  # the load generator's JSON
+    result: dict  # the load generator's JSON, with the broker's figures added (see _broker_figures)
     loadgen_cpu: float  # seconds of CPU the load generator used
     broker_cpu: float | None  # seconds of CPU the broker used meanwhile (None: not local)
 
@@ -25,15 +27,68 @@ def measure(binary: Path, broker: Broker, scenario: Scenario, settings: Settings
     refusal = _refusal(broker, scenario, settings)
     if refusal:
         return Measurement({"error": refusal}, 0.0, None)
-    before = cpu_seconds(broker.pid) if broker.pid else None
-    run = loadgen.run(binary, broker.url, scenario.loadgen_flags(settings), broker.pid,
-                      scenario.timeout(settings))
-    after = cpu_seconds(broker.pid) if broker.pid else None
-    used = None if before is None or after is None else after - before
+    flags, timeout = scenario.loadgen_flags(settings), scenario.timeout(settings)
+    if broker.pid:
+        with Sampler(broker.pid) as sampler:
+            run = loadgen.run(binary, broker.url, flags, broker.pid, timeout, sampler.mark)
+        run.result.update(_broker_figures(sampler, run.result))
+        used = sampler.cpu_between("start", "stop")
+    else:  # a remote broker: no /proc to read
+        run = loadgen.run(binary, broker.url, flags, None, timeout)
+        used = None
     death = broker.exited()
     if death:
         run.result["error"] = f"{run.result.get('error', 'failed')}; the broker {death}"
     return Measurement(run.result, run.cpu_seconds, used)
+
+
+def _per_msg_us(cpu_s: float | None, messages: int | None) -> float | None:
+    return None if cpu_s is None or not messages else cpu_s * 1e6 / messages
+
+
+def _broker_figures(s: Sampler, result: dict) -> dict:
+    """RSS and CPU figures from the marks the load generator set: the measured window of a
+    throughput run (measure..end), the fill (fill..full) and drain (drain..drained) of S8."""
+    start = s.at("start")
+    out: dict = {"rss_start_kb": start.rss_kb if start else None, "rss_max_kb": s.rss_max_kb}
+    if s.at("measure") and s.at("end"):
+        window = s.cpu_between("measure", "end")
+        out["window_cpu_s"] = window
+        out["cpu_us_per_msg"] = _per_msg_us(window, result.get("delivered"))
+    if s.at("fill") and s.at("full"):
+        full = s.at("full")
+        fill_cpu = s.cpu_between("fill", "full")
+        out.update(fill_rss_max_kb=s.rss_max_from("fill", "full"), rss_full_kb=full.rss_kb,
+                   fill_cpu_s=fill_cpu,
+                   fill_cpu_us_per_msg=_per_msg_us(fill_cpu, result.get("published")))
+    if s.at("drain") and s.at("drained"):
+        drain_cpu = s.cpu_between("drain", "drained")
+        out.update(drain_cpu_s=drain_cpu,
+                   drain_cpu_us_per_msg=_per_msg_us(drain_cpu, result.get("delivered")))
+        fill, drain = out.get("fill_cpu_us_per_msg"), out["drain_cpu_us_per_msg"]
+        out["cpu_us_per_msg"] = None if fill is None or drain is None else fill + drain
+    return out
+
+
+def median(runs: list[Measurement]) -> Measurement:
+    """One Measurement whose every number is the median over the runs that did not fail (the
+    first failure when they all did). `runs` in the result says how many were taken."""
+    ok = [m for m in runs if not m.result.get("error")]
+    if not ok:
+        return runs[0]
+    keys = {k for m in ok for k, v in m.result.items() if _number(v)}
+    result: dict = dict(ok[0].result)
+    for k in keys:
+        values = [m.result[k] for m in ok if _number(m.result.get(k))]
+        result[k] = statistics.median(values) if values else None
+    result["runs"] = len(ok)
+    cpus = [m.broker_cpu for m in ok if m.broker_cpu is not None]
+    return Measurement(result, statistics.median(m.loadgen_cpu for m in ok),
+                       statistics.median(cpus) if cpus else None)
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _refusal(broker: Broker, scenario: Scenario, settings: Settings) -> str | None:
