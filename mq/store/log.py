@@ -132,7 +132,10 @@ class Store:
         self._segments: dict[int, Segment] = {}
         self._head: Segment | None = None
         self._next_id = 1
-        self._msgs: dict[int, list] = {}    # msg id -> [location, size, queues holding it]
+        # msg id -> location << 32 | record size: one int per message, as a 1M backlog has a
+        # million of them; a message in more than one queue also counts them in _shared.
+        self._msgs: dict[int, int] = {}
+        self._shared: dict[int, int] = {}   # msg id -> queues holding it, when more than 1
         self._queues: dict[int, dict[int, int]] = {}  # qid -> msg id -> its ENQ location
         self._dlvs: dict[int, dict[int, int]] = {}    # qid -> msg id -> its DLV location
         self._topo: dict[int, tuple[int, int, tuple]] = {}  # object id -> (location, size, key)
@@ -294,8 +297,9 @@ class Store:
                     msg = objects[mid] = Message(f[2], f[3], f[4], f[5])
                     msg.store_id = mid
                     self._live(mseg, msize)
-                    self._msgs[mid] = [_loc(mseg, moff), msize, 0]
-                self._msgs[mid][2] += 1
+                    self._msgs[mid] = _loc(mseg, moff) << 32 | msize
+                else:
+                    self._shared[mid] = self._shared.get(mid, 1) + 1
                 index[mid] = _loc(seg, off)
                 self._live(seg, size)
                 dlv = dlvs.get((rq.store_qid, mid))
@@ -373,14 +377,14 @@ class Store:
         """A persistent message entered durable queue `qid`. The message itself is written
         once, however many queues it enters."""
         mid = msg.store_id
-        m = self._msgs.get(mid) if mid else None
-        if m is None:
+        if mid and mid in self._msgs:
+            self._shared[mid] = self._shared.get(mid, 1) + 1
+        else:
             mid = msg.store_id = self._new_id()
             data = R.message_record(mid, msg.exchange, msg.routing_key, msg.props, msg.body)
             seg, off = self._append(data)
             self._live(seg, len(data))
-            m = self._msgs[mid] = [_loc(seg, off), len(data), 0]
-        m[2] += 1
+            self._msgs[mid] = _loc(seg, off) << 32 | len(data)
         seg, off = self._append(R.enqueue_record(qid, mid, expires_at))
         self._live(seg, ENQ_SIZE)
         self._queues[qid][mid] = _loc(seg, off)
@@ -411,22 +415,24 @@ class Store:
             dloc = delivered.pop(mid, None)
             if dloc is not None:
                 self._dead(dloc, REF_SIZE)
-        m = self._msgs[mid]
-        m[2] -= 1
-        if not m[2]:
-            del self._msgs[mid]
-            self._dead(m[0], m[1])
+        holders = self._shared.pop(mid, 1)
+        if holders > 2:
+            self._shared[mid] = holders - 1
+        elif holders == 1:
+            m = self._msgs.pop(mid)
+            self._dead(m >> 32, m & 0xFFFFFFFF)
 
     def read_message(self, mid: int) -> Message:
         """A stored message, with its body, read back from the log (for a queue that kept
         only its id in memory)."""
         m = self._msgs[mid]
-        seg, off = self._segments[m[0] >> 32], m[0] & 0xFFFFFFFF
-        if off + m[1] > seg.flushed:
+        loc, size = m >> 32, m & 0xFFFFFFFF
+        seg, off = self._segments[loc >> 32], loc & 0xFFFFFFFF
+        if off + size > seg.flushed:
             self.wait_durable()  # rare: paged out and wanted before the flusher wrote it
         if seg.rfd < 0:
             seg.rfd = os.open(seg.path, os.O_RDONLY)
-        f = R.scan(os.pread(seg.rfd, m[1], off))[0][0][2]
+        f = R.scan(os.pread(seg.rfd, size, off))[0][0][2]
         full = Message(f[2], f[3], f[4], f[5])
         full.store_id = mid
         return full
@@ -640,8 +646,8 @@ class Store:
             loc, rtype = base | off, f[0]
             if rtype == R.MSG:
                 m = self._msgs.get(f[1])
-                if m is not None and m[0] == loc:
-                    m[0] = self._copy(data, off, size)
+                if m is not None and m >> 32 == loc:
+                    self._msgs[f[1]] = self._copy(data, off, size) << 32 | size
             elif rtype == R.ENQ or rtype == R.DLV:
                 index = (self._queues if rtype == R.ENQ else self._dlvs).get(f[1])
                 if index is not None and index.get(f[2]) == loc:
