@@ -261,9 +261,14 @@ class Queue:
         self._expiry_timer = None
         if self.deleted:
             return
-        expired = self.ready.expire_due(time.time())
-        if expired:
-            self._dead_letter(expired, "expired")
+        now = time.time()
+        while True:
+            expired = self.ready.expire_due(now)
+            if expired:
+                self._dead_letter(expired, "expired")
+            if not expired or self.paged is None:
+                break
+            self._page_in()  # those waiting on disk come up to expire in their turn
         self._arm_expiry()
 
     def touch(self) -> None:
@@ -315,7 +320,10 @@ class Queue:
         """The next ready message off the queue (from disk if it waits there)."""
         if self.paged is not None:
             self._page_in()
-        return self.ready.pop()
+        entry = self.ready.pop()
+        if self.paged is not None and not self.ready.count:
+            self._page_in()  # never all on disk: expiry timers look at memory only
+        return entry
 
     def get(self, no_ack: bool) -> Entry | None:
         self.touch()
