@@ -4,7 +4,6 @@ unblocked when it clears."""
 from __future__ import annotations
 
 import struct
-import threading
 import time
 from typing import Iterator
 
@@ -13,17 +12,12 @@ import pytest
 from pamqp import commands as spec
 
 from mq.testing import BrokerProcess, run_broker
+from flood import RssSampler, SlowConsumer, rss_of
 from rawamqp import RawClient
 
 BODY = 32 * 1024
 TOTAL = 2500  # 80 MB published in all: far past a watermark 30 MB above the broker's size
 HEADROOM = 30 * 1024 * 1024
-PAGE = 4096
-
-
-def rss_of(pid: int) -> int:
-    with open(f"/proc/{pid}/statm") as fh:
-        return int(fh.read().split()[1]) * PAGE
 
 
 @pytest.fixture
@@ -38,48 +32,6 @@ def low_watermark_broker() -> Iterator[tuple[BrokerProcess, int]]:
         yield broker, watermark
     finally:
         broker.cleanup()
-
-
-class RssSampler(threading.Thread):
-    """The broker's peak RSS, sampled every 10 ms."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.peak, self.stop = pid, 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.peak = max(self.peak, rss_of(self.pid))
-            time.sleep(0.01)
-
-
-class SlowConsumer(threading.Thread):
-    """Consumes and acks about 1000 messages a second, recording each sequence number."""
-
-    def __init__(self, url: str, queue: str, expect: int) -> None:
-        super().__init__(daemon=True)
-        self.url, self.queue, self.expect = url, queue, expect
-        self.seen: list[int] = []
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            conn = pika.BlockingConnection(pika.URLParameters(self.url))
-            ch = conn.channel()
-            ch.basic_qos(prefetch_count=50)
-
-            def on_message(ch, method, props, body) -> None:
-                self.seen.append(struct.unpack_from(">I", body)[0])
-                time.sleep(0.0005)
-                ch.basic_ack(method.delivery_tag)
-
-            ch.basic_consume(self.queue, on_message)
-            deadline = time.monotonic() + 30
-            while len(self.seen) < self.expect and time.monotonic() < deadline:
-                conn.process_data_events(time_limit=0.05)
-            conn.close()
-        except BaseException as exc:  # reported by the test
-            self.error = exc
 
 
 def test_flood_blocks_publisher_at_memory_watermark_and_recovers(low_watermark_broker, uid):
@@ -98,7 +50,7 @@ def test_flood_blocks_publisher_at_memory_watermark_and_recovers(low_watermark_b
     conn.add_on_connection_unblocked_callback(lambda _c, _f: events.append(("unblocked", None)))
     ch = conn.channel()
     ch.queue_declare(uid)
-    consumer = SlowConsumer(broker.url, uid, TOTAL)
+    consumer = SlowConsumer(broker.url, uid, pause=0.0005, fmt=">I", expect=TOTAL)
     padding = b"x" * (BODY - 4)
     sent, sent_at_first_unblock = 0, None
     deadline = time.monotonic() + 30
@@ -114,8 +66,7 @@ def test_flood_blocks_publisher_at_memory_watermark_and_recovers(low_watermark_b
         sent += 1
         conn.process_data_events(time_limit=0)
     consumer.join(30)
-    sampler.stop.set()
-    sampler.join()
+    sampler.finish()
     conn.close()
     assert consumer.error is None, consumer.error
     assert sent == TOTAL

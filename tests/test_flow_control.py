@@ -7,7 +7,6 @@ import json
 import os
 import random
 import struct
-import threading
 import time
 import urllib.request
 from typing import Iterator
@@ -15,36 +14,11 @@ from typing import Iterator
 import pika
 import pytest
 
-from flood import Flood, publish_frames, round_trips
+from flood import Flood, RssSampler, SlowConsumer, publish_frames, round_trips, rss_of
 from mq.testing import BrokerProcess
 
-PAGE = 4096
 # The worst delay a flooding connection may cause another's round trips (README: fairness).
 FAIR_SLICE = 0.05
-
-
-def rss_of(pid: int) -> int:
-    with open(f"/proc/{pid}/statm") as fh:
-        return int(fh.read().split()[1]) * PAGE
-
-
-class RssSampler(threading.Thread):
-    """The broker's peak RSS, sampled every 10 ms."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.peak, self.stop = pid, 0, threading.Event()
-        self.start()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.peak = max(self.peak, rss_of(self.pid))
-            time.sleep(0.01)
-
-    def finish(self) -> int:
-        self.stop.set()
-        self.join()
-        return self.peak
 
 
 @pytest.fixture
@@ -89,38 +63,6 @@ def drain(url: str, queue: str, expect: int, timeout: float = 60) -> list[bytes]
     return bodies
 
 
-class SlowConsumer(threading.Thread):
-    """Acks one message every `pause` seconds (prefetch 50) until told to hurry; records
-    each message's sequence number."""
-
-    def __init__(self, url: str, queue: str, pause: float) -> None:
-        super().__init__(daemon=True)
-        self.url, self.queue, self.pause = url, queue, pause
-        self.seen: list[int] = []
-        self.hurry, self.done = threading.Event(), threading.Event()
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            conn = pika.BlockingConnection(pika.URLParameters(self.url))
-            ch = conn.channel()
-            ch.basic_qos(prefetch_count=50)
-
-            def on_message(ch, method, props, body) -> None:
-                self.seen.append(struct.unpack_from(">Q", body)[0])
-                if not self.hurry.is_set():
-                    time.sleep(self.pause)
-                ch.basic_ack(method.delivery_tag)
-
-            ch.basic_consume(self.queue, on_message)
-            while not self.done.is_set():
-                conn.process_data_events(time_limit=0.05)
-            conn.close()
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-
-
 def test_flood_publisher_is_held_to_a_slow_consumer(broker):
     """B-FLOW-1, B-FLOW-2: a publisher writing as fast as its socket goes into a queue whose
     consumer takes ~1,000 msg/s is not read while the queue is behind: the backlog stays
@@ -131,7 +73,9 @@ def test_flood_publisher_is_held_to_a_slow_consumer(broker):
     conn = pika.BlockingConnection(pika.URLParameters(url))
     conn.channel().queue_declare(queue)
     consumer = SlowConsumer(url, queue, pause=0.001)
+    consumer.start()
     sampler = RssSampler(broker.proc.pid)
+    sampler.start()
     # Numbered messages: the flood repeats one chunk, so number them with a pika publisher
     # in the same socket order instead (pika writes as fast as the socket takes).
     publisher = pika.BlockingConnection(pika.URLParameters(url))
@@ -185,6 +129,7 @@ def test_burst_into_queue_without_consumer_pages_out_and_drains_whole(broker):
     ch.queue_declare(queue)
     idle = rss_of(broker.proc.pid)
     sampler = RssSampler(broker.proc.pid)
+    sampler.start()
     padding = b"x" * 1016
     states: set[str] = set()
     for i in range(total):
