@@ -68,38 +68,35 @@ class AMQPProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.recv_oct += len(data)
-        self._in_read = True
-        try:
-            more = self.conn.data_received(data)
-        finally:
-            self._in_read = False
-        self._flush()
-        if more:
-            # The connection handles one slice per loop turn (B-FLOW-4). Without this,
-            # libuv reads up to 32 chunks of 256 KB from one socket per turn and a flooding
-            # publisher starves every other connection's acks and heartbeats.
-            self.pause_reading("turn")
-            self._schedule_slice()
-
-    def _schedule_slice(self) -> None:
-        if not self._slice_scheduled:
-            self._slice_scheduled = True
-            asyncio.get_running_loop().call_soon(self._next_slice)
+        self._handle(self.conn.data_received, data)
 
     def _next_slice(self) -> None:
         self._slice_scheduled = False
         if len(self._paused) > 1 or self.conn.closed:
             return  # also held by flow or an alarm: resume_reading goes on from here
+        self._handle(self.conn.process_more)
+
+    def _handle(self, step: Any, *args: Any) -> None:
+        """One slice of input, its output in one write. The connection handles one slice
+        per loop turn (B-FLOW-4): without this, libuv reads up to 32 chunks of 256 KB from
+        one socket per turn and a flooding publisher starves every other connection's acks
+        and heartbeats. The socket is not read while a slice waits."""
         self._in_read = True
         try:
-            more = self.conn.process_more()
+            more = step(*args)
         finally:
             self._in_read = False
         self._flush()
         if more:
+            self.pause_reading("turn")
             self._schedule_slice()
-        else:
+        elif "turn" in self._paused:
             self.resume_reading("turn")
+
+    def _schedule_slice(self) -> None:
+        if not self._slice_scheduled:
+            self._slice_scheduled = True
+            asyncio.get_running_loop().call_soon(self._next_slice)
 
     # Transport interface used by Connection.
     def write(self, data: bytes) -> None:

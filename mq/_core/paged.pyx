@@ -52,11 +52,11 @@ def append(bytearray out, Message msg, double expires_at, bint redelivered, bint
         out += msg.body
 
 
-def decode(bytes data, Py_ssize_t start=0) -> tuple:
-    """Records from data[start:] up to the last complete one. Returns (records, end), each
+def decode(bytes data) -> tuple:
+    """Records from data up to the last complete one. Returns (records, end), each
     record (message or None for a reference, store_id, expires_at, redelivered, body_size)."""
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t n = len(data), off = start, end, pos, ln
+    cdef Py_ssize_t n = len(data), off = 0, end, pos, ln
     cdef uint32_t size, body_size, props_size
     cdef double expires_at
     cdef unsigned char flags

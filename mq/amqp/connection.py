@@ -36,10 +36,10 @@ CLOSE_TIMEOUT = 3.0
 # Credit flow (B-FLOW-1) holds a publisher at most this long before reading it again for a
 # turn, so that connections which publish to each other's consumers never wait forever.
 FLOW_MAX_PAUSE = 1.0
-FLOW_STATE_INTERVAL = 1.0
+FLOW_STATE_INTERVAL = 1.0  # 'flow' is shown this long after it ends (RabbitMQ's interval)
 # Bytes of frames handled per event-loop turn (B-FLOW-4): the rest of a big read waits for
 # the next turn, so one connection's flood delays the others by about this much work.
-READ_SLICE = 64 * 1024  # 'flow' is shown this long after it ends (RabbitMQ's interval)
+READ_SLICE = 64 * 1024
 
 # channel.open-ok with an empty reserved long string, as RabbitMQ sends it (pamqp would send
 # "0", which clients that skip a fixed 4 bytes, like @cloudamqp/amqp-client, misparse).
@@ -543,22 +543,29 @@ class Connection:
     def flow_off(self, queue: Any) -> None:
         """The queue caught up. Never raises: another connection's dispatch calls it."""
         self.flow_queues.discard(queue)
-        if not self.flow_queues and not self.closed:
-            self._last_recv = self._flow_ended = self.clock()
-            try:
-                self.transport.resume_reading("flow")
-            except Exception:
-                log.exception("connection dropped %s", kv(peer=self.name,
-                                                          reason="error while resuming it"))
-                self.abort()
+        if not self.flow_queues:
+            self._flow_resumed()
 
     def _end_flow(self) -> None:
-        queues, self.flow_queues = self.flow_queues, set()
-        for queue in queues:
+        """Held for FLOW_MAX_PAUSE: read again for a turn, whatever the queues say."""
+        self._forget_flow()
+        self._flow_resumed()
+
+    def _forget_flow(self) -> None:
+        for queue in self.flow_queues:
             queue.flow_publishers.discard(self)
-        if not self.closed:
-            self._last_recv = self._flow_ended = self.clock()
+        self.flow_queues.clear()
+
+    def _flow_resumed(self) -> None:
+        if self.closed:
+            return
+        self._last_recv = self._flow_ended = self.clock()
+        try:
             self.transport.resume_reading("flow")
+        except Exception:
+            log.exception("connection dropped %s", kv(peer=self.name,
+                                                      reason="error while resuming it"))
+            self.abort()
 
     def set_writable(self, writable: bool) -> None:
         """Back-pressure from the socket: consumers pause while the peer can't keep up."""
@@ -605,9 +612,7 @@ class Connection:
     def _release(self) -> None:
         # Messages requeued from one channel must not be delivered to another of ours.
         self.writable = False
-        for queue in self.flow_queues:
-            queue.flow_publishers.discard(self)
-        self.flow_queues.clear()
+        self._forget_flow()
         for ch in list(self.channels.values()):
             ch.release()
         self.channels.clear()

@@ -104,7 +104,7 @@ class Queue:
         # Past the memory budget, newer messages wait on disk (B-FLOW-3): ready holds the
         # oldest of each priority level, paged the rest.
         self.paged: PagedMessages | None = None
-        self._budget = 0  # the pager's budget, read when the queue first pages out
+        self._budget = host.pager.budget if host.pager is not None else 0  # 0: never page
         self.flow_publishers: set[FlowPublisher] = set()
         self.touch()
 
@@ -126,16 +126,18 @@ class Queue:
 
     def behind(self) -> bool:
         """More is waiting than the consumers take: publishers into it should wait."""
-        return self.consumer_count > 0 and (self.message_count > FLOW_READY_MESSAGES
-                                            or self.message_bytes > FLOW_READY_BYTES)
+        return self.consumer_count > 0 and self._backlog_above(1)
+
+    def _backlog_above(self, share: int) -> bool:
+        return self.message_count > FLOW_READY_MESSAGES // share \
+            or self.message_bytes > FLOW_READY_BYTES // share
 
     def consumed_by(self, owner: object) -> bool:
         return any(c.owner is owner for c in self.consumers)
 
     def _caught_up(self) -> None:
         """Let held publishers go: the backlog is down to half, or nobody consumes."""
-        if self.consumer_count and (self.message_count > FLOW_READY_MESSAGES // 2
-                                    or self.message_bytes > FLOW_READY_BYTES // 2):
+        if self.consumer_count and self._backlog_above(2):
             return
         publishers, self.flow_publishers = self.flow_publishers, set()
         for publisher in publishers:
@@ -388,20 +390,19 @@ class Queue:
             self.ready.push(msg, expires_at).redelivered = redelivered
         self._arm_expiry()
 
+    def _in_memory(self) -> int:
+        """What the ready messages in memory cost, as counted against the budget."""
+        ready = self.ready
+        return ready.bytes + ready.count * ENTRY_OVERHEAD
+
     def _over_budget(self) -> bool:
         """Memory is full: newer messages wait on disk (B-FLOW-3)."""
-        pager = self.host.pager
-        if pager is None or not pager.budget:
-            return False
-        ready = self.ready
-        return ready.bytes + ready.count * ENTRY_OVERHEAD > pager.budget
+        return self._budget > 0 and self._in_memory() > self._budget
 
     def _page_out(self, msg: Message, expires_at: float, redelivered: bool = False) -> None:
         paged = self.paged
         if paged is None:
-            pager = self.host.pager
-            paged = self.paged = pager.open()
-            self._budget = pager.budget
+            paged = self.paged = self.host.pager.open()
         level = 0
         if self.ready.max_priority:
             level = min(msg.priority, self.ready.max_priority)
@@ -413,7 +414,7 @@ class Queue:
         priority order holds)."""
         paged, ready = self.paged, self.ready
         while paged.count:
-            if ready.count and ready.bytes + ready.count * ENTRY_OVERHEAD >= self._budget // 2:
+            if ready.count and self._in_memory() >= self._budget // 2:
                 if not ready.max_priority:
                     return
                 top = paged.top_level()

@@ -122,8 +122,8 @@ class Store:
                  page_budget: int = 0) -> None:
         self.directory = directory
         self.segment_size = segment_size
-        # Bytes of message bodies a durable queue keeps in memory; beyond that its persistent
-        # messages wait on disk only and are read back when delivered (0: never page out).
+        # The queues' memory budget: when set, replay leaves bodies on disk and the queues
+        # read back those they keep in memory (read_message); 0: bodies come with replay.
         self.page_budget = page_budget
         self.seq = 0           # sequence of the last appended record
         self.durable_seq = 0   # every record up to this one is on disk (fsynced)
