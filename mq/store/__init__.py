@@ -1,4 +1,5 @@
 """Durability: the append-only log, recovery and compaction (see log.py)."""
-from mq.store.log import Recovered, RecoveredQueue, Store, StoreError
+from mq.store.log import Store, StoreError
+from mq.store.recovery import Recovered, RecoveredQueue
 
 __all__ = ["Recovered", "RecoveredQueue", "Store", "StoreError"]
