@@ -16,13 +16,12 @@ from mq._core.message import Message
 from mq.store.arguments import encode_arguments
 from mq.store.compaction import compact
 from mq.store.flusher import Flusher
+from mq.store.format import StoreError, check_format
 from mq.store.index import ENQ_SIZE, REF_SIZE, Index
 from mq.store.recovery import Recovered
 from mq.store.recovery import replay
 from mq.store.segments import Segment, loc, segment_path
 
-FORMAT = 1
-FORMAT_FILE = "format"
 DEFAULT_SEGMENT_SIZE = 32 * 1024 * 1024
 # A head segment that is nearly all dead is sealed early (and so compacted), so that a
 # drained queue returns to (almost) no disk use without waiting for the segment to fill:
@@ -32,10 +31,6 @@ ROLL_HEAD_IDLE = 64 * 1024
 ROLL_HEAD_BUSY = 4 * 1024 * 1024
 ROLL_HEAD_RATIO = 1 / 16
 COMPACT_RATIO = 0.25  # compact a sealed segment when less than this share of it is live
-
-
-class StoreError(Exception):
-    """The data directory cannot be used (newer format, locked by another broker)."""
 
 
 class Store:
@@ -70,7 +65,7 @@ class Store:
 
     def open(self) -> Recovered:
         os.makedirs(self.directory, exist_ok=True)
-        self._check_format()
+        check_format(self.directory)
         self._lock()
         seg_dir = os.path.join(self.directory, "log")
         os.makedirs(seg_dir, exist_ok=True)
@@ -87,26 +82,6 @@ class Store:
         else:
             self._head = self._new_segment(last + 1)
         return recovered
-
-    def _check_format(self) -> None:
-        path = os.path.join(self.directory, FORMAT_FILE)
-        try:
-            with open(path) as fh:
-                text = fh.read().strip()
-        except FileNotFoundError:
-            tmp = path + ".tmp"
-            with open(tmp, "w") as fh:
-                fh.write(f"mq-data-format {FORMAT}\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            return
-        parts = text.split()
-        if len(parts) != 2 or parts[0] != "mq-data-format" or not parts[1].isdigit():
-            raise StoreError(f"{path} is not an mq format file (found {text[:40]!r})")
-        if int(parts[1]) > FORMAT:
-            raise StoreError(f"data directory {self.directory} has format {parts[1]}, written by "
-                             f"a newer mq; this mq reads format {FORMAT} and older")
 
     def _lock(self) -> None:
         self._lock_fd = os.open(os.path.join(self.directory, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
