@@ -41,6 +41,7 @@ class Settings:
     max_channels_per_connection: int = 2047
     max_queues: int = 0
     queue_memory_budget: int = 32 * 1024 * 1024
+    store_segment_size: int = 32 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -74,6 +75,8 @@ HELP = {
     "queue_memory_budget": "bytes a queue keeps in memory (bodies plus about 400 per message); "
                            "newer messages beyond that wait on disk until the queue drains "
                            "(0: no limit)",
+    "store_segment_size": "bytes per segment file of the message store (smaller: disk is "
+                          "reclaimed in smaller steps, more files)",
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -135,6 +138,9 @@ def _check(settings: Settings) -> None:
                  "queue_memory_budget"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"{name} must not be negative")
+    if not 64 * 1024 <= settings.store_segment_size <= 1 << 31:
+        raise ConfigError("store_segment_size must be 64KB..2GB, not "
+                          f"{settings.store_segment_size}")
     for name, parse in (("memory_high_watermark", memory_limit), ("disk_free_limit", parse_size)):
         try:
             parse(getattr(settings, name))

@@ -37,6 +37,7 @@ SAMPLES = {
     "max_channels_per_connection": ("64", "64"),
     "max_queues": ("500", "500"),
     "queue_memory_budget": ("1048576", "1048576"),
+    "store_segment_size": ("1048576", "1048576"),
 }
 NAMES = [f.name for f in dataclasses.fields(Settings)]
 
