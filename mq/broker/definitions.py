@@ -2,16 +2,20 @@
 policies, exchanges, queues, bindings), so files move between the two brokers."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from typing import Any
 
 import mq
 from mq.broker.auth import Permission, TopicPermission, User, check_pattern, hash_password
-from mq.broker.errors import NotFound
+from mq.broker.errors import AMQPError, NotFound
 from mq.broker.policy import policy_from_json
 
 HASHING = "rabbit_password_hashing_sha256"
+
+log = logging.getLogger("mq.broker")
 
 
 def export_definitions(broker: Any) -> dict:
@@ -120,30 +124,94 @@ def import_definitions(broker: Any, data: dict) -> None:
 
 
 ACCESS_FILE = "access.json"  # in the data dir: users, vhosts, (topic) permissions, policies
+_ACCESS_KEYS = ("users", "vhosts", "permissions", "topic_permissions", "policies")
+
+
+class AccessFileError(SystemExit):
+    """access.json exists but cannot be used. A SystemExit, so that the broker stops at start
+    with this one line (as for a bad --definitions file) rather than a traceback, and never
+    falls back to the default guest user in place of what the operator saved."""
+
+
+def _sync_dir(path: str) -> None:
+    """Make the directory's entries (a rename) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_access(broker: Any, data_dir: str) -> None:
-    """Users, vhosts, permissions and policies as they are now (the definitions format),
-    replaced atomically in the data dir, so changes made at run time survive a restart."""
+    """B-DUR-1: users, vhosts, permissions and policies as they are now (the definitions
+    format), kept in the data dir so that changes made at run time survive a restart or a
+    crash. Crash-safe: the new content is written to access.json.tmp and fsynced, renamed
+    over access.json, and the directory is fsynced, so a crash at any point leaves either
+    the old or the new complete file (a leftover .tmp is removed at start); when this
+    returns, the change is on disk."""
     exported = export_definitions(broker)
+    data = json.dumps({key: exported[key] for key in _ACCESS_KEYS}).encode()
     path = os.path.join(data_dir, ACCESS_FILE)
-    with open(path + ".tmp", "w") as fh:
-        json.dump({key: exported[key] for key in ("users", "vhosts", "permissions",
-                                                  "topic_permissions", "policies")}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(path + ".tmp", path)
+    tmp = path + ".tmp"
+    try:
+        # 0600: it holds password hashes.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # access.json itself is untouched: the old state stays
+        raise
+    _sync_dir(data_dir)
 
 
 def load_access(broker: Any, data_dir: str) -> bool:
     """At start: the saved users and permissions replace the defaults (a deleted guest
-    stays deleted). False when nothing was saved."""
+    stays deleted). False when nothing was saved (first start: the defaults stay). A
+    leftover access.json.tmp (a crash during a save, before its rename) is removed: the
+    access.json beside it is the last complete save. A file that is there but unreadable
+    or malformed stops the start with AccessFileError, saying what is wrong."""
     path = os.path.join(data_dir, ACCESS_FILE)
-    if not os.path.exists(path):
+    tmp = path + ".tmp"
+    if os.path.lexists(tmp):
+        log.warning("removing %s left by an interrupted save; %s is the last complete one",
+                    tmp, ACCESS_FILE)
+        os.unlink(tmp)
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read()
+    except FileNotFoundError:
         return False
-    with open(path) as fh:
-        data = json.load(fh)
+    except OSError as exc:
+        raise _access_error(path, f"cannot be read: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise _access_error(path, f"is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(key, []), list)
+                                             for key in _ACCESS_KEYS):
+        raise _access_error(path, "is not a definitions object (users, vhosts, permissions, "
+                                  "topic_permissions and policies lists)")
     broker.users.users.clear()
-    import_definitions(broker, data)
+    try:
+        import_definitions(broker, data)
+    except AMQPError as exc:
+        raise _access_error(path, exc.text) from None
+    except KeyError as exc:
+        raise _access_error(path, f"has an entry without {exc}") from None
+    except (ValueError, TypeError, AttributeError) as exc:  # bad policy, wrong types
+        raise _access_error(path, str(exc)) from None
     return True
 
+
+def _access_error(path: str, reason: str) -> AccessFileError:
+    text = (f"{path} {reason}; it holds the users, vhosts, permissions and policies saved "
+            f"at run time: repair it, or move it away to start with the default guest user")
+    log.error("cannot start: %s", text)
+    return AccessFileError(f"mq: {text}")
