@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlparse
 
-from bench.procinfo import pid_listening_on
+from bench.procinfo import listens, pid_listening_on
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Broker logs outlive the brokers' temp dirs, so a failure can be looked into afterwards.
@@ -33,6 +33,7 @@ class Broker:
     url: str
     pid: int | None  # the process that listens (beam.smp for RabbitMQ); RSS and CPU are read from it
     exited: Callable[[], str | None] = lambda: None  # why it stopped, if it did; None while alive
+    node: Node | None = None  # the process, when we run it: R1 restarts it on the same data
 
 
 def reset_logs() -> None:
@@ -72,41 +73,71 @@ def _tail(log: Path, lines: int = 20) -> str:
         return ""
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the process group we started (its own session), politely first."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
+class Node:
+    """A broker process we run, in its own session. It can be stopped with the signal of our
+    choice and started again with the same command and environment, so on the same data
+    directory under the same node name (the restart scenario, R1)."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int,
+                 start_timeout: float) -> None:
+        self.name, self.cmd, self.env, self.port = name, cmd, env, port
+        self.start_timeout = start_timeout
+        self.log = LOG_DIR / f"{name}-{port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def spawn(self) -> None:
+        """Start the process and return at once (R1 times the start from here)."""
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:  # a restart appends to the first start's log
+            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=REPO_ROOT, stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+
+    def wait_listening(self) -> int:
+        """Wait until it listens on its port; the pid of the process that does."""
+        return _wait_listening(self.proc, self.port, self.start_timeout, self.log)
+
+    def exited(self) -> str | None:
+        """Why it stopped, if it did; None while alive."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        return f"exited with code {self.proc.returncode} (log {self.log}):\n{_tail(self.log)}"
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 20) -> bool:
+        """Send sig to its process group and wait, SIGKILL after timeout; whether it ended
+        before that."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return True
+        deadline = time.monotonic() + timeout
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return False
+        except ProcessLookupError:  # it ended meanwhile
+            pass
+        # RabbitMQ's script dies at once on SIGKILL, beam.smp a moment later: until then it
+        # holds the port, and a restart would find the old node there.
+        while listens(self.port) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return True
 
 
 @contextmanager
 def _spawned(name: str, cmd: list[str], env: dict[str, str], port: int,
              start_timeout: float) -> Iterator[Broker]:
-    log = LOG_DIR / f"{name}-{port}.log"
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+    node = Node(name, cmd, env, port, start_timeout)
+    node.spawn()
     try:
-        pid = _wait_listening(proc, port, start_timeout, log)
-
-        def exited() -> str | None:
-            if proc.poll() is None:
-                return None
-            return f"exited with code {proc.returncode} (log {log}):\n{_tail(log)}"
-
-        yield Broker(name, f"amqp://guest:guest@127.0.0.1:{port}/", pid, exited)
+        pid = node.wait_listening()
+        yield Broker(name, f"amqp://guest:guest@127.0.0.1:{port}/", pid, node.exited, node)
     except BrokerError as exc:
         raise BrokerError(f"{name}: {exc}") from None
     finally:
-        _stop(proc)
+        node.stop()
 
 
 @contextmanager

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench import brokers, loadgen, report
+from bench import brokers, loadgen, report, restart
 from bench.brokers import BrokerError, Managed
 from bench.procinfo import raise_fd_limit
 from bench.progress import Progress
@@ -20,16 +20,18 @@ SMOKE = Settings(duration=1.0, warmup=0.25, backlog=2000, connections=50, idle=0
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--scenarios",
-                   help="comma list, e.g. S1,S3 (default: S1..S9 with S8 and S8t); the paced "
-                        "variants S1p..S6p run only when named")
+                   help="comma list, e.g. S1,S3 (default: S1..S9 with S8t, and R1); the "
+                        "paced variants S1p..S6p run only when named")
     p.add_argument("--duration", type=float, default=5.0,
                    help="measured seconds of S1..S7 (default 5; the issue's figures use 10)")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="run each scenario N times on each broker and report medians")
-    p.add_argument("--backlog", type=int, default=1_000_000, help="S8 backlog size")
+    p.add_argument("--backlog", type=int, default=1_000_000,
+                   help="messages in the backlog of S8, S8t and R1")
     p.add_argument("--connections", type=int, default=1000, help="S9 idle connections")
     p.add_argument("--smoke", action="store_true",
-                   help="1 s per scenario, tiny S8/S9, mq only: keeps the benchmark working in CI")
+                   help="1 s per scenario, tiny S8/S9/R1, mq only: keeps the benchmark working "
+                        "in CI")
     rabbit = p.add_mutually_exclusive_group()
     rabbit.add_argument("--rabbitmq", action="store_true",
                         help="start a private RabbitMQ node (the default when it is installed)")
@@ -83,7 +85,8 @@ def run_all(args: argparse.Namespace, settings: Settings, scenarios: list[Scenar
                 for m in managed:
                     broker = m.ready(fresh=sc.fresh_broker)
                     with progress.step(f"{sc.id} on {m.name}{of}", sc.expected_seconds(settings)):
-                        run = measure(binary, broker, sc, settings)
+                        run = (restart.measure if sc.mode == "restart" else measure)(
+                            binary, broker, sc, settings)
                     results.setdefault(sc.id, {}).setdefault(m.name, []).append(run)
         progress.finish()
     finally:

@@ -5,6 +5,7 @@ dwarfed by S9's)."""
 from __future__ import annotations
 
 from pathlib import Path
+from textwrap import fill
 
 from bench.report import Row
 
@@ -66,7 +67,8 @@ def _bars(ax, group: list[Row], brokers: list[str]) -> None:
     ax.set_title(f"{title}, {better} is better", fontsize=9)
     ax.set_xticks(range(len(group)))
     # A panel of one figure across scenarios names the scenarios; otherwise the figures.
-    labels = [r.scenario.id if rates else f"{r.scenario.id}\n{r.metric.label}" for r in group]
+    labels = [r.scenario.id if rates else f"{r.scenario.id}\n{fill(r.metric.label, 18)}"
+              for r in group]  # wrapped: R1's four long labels share one panel
     ax.set_xticklabels(labels, fontsize=8)
     ax.margins(y=0.15)
     ax.legend(fontsize=7)

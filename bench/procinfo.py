@@ -55,6 +55,11 @@ def _listening_inodes(port: int) -> set[str]:
     return inodes
 
 
+def listens(port: int) -> bool:
+    """Does a local process listen on this TCP port?"""
+    return bool(_listening_inodes(port))
+
+
 def pid_listening_on(port: int) -> int | None:
     """The pid of the local process that listens on a TCP port, or None."""
     wanted = {f"socket:[{inode}]" for inode in _listening_inodes(port)}

@@ -1,4 +1,5 @@
-"""Scenarios S1..S9: each is a load generator mode plus flags, and the metrics it reports."""
+"""Scenarios S1..S9 and R1: each is a load generator mode plus flags, and the metrics it
+reports."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,8 +20,8 @@ class Metric:
 
 @dataclass(frozen=True)
 class Settings:
-    """What a whole run chose: per-scenario seconds, the sizes of S8 and S9, and how many runs
-    of each scenario on each broker to take the median of."""
+    """What a whole run chose: per-scenario seconds, the sizes of S8/R1 and S9, and how many
+    runs of each scenario on each broker to take the median of."""
 
     duration: float = 5.0
     warmup: float = 1.0
@@ -34,7 +35,7 @@ class Settings:
 class Scenario:
     id: str
     title: str
-    mode: str  # throughput | backlog | idle
+    mode: str  # throughput | backlog | idle | restart (R1, run by bench.restart)
     flags: tuple[str, ...] = ()
     metrics: tuple[Metric, ...] = field(default_factory=tuple)
     # Memory figures need a broker with no history (an allocator keeps what earlier scenarios
@@ -50,6 +51,8 @@ class Scenario:
             return [*common, "-duration", f"{s.duration}s", "-warmup", f"{s.warmup}s"]
         if self.mode == "backlog":
             return [*common, "-backlog", str(s.backlog)]
+        if self.mode == "restart":  # its first run, the fill; bench.restart does the rest
+            return ["-mode", "fill", *self.flags, "-backlog", str(s.backlog)]
         # A burst of ten messages per connection.
         return [*common, "-conns", str(s.connections), "-burst", str(10 * s.connections),
                 "-duration", f"{s.idle}s"]
@@ -60,6 +63,8 @@ class Scenario:
             return s.warmup + s.duration + 1
         if self.mode == "backlog":
             return 2 + s.backlog / 15000  # publish and drain at ~30k msg/s
+        if self.mode == "restart":
+            return 5 + s.backlog / 12000  # fill at ~30k msg/s, two recoveries at ~100k msg/s
         return 2 + s.idle + s.connections / 200
 
     def timeout(self, s: Settings) -> float:
@@ -68,7 +73,7 @@ class Scenario:
         bounded too (2 s, 10 s, 30 s) however far behind the broker is."""
         if self.mode == "throughput":
             return 60 + s.warmup + s.duration
-        if self.mode == "backlog":
+        if self.mode in ("backlog", "restart"):  # restart: the fill; bench.restart bounds the rest
             return 60 + s.backlog / 2000  # both phases at >= 4,000 msg/s
         return 60 + s.idle + s.connections / 20
 
@@ -122,6 +127,14 @@ def _backlog(sid: str, kind: str, flags: tuple[str, ...]) -> Scenario:
          Metric("cpu_us_per_msg", "CPU per message, fill + drain", "us", False)))
 
 
+def _recovery(how: str, sig: str) -> tuple[Metric, ...]:
+    """R1's figures for the restart after one signal (seconds from the start of the process)."""
+    return (Metric(f"{how}_listen_s", f"after {sig}: port accepts connections", "s", False),
+            Metric(f"{how}_ready_s", f"after {sig}: queue reports every message", "s", False),
+            Metric(f"{how}_rss_kb", f"after {sig}: broker RSS once recovered", "MB", False,
+                   1 / 1024))
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     *_THROUGHPUT,
     Scenario("S7", "end-to-end latency at 1,000 msg/s, 1 KB", "throughput",
@@ -134,6 +147,11 @@ SCENARIOS: tuple[Scenario, ...] = (
              ("-size", "1024", *_ACK),
              (Metric("per_conn_kb", "RSS per connection", "kB", False),
               Metric("burst_ms", "deliver the burst", "ms", False))),
+    # Run by bench.restart: it stops and starts the broker, so only one the benchmark started.
+    Scenario("R1", "restart with a backlog of persistent 100 B messages in a durable queue: "
+             "stopped by SIGTERM and started on the same data, then the same after SIGKILL "
+             "(crash recovery)", "restart", ("-size", "100", "-persistent"),
+             (*_recovery("term", "SIGTERM"), *_recovery("kill", "SIGKILL"))),
 )
 # Not run unless named: the throughput scenarios with the publishers held back.
 EXTRAS: tuple[Scenario, ...] = tuple(_paced(sc) for sc in _THROUGHPUT)
@@ -154,5 +172,6 @@ def select(ids: str | None) -> list[Scenario]:
 
 
 def moved_messages(result: dict) -> bool:
-    """Did the run deliver anything? (What the smoke run checks.)"""
-    return not result.get("error") and result.get("delivered", 0) > 0
+    """Did the run deliver anything (R1: get its backlog back)? (What the smoke run checks.)"""
+    return not result.get("error") and (result.get("delivered", 0) > 0
+                                        or result.get("recovered", 0) > 0)

@@ -28,9 +28,9 @@ func openConsumer(cfg Config, queue string) (*consumer, error) {
 	if err != nil {
 		return nil, err
 	}
-	host := u.Host
-	if u.Port() == "" {
-		host = net.JoinHostPort(u.Hostname(), "5672")
+	host, err := hostPort(cfg.URL)
+	if err != nil {
+		return nil, err
 	}
 	conn, err := net.DialTimeout("tcp", host, 10*time.Second)
 	if err != nil {

@@ -1,10 +1,11 @@
 // Command loadgen drives one benchmark scenario against an AMQP 0-9-1 broker
 // and prints its result as one JSON object on stdout. The Python `bench`
-// package builds it and maps scenarios S1..S9 onto its modes and flags.
+// package builds it and maps scenarios S1..S9 and R1 onto its modes and flags.
 //
 // While it runs it writes a line "mark NAME" on stderr at each phase boundary
-// (throughput: measure, end; backlog: fill, full, drain, drained), so that the
-// runner can read the broker's CPU time and RSS at that very moment.
+// (throughput: measure, end; backlog: fill, full, drain, drained; fill: fill,
+// full; recover: listening, ready), so that the runner can read the broker's
+// CPU time and RSS, or the time, at that very moment.
 package main
 
 import (
@@ -24,7 +25,7 @@ import (
 // Config is one run's parameters; every field maps to a flag.
 type Config struct {
 	URL         string
-	Mode        string // throughput | backlog | idle
+	Mode        string // throughput | backlog | idle | fill | recover | delete
 	Duration    time.Duration
 	Warmup      time.Duration
 	Timeout     time.Duration
@@ -42,6 +43,7 @@ type Config struct {
 	Conns       int
 	Burst       int
 	MaxQueued   int
+	Queue       string
 	PID         int
 	Procs       int
 	CPUProfile  string
@@ -72,13 +74,15 @@ type Result struct {
 	PerConnKB   *float64 `json:"per_conn_kb,omitempty"` // 0 is a result here
 	ConnectSec  float64  `json:"connect_seconds,omitempty"`
 	BurstMs     float64  `json:"burst_ms,omitempty"`
+	Queue       string   `json:"queue,omitempty"`     // fill: the queue left full
+	Recovered   int64    `json:"recovered,omitempty"` // recover: messages the queue reported
 	Error       string   `json:"error,omitempty"`
 }
 
 func parseFlags() Config {
 	var c Config
 	flag.StringVar(&c.URL, "url", "amqp://guest:guest@127.0.0.1:5672/", "broker URL")
-	flag.StringVar(&c.Mode, "mode", "throughput", "throughput | backlog | idle")
+	flag.StringVar(&c.Mode, "mode", "throughput", "throughput | backlog | idle | fill | recover | delete (the last three: restart scenario)")
 	flag.DurationVar(&c.Duration, "duration", 5*time.Second, "measured time (throughput), idle time (idle)")
 	flag.DurationVar(&c.Warmup, "warmup", time.Second, "load before measuring starts")
 	flag.DurationVar(&c.Timeout, "timeout", 120*time.Second, "hard bound on the whole run")
@@ -96,7 +100,8 @@ func parseFlags() Config {
 	flag.IntVar(&c.Conns, "conns", 1000, "idle consumer connections (idle mode)")
 	flag.IntVar(&c.Burst, "burst", 10000, "messages in the burst (idle mode)")
 	flag.IntVar(&c.MaxQueued, "max-queued", 0, "producers pause while this many deliveries are queued (0: never, the default: publishers go flat out)")
-	flag.IntVar(&c.PID, "pid", 0, "broker pid, to read its RSS (idle mode)")
+	flag.StringVar(&c.Queue, "queue", "", "the queue to wait for (recover) or delete (delete)")
+	flag.IntVar(&c.PID, "pid", 0, "broker pid: to read its RSS (idle mode), to stop waiting when it exits (recover)")
 	flag.IntVar(&c.Procs, "procs", 1, "GOMAXPROCS: one thread keeps goroutine hand-offs cheap and leaves the other core to the broker")
 	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write a Go CPU profile here (to tune the load generator)")
 	flag.Parse()
@@ -137,6 +142,12 @@ func main() {
 		res, err = runBacklog(ctx, cfg)
 	case "idle":
 		res, err = runIdle(ctx, cfg)
+	case "fill":
+		res, err = runFill(ctx, cfg)
+	case "recover":
+		res, err = runRecover(ctx, cfg)
+	case "delete":
+		res, err = runDelete(ctx, cfg)
 	default:
 		err = fmt.Errorf("unknown mode %q", cfg.Mode)
 	}

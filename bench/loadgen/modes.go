@@ -184,28 +184,9 @@ func runBacklog(ctx context.Context, cfg Config) (Result, error) {
 	defer p.Close()
 
 	st := newStats(1, int64(cfg.Backlog))
-	mark("fill")
-	start := time.Now()
-	if err := p.run(ctx, cfg, t, publishPlan{limit: int64(cfg.Backlog)}, st); err != nil {
+	if err := fill(ctx, cfg, t, p, st, &res); err != nil {
 		return res, err
 	}
-	// Publishing is asynchronous: the backlog is in when the queue says so.
-	for {
-		n, err := t.depth()
-		if err != nil {
-			return res, err
-		}
-		if n >= cfg.Backlog {
-			break
-		}
-		if !sleep(ctx, 20*time.Millisecond) {
-			return res, fmt.Errorf("timed out with %d of %d messages queued", n, cfg.Backlog)
-		}
-	}
-	res.Published = st.published.Load()
-	res.Accepted = res.Published
-	res.PublishRate = float64(res.Published) / time.Since(start).Seconds()
-	mark("full")
 
 	c, err := openConsumer(cfg, t.queues[0])
 	if err != nil {
@@ -213,7 +194,7 @@ func runBacklog(ctx context.Context, cfg Config) (Result, error) {
 	}
 	defer c.Close()
 	mark("drain")
-	start = time.Now()
+	start := time.Now()
 	g := newGroup(ctx)
 	g.Go(func(ctx context.Context) error { return c.run(ctx, cfg, st) })
 	err = waitDelivered(g, st)
@@ -223,6 +204,34 @@ func runBacklog(ctx context.Context, cfg Config) (Result, error) {
 	res.Delivered = st.consumed.Load()
 	res.DrainRate = float64(res.Delivered) / res.Seconds
 	return res, err
+}
+
+// fill publishes Backlog messages flat out (marks fill, full) and waits until
+// the queue reports them all; the publish rate goes into res.
+func fill(ctx context.Context, cfg Config, t *topology, p *producer, st *stats, res *Result) error {
+	mark("fill")
+	start := time.Now()
+	if err := p.run(ctx, cfg, t, publishPlan{limit: int64(cfg.Backlog)}, st); err != nil {
+		return err
+	}
+	// Publishing is asynchronous: the backlog is in when the queue says so.
+	for {
+		n, err := t.depth()
+		if err != nil {
+			return err
+		}
+		if n >= cfg.Backlog {
+			break
+		}
+		if !sleep(ctx, 20*time.Millisecond) {
+			return fmt.Errorf("timed out with %d of %d messages queued", n, cfg.Backlog)
+		}
+	}
+	res.Published = st.published.Load()
+	res.Accepted = res.Published
+	res.PublishRate = float64(res.Published) / time.Since(start).Seconds()
+	mark("full")
+	return nil
 }
 
 // runIdle: Conns connections each with a consumer sit idle for Duration
