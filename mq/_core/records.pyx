@@ -1,12 +1,17 @@
 # cython: language_level=3
 """Store records: the byte layout of the append-only log, and a scanner that reads it back.
 
-Every record is framed as
+Every record (data format 2) is framed as
 
-    u32 length | u32 crc32 | u8 type | payload          (length and crc cover type+payload)
+    u32 magic 0xFEED6D71 | u32 length | u32 crc32 | u8 type | payload
+                                       (length and crc cover type+payload)
 
-so a reader can tell a complete, intact record from a torn or corrupt one. Integers are
-big-endian. Record types and their payloads:
+so a reader can tell a complete, intact record from a torn or corrupt one (B-DUR-6), and can
+find the next record again after a damaged one (B-DUR-7): the magic marks where records may
+start, and a candidate counts as a record only when its length fits, its CRC holds and it
+decodes, so the magic turning up inside a message body is not mistaken for one. The magic's
+bytes FE ED 'm' 'q' never occur in UTF-8 text (FE is no UTF-8 byte). Integers are big-endian.
+Record types and their payloads:
 
     MSG       u64 msg_id, u8+exchange, u8+routing_key, u32+props, body (the rest)
     ENQ       u64 queue_id, u64 msg_id, f64 expires_at (wall clock seconds, 0 = none)
@@ -18,9 +23,16 @@ big-endian. Record types and their payloads:
     DELETE    u64 id of a QUEUE, EXCHANGE or BINDING record's object
 
 Topology strings are u16-length prefixed UTF-8; the arguments table is the AMQP field
-table encoding (the caller encodes and decodes it).
+table encoding (the caller encodes and decodes it: mq/store/arguments.py).
+
+Data format 1 framed records as `u32 length | u32 crc32 | u8 type | payload` (no magic) with
+the same payloads, except that arguments were pickled; scan_v1 reads that framing for the
+migration to format 2 (mq/store/migration.py) and nothing else.
+
+Scanning is a C loop over the frames; only after a bad record does it search, with memchr
+for the magic's first byte, for the next intact record.
 """
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
 from zlib import crc32
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -34,8 +46,15 @@ EXCHANGE = 6
 BINDING = 7
 DELETE = 8
 
-HEADER_SIZE = 8
-DEF HDR = 8
+MAGIC = b"\xfe\xedmq"
+HEADER_SIZE = 12
+V1_HEADER_SIZE = 8
+DEF HDR = 12
+DEF HDR1 = 8
+DEF M0 = 0xFE
+DEF M1 = 0xED
+DEF M2 = 0x6D
+DEF M3 = 0x71
 
 # How many strings each topology record carries.
 cdef dict _TOPO_STRINGS = {5: 2, 6: 3, 7: 4}
@@ -62,15 +81,35 @@ cdef inline unsigned long long _get64(const unsigned char *p) noexcept:
     return (_get32(p) << 32) | _get32(p + 4)
 
 
+cdef inline void _put_magic(unsigned char *p) noexcept:
+    p[0] = M0
+    p[1] = M1
+    p[2] = M2
+    p[3] = M3
+
+
+cdef inline bint _magic_at(const unsigned char *p) noexcept:
+    return p[0] == M0 and p[1] == M1 and p[2] == M2 and p[3] == M3
+
+
 cdef bytes _frame(bytes record):
-    """Prefix type+payload with its length and CRC."""
+    """Prefix type+payload with the magic, its length and CRC."""
     cdef Py_ssize_t n = len(record)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, n + HDR)
     cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
-    _put32(p, n)
-    _put32(p + 4, crc32(record))
+    _put_magic(p)
+    _put32(p + 4, n)
+    _put32(p + 8, crc32(record))
     memcpy(p + HDR, PyBytes_AS_STRING(record), n)
     return out
+
+
+def frame(bytes record) -> bytes:
+    """A record (type byte + payload) framed for the log: the migration reframes format-1
+    records with it (their CRC is the same)."""
+    if not record:
+        raise ValueError("a record has at least its type byte")
+    return _frame(record)
 
 
 def message_record(unsigned long long msg_id, str exchange, str routing_key, bytes props,
@@ -98,8 +137,9 @@ def message_record(unsigned long long msg_id, str exchange, str routing_key, byt
     memcpy(p + 4, PyBytes_AS_STRING(props), len(props))
     p += 4 + len(props)
     memcpy(p, PyBytes_AS_STRING(b), len(b))
-    _put32(base, n)
-    _put32(base + 4, crc32(memoryview(out)[HDR:]))
+    _put_magic(base)
+    _put32(base + 4, n)
+    _put32(base + 8, crc32(memoryview(out)[HDR:]))
     return out
 
 
@@ -215,32 +255,160 @@ cdef tuple _decode(const unsigned char *p, Py_ssize_t n, bint bodies):
     return tuple(fields)
 
 
-def scan(bytes data, Py_ssize_t start=0, bint bodies=True):
-    """Read records from data[start:] until the end or the first bad one (without copying
-    message bodies out when bodies is false: MSG records then carry b"").
+cdef class _Reader:
+    """One buffer being scanned, in the framing of format 2 (magic) or format 1."""
+    cdef bytes data
+    cdef const unsigned char *p
+    cdef Py_ssize_t size
+    cdef object view
+    cdef bint v1
+    cdef Py_ssize_t hdr
+    cdef bint bodies
+    cdef Py_ssize_t n       # length (type+payload) of the record at() last returned
+    cdef str why            # why at() last returned None
 
-    Returns (records, end, error): records is a list of (offset, size, fields) where size
-    counts the frame header; end is where the intact part stops; error is None when
-    everything up to len(data) was intact, else why reading stopped at `end`.
-    """
-    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t size = len(data)
-    cdef Py_ssize_t off = start
-    cdef Py_ssize_t n
-    cdef list out = []
-    cdef object view = memoryview(data)
-    while off < size:
-        if off + HDR > size:
-            return out, off, "truncated record header"
-        n = <Py_ssize_t>_get32(p + off)
-        if n < 1 or off + HDR + n > size:
-            return out, off, "truncated record" if n >= 1 else "zero-length record"
-        if crc32(view[off + HDR:off + HDR + n]) != _get32(p + off + 4):
-            return out, off, "checksum mismatch"
+    def __cinit__(self, bytes data, bint bodies, bint v1):
+        self.data = data
+        self.p = <const unsigned char *>PyBytes_AS_STRING(data)
+        self.size = len(data)
+        self.view = memoryview(data)
+        self.v1 = v1
+        self.hdr = HDR1 if v1 else HDR
+        self.bodies = bodies
+        self.n = 0
+        self.why = None
+
+    cdef Py_ssize_t claimed(self, Py_ssize_t off) noexcept:
+        """The length the header at off gives its record, or -1 when it cannot be one."""
+        cdef Py_ssize_t n
+        if self.size - off < self.hdr:
+            return -1
+        n = <Py_ssize_t>_get32(self.p + off + (0 if self.v1 else 4))
+        if n < 1 or n > self.size - off - self.hdr:
+            return -1
+        return n
+
+    cdef unsigned long long stored_crc(self, Py_ssize_t off) noexcept:
+        return _get32(self.p + off + (4 if self.v1 else 8))
+
+    cdef object at(self, Py_ssize_t off):
+        """The fields of the intact record at off (its length in self.n), or None (why in
+        self.why)."""
+        cdef const unsigned char *q = self.p + off
+        cdef Py_ssize_t n, hdr = self.hdr
+        if self.size - off < hdr:
+            self.why = "truncated record header"
+            return None
+        if self.v1:
+            n = <Py_ssize_t>_get32(q)
+        else:
+            if not _magic_at(q):
+                self.why = "no record marker"
+                return None
+            n = <Py_ssize_t>_get32(q + 4)
+        if n < 1:
+            self.why = "zero-length record"
+            return None
+        if n > self.size - off - hdr:
+            self.why = "truncated record"
+            return None
+        if crc32(self.view[off + hdr:off + hdr + n]) != self.stored_crc(off):
+            self.why = "checksum mismatch"
+            return None
         try:
-            fields = _decode(p + off + HDR, n, bodies)
+            fields = _decode(q + hdr, n, self.bodies)
         except ValueError as exc:
-            return out, off, f"malformed record: {exc}"
-        out.append((off, HDR + n, fields))
-        off += HDR + n
-    return out, off, None
+            self.why = f"malformed record: {exc}"
+            return None
+        self.n = n
+        return fields
+
+    cdef Py_ssize_t search(self, Py_ssize_t off) except -1:
+        """Where the first intact record at or after off starts, or the end of the data."""
+        cdef const unsigned char *p = self.p
+        cdef const unsigned char *hit
+        cdef Py_ssize_t last = self.size - self.hdr - 1  # the last offset a record fits at
+        if self.v1:  # no magic: try every offset, the length and type byte first
+            while off <= last:
+                if self.claimed(off) > 0 and 1 <= p[off + HDR1] <= 8 and \
+                        self.at(off) is not None:
+                    return off
+                off += 1
+            return self.size
+        while off <= last:
+            hit = <const unsigned char *>memchr(p + off, M0, last + 1 - off)
+            if hit == NULL:
+                break
+            off = hit - p
+            if _magic_at(hit) and self.at(off) is not None:
+                return off
+            off += 1
+        return self.size
+
+    cdef tuple skip(self, Py_ssize_t x):
+        """The record at x is bad: (where reading resumes, 1 when what lies between is that
+        one record, else None: how many records it held is not known)."""
+        cdef Py_ssize_t n = self.claimed(x)
+        cdef Py_ssize_t y = self.search(x + 1)
+        cdef Py_ssize_t c
+        if n > 0:
+            c = x + self.hdr + n
+            if y == c:      # the usual case: damage inside one record, its length intact
+                return c, 1
+            if y < c:       # an intact record inside the bad one's extent
+                if y > x + self.hdr and \
+                        crc32(self.view[x + self.hdr:y]) == self.stored_crc(x):
+                    return y, 1  # only the bad record's length was hit
+                if c < self.size and self.at(c) is not None:
+                    return c, 1  # y lies in the bad record's body (a record in a message)
+        return y, None
+
+
+cdef tuple _scan(bytes data, Py_ssize_t start, bint bodies, bint v1):
+    cdef _Reader r = _Reader(data, bodies, v1)
+    cdef Py_ssize_t off = start, size = r.size, hdr = r.hdr, nxt
+    cdef list out = []
+    cdef list damaged = []
+    while off < size:
+        fields = r.at(off)
+        if fields is not None:
+            out.append((off, hdr + r.n, fields))
+            off += hdr + r.n
+            continue
+        why = r.why
+        nxt, count = r.skip(off)
+        damaged.append((off, nxt - off, count, why))
+        off = nxt
+    return out, damaged
+
+
+def scan(bytes data, Py_ssize_t start=0, bint bodies=True):
+    """Read the records of data[start:] (without copying message bodies out when bodies is
+    false: MSG records then carry b""), skipping damaged ones.
+
+    Returns (records, damaged). records is a list of (offset, size, fields), size counting
+    the frame header. damaged lists the byte ranges that held no intact record, in order, as
+    (offset, length, records, reason): records is 1 when the range is exactly one bad record
+    (its header was intact, or the next record was found where its length said), None when
+    how many records it held is not known; reason says what was wrong at offset. A range
+    that ends at len(data) has no intact record after it: at the end of the log, that is a
+    torn tail. Reading resumes at the first offset past the bad one that holds a magic, a
+    length that fits, a matching CRC and a record that decodes.
+    """
+    return _scan(data, start, bodies, False)
+
+
+def scan_v1(bytes data, bint bodies=True):
+    """scan() for the framing of data format 1 (no magic; the migration's reader). After a
+    bad record the next one is looked for at every following offset."""
+    return _scan(data, 0, bodies, True)
+
+
+def skip_damaged(bytes data, Py_ssize_t off):
+    """For a reader of its own (mq._core.replay) that found the record at off bad: returns
+    (where reading resumes, 1 or None as in scan()'s damaged ranges, why the record at off is
+    bad), by the same rules as scan()."""
+    cdef _Reader r = _Reader(data, False, False)
+    why = r.why if r.at(off) is None else "malformed record: rejected by its reader"
+    nxt, count = r.skip(off)
+    return nxt, count, why
