@@ -21,7 +21,9 @@ import time
 from decimal import Decimal
 from typing import Any, Iterator
 
+import pika
 import pytest
+from pika.exceptions import ChannelClosedByBroker
 
 import format1_fixture as fixture
 from mq._core import records as R
@@ -29,6 +31,7 @@ from mq._core.message import Message
 from mq.store import Store, StoreError
 from mq.store import migration
 from mq.store.arguments import decode_arguments
+from mq.testing import run_broker
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "fixtures", "format1")
@@ -188,6 +191,40 @@ def test_format1_directory_is_upgraded(data_dir: str, caplog) -> None:
     (q1,) = [q for q in rec.queues if q.name == "q1"]
     assert first.body not in [m.body for m, _, _ in q1.messages]
     store.close()
+
+
+def test_broker_starts_on_a_format1_directory(data_dir: str) -> None:
+    """B-DUR-10 end to end: a broker started on the format-1 fixture upgrades it and serves
+    what it held, as a client sees it with pika: message counts, bodies with their
+    redelivered flags and priorities, arguments (a redeclare with others is refused) and
+    bindings (a publish is routed)."""
+    copy_fixture(data_dir)
+    want = fixture.expected()
+    with run_broker(data_dir=data_dir) as broker:
+        assert "upgrading data directory" in broker.log()
+        conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+        ch = conn.channel()
+        for name, (_, _, messages) in want["queues"].items():
+            assert ch.queue_declare(name, passive=True).method.message_count == len(messages)
+        got = []
+        while True:
+            method, props, data = ch.basic_get("q1")
+            if method is None:
+                break
+            got.append((data, props.priority or 0, method.redelivered))
+            ch.basic_ack(method.delivery_tag)
+        assert sorted(got) == sorted((b, p, red) for b, p, _, red in want["queues"]["q1"][2])
+        assert [p for _, p, _ in got] == sorted((p for _, p, _ in got), reverse=True)
+        with pytest.raises(ChannelClosedByBroker) as err:
+            ch.queue_declare("q1", durable=True, arguments={"x-max-priority": 4})
+        assert err.value.reply_code == 406
+        ch = conn.channel()
+        ch.queue_declare("q1", durable=True, arguments={"x-max-priority": 5})
+        ch.basic_publish("x.topic", "a.b", b"routed")
+        method, _, data = ch.basic_get("q1", auto_ack=True)
+        assert data == b"routed"
+        conn.close()
+    assert_format2(data_dir)
 
 
 STEPS = [("segment", 1), ("segment", 5), ("converted", 1), ("ready", 1), ("committed", 1),
