@@ -3,10 +3,12 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 CORE_MODULES = ["frames", "message", "msgqueue", "topic", "headers", "hashring", "records",
-                "paged"]
+                "paged", "replay"]
+LIBRARIES = {"replay": ["z"]}  # zlib's crc32, called from C per record
 
 extensions = [
-    Extension(f"mq._core.{name}", [f"mq/_core/{name}.pyx"], extra_compile_args=["-O2"])
+    Extension(f"mq._core.{name}", [f"mq/_core/{name}.pyx"], extra_compile_args=["-O2"],
+              libraries=LIBRARIES.get(name, []))
     for name in CORE_MODULES
 ]
 

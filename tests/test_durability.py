@@ -559,3 +559,40 @@ def test_confirms_wait_for_fsync_and_stay_in_order(mq_fresh_broker: BrokerProces
     conn = connect(mq_fresh_broker)
     assert [b for b, _, _ in drain(conn.channel(), "dq")] == [b"%d" % i for i in range(0, 40, 2)]
     conn.close()
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["restart", "kill-9"])
+def test_a_backlog_beyond_the_memory_budget_comes_back_in_priority_order(kill: bool) -> None:
+    """B-DUR-2, B-PRI-1: after a restart, a durable priority queue whose backlog is far
+    beyond the queue memory budget (most of it stays on disk as references to the log) gives
+    every message back once, highest priority first and in publish order within a priority,
+    with its body, TTL and the redelivered flag of those delivered before."""
+    broker = BrokerProcess(args=("--management-port", "0", "--queue-memory-budget", "65536"))
+    broker.start()
+    try:
+        conn = connect(broker)
+        ch = conn.channel()
+        ch.queue_declare("backlog", durable=True, arguments={"x-max-priority": 3})
+        sent = [(i % 5, b"%05d" % i + b"." * 500) for i in range(2000)]  # priority 4 caps at 3
+        for priority, body in sent:
+            ch.basic_publish("", "backlog", body, pika.BasicProperties(
+                delivery_mode=2, priority=priority,
+                expiration="3600000" if priority == 0 else None))
+        # One message delivered and not acked: it comes back redelivered.
+        method, _, first = ch.basic_get("backlog")
+        synced(conn, "backlog")
+        conn.close()
+        broker.restart(kill=kill)
+        conn = connect(broker)
+        ch = conn.channel()
+        got = drain(ch, "backlog")
+        conn.close()
+    finally:
+        broker.cleanup()
+    bodies = [body for body, _, _ in got if body != b"sync"]
+    expected = [body for _, body in sorted(sent, key=lambda pb: -min(pb[0], 3))]
+    assert bodies == expected  # (the one taken before the restart first: it was the head)
+    assert [red for body, red, _ in got if body == first] == [True]
+    assert sum(red for _, red, _ in got) == 1
+    assert all(props.expiration == "3600000" for body, _, props in got
+               if body != b"sync" and int(body[:5]) % 5 == 0)

@@ -77,7 +77,7 @@ def test_round_trip_topology_and_messages(data_dir: str) -> None:
     assert expires == 1234.5 and not redelivered
     assert bodies(rec, "b") == [b"to both"]
     (b,) = [q for q in rec.queues if q.name == "b"]
-    assert b.messages[0][0] is first  # one record, one message object for both queues
+    assert b.stored[0][0] == a.stored[0][0] == first.store_id  # one record for both queues
     store.close()
 
 
@@ -421,21 +421,25 @@ def test_random_operations_match_a_model(ops: list) -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def test_with_a_memory_budget_recovery_leaves_bodies_on_disk(data_dir: str) -> None:
-    """B-DUR-2 with paging: reopened with a memory budget, the store hands back stubs (no
-    body) and read_message() gives each its body back, also after compaction moved it."""
+def test_recovery_leaves_bodies_on_disk(data_dir: str) -> None:
+    """B-DUR-2: recovery hands each queue its messages as columns (store ids, expiries,
+    redelivered flags, priorities, body sizes) without reading bodies; read_message() gives
+    each its body back, also after compaction moved it."""
     store = Store(data_dir, segment_size=4096)
     store.open()
     q = store.declare_queue("/", "q", False, {})
     msgs = [persistent(b"%03d" % i + b"z" * 300, priority=i % 3) for i in range(40)]
-    for m in msgs:
-        store.enqueue(q, m)
+    for i, m in enumerate(msgs):
+        store.enqueue(q, m, expires_at=float(i) if i % 2 else 0.0)
     for m in msgs[:35]:
         store.ack(q, m.store_id)   # the survivors' segments get compacted
     store.sync()
     store.sync()
-    store, rec = reopen(store, segment_size=4096, page_budget=1)
-    stubs = [m for m, _, _ in rec.queues[0].messages]
-    assert [(m.body, m.priority) for m in stubs] == [(b"", i % 3) for i in range(35, 40)]
-    assert [store.read_message(m.store_id).body for m in stubs] == [m.body for m in msgs[35:]]
+    store, rec = reopen(store, segment_size=4096)
+    ids, expiries, redelivered, priorities, sizes = rec.queues[0].stored
+    assert list(priorities) == [i % 3 for i in range(35, 40)]
+    assert list(sizes) == [303] * 5
+    assert list(expiries) == [float(i) if i % 2 else 0.0 for i in range(35, 40)]
+    assert not any(redelivered)
+    assert [store.read_message(mid).body for mid in ids] == [m.body for m in msgs[35:]]
     store.close()

@@ -14,6 +14,7 @@ from libc.string cimport memcpy
 from libc.stdint cimport uint32_t, int64_t
 
 from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
 
 from mq._core.message cimport Message
 
@@ -50,6 +51,37 @@ def append(bytearray out, Message msg, double expires_at, bint redelivered, bint
         _put32(out, <uint32_t>len(msg.props))
         out += msg.props
         out += msg.body
+
+
+def append_refs(bytearray out, const long long[:] ids, const double[:] expiries,
+                const unsigned char[:] redelivered, const unsigned char[:] priorities,
+                const unsigned int[:] sizes, Py_ssize_t start, Py_ssize_t stop, int level,
+                int max_priority) -> tuple:
+    """Append reference records for the stored messages ids[start:stop] whose level
+    (min(priority, max_priority); all of them when max_priority is 0) is `level`, as append()
+    would one by one. Returns (records appended, their body bytes)."""
+    cdef Py_ssize_t i, count = 0, body_bytes = 0, at = len(out)
+    cdef uint32_t size = FIXED - 4, body_size
+    cdef unsigned char *rec
+    cdef int64_t store_id
+    cdef double expires_at
+    for i in range(start, stop):
+        if not max_priority or min(<int>priorities[i], max_priority) == level:
+            count += 1
+    PyByteArray_Resize(out, at + count * FIXED)
+    rec = <unsigned char *>PyByteArray_AS_STRING(out) + at
+    for i in range(start, stop):
+        if max_priority and min(<int>priorities[i], max_priority) != level:
+            continue
+        store_id, expires_at, body_size = ids[i], expiries[i], sizes[i]
+        memcpy(rec, &size, 4)
+        memcpy(rec + 4, &expires_at, 8)
+        rec[12] = REFERENCE | (REDELIVERED if redelivered[i] else 0)
+        memcpy(rec + 13, &store_id, 8)
+        memcpy(rec + 21, &body_size, 4)
+        rec += FIXED
+        body_bytes += body_size
+    return count, body_bytes
 
 
 def decode(bytes data) -> tuple:

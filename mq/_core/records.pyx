@@ -402,13 +402,3 @@ def scan_v1(bytes data, bint bodies=True):
     """scan() for the framing of data format 1 (no magic; the migration's reader). After a
     bad record the next one is looked for at every following offset."""
     return _scan(data, 0, bodies, True)
-
-
-def skip_damaged(bytes data, Py_ssize_t off):
-    """For a reader of its own (mq._core.replay) that found the record at off bad: returns
-    (where reading resumes, 1 or None as in scan()'s damaged ranges, why the record at off is
-    bad), by the same rules as scan()."""
-    cdef _Reader r = _Reader(data, False, False)
-    why = r.why if r.at(off) is None else "malformed record: rejected by its reader"
-    nxt, count = r.skip(off)
-    return nxt, count, why

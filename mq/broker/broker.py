@@ -73,7 +73,7 @@ class Broker:
                                                   auto_delete=rq.auto_delete,
                                                   arguments=rq.arguments)
             queue.store, queue.store_qid = store, rq.store_qid
-            queue.recover(rq.messages)
+            queue.recover(rq.stored)
         for vhost_name, source, to_exchange, destination, key, arguments in recovered.bindings:
             vhost = self.add_vhost(vhost_name)
             dest = (vhost.exchanges if to_exchange else vhost.queues).get(destination)

@@ -12,7 +12,7 @@ from mq.broker.policy import Policy, merge_queue_settings
 from mq.broker.queue_args import check_queue_properties, parse_queue_arguments
 from mq.broker.rawprops import long, with_header
 from mq.broker.timers import Timer, Timers
-from mq.store.paging import PagedMessages, Pager
+from mq.store.paging import PagedMessages, Pager, StoredEntries
 
 if TYPE_CHECKING:
     from mq.broker.consumer import Consumer
@@ -28,6 +28,7 @@ FLOW_READY_BYTES = 32 * 1024 * 1024
 # What one ready message costs in memory besides its body (message and entry objects, its
 # strings): counted against the queue's memory budget.
 ENTRY_OVERHEAD = 400
+PAGE_OUT_CHUNK = 10_000  # stored messages paged out at once at recovery (bounds the buffer)
 
 
 class FlowPublisher(Protocol):
@@ -376,18 +377,25 @@ class Queue:
 
     # ---- memory budget and the store ------------------------------------------------------
 
-    def recover(self, messages: Iterable[tuple[Message, float, bool]]) -> None:
-        """Messages from the store after a restart: (message, expiry, redelivered), in order.
-        Bodies may have been left on disk (stubs): those kept in memory are read back, the
-        rest stay paged out as references to the log."""
-        store = self.store
-        for msg, expires_at, redelivered in messages:
-            if self.paged is not None or self._over_budget():
-                self._page_out(msg, expires_at, redelivered)
-                continue
-            if not msg.body and msg.store_id:
-                msg = store.read_message(msg.store_id)
-            self.ready.push(msg, expires_at).redelivered = redelivered
+    def recover(self, stored: StoredEntries) -> None:
+        """The queue's messages in the store after a restart, in order, as columns (store
+        ids, expiries, redelivered flags, priorities, body sizes). The first are read back
+        into memory, up to the budget; the rest are paged out as references to the log, in
+        bulk (a restart with a big backlog must not take a step per message in Python)."""
+        ids, expiries, redelivered = stored[0], stored[1], stored[2]
+        read, ready = self.store.read_message, self.ready
+        count, i = len(ids), 0
+        while i < count and not self._over_budget():
+            ready.push(read(ids[i]), expiries[i]).redelivered = bool(redelivered[i])
+            i += 1
+        if i < count:
+            paged = self.paged = self.host.pager.open()
+            top = ready.max_priority
+            levels = sorted({min(p, top) for p in stored[3][i:]}) if top else [0]
+            for start in range(i, count, PAGE_OUT_CHUNK):
+                stop = min(start + PAGE_OUT_CHUNK, count)
+                for level in levels:
+                    paged.put_refs(level, stored, start, stop, top)
         self._arm_expiry()
 
     def _in_memory(self) -> int:

@@ -71,9 +71,8 @@ class Store:
         os.makedirs(seg_dir, exist_ok=True)
         numbers = sorted(int(n[:-4]) for n in os.listdir(seg_dir)
                          if n.endswith(".seg") and n[:-4].isdigit())
-        # With a memory budget, bodies stay on disk: queues get stubs and read them back
-        # on delivery, so a big backlog does not fill memory at start.
-        recovered = replay(self.directory, numbers, self._index, not self.page_budget)
+        # Bodies stay on disk: queues read back those they keep in memory (read_message).
+        recovered = replay(self.directory, numbers, self._index, self.read_message)
         self._next_id = recovered.next_id
         segments = self._index.segments
         last = max(segments, default=0)

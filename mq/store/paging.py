@@ -13,6 +13,7 @@ import itertools
 import os
 import shutil
 import struct
+from array import array
 from collections import deque
 from typing import Callable
 
@@ -25,6 +26,9 @@ READ_CHUNK = 1024 * 1024         # and read back in chunks of about this
 
 # (message, expires_at, redelivered): what a queue gets back
 PagedEntry = tuple[Message, float, bool]
+# A queue's stored messages as the store recovers them, in order, column by column: store
+# ids (array "q"), expiries ("d"), redelivered flags ("B"), priorities ("B"), body sizes ("I").
+StoredEntries = tuple[array, array, array, array, array]
 
 
 class Pager:
@@ -140,15 +144,31 @@ class PagedMessages:
             stored: bool) -> None:
         """Page msg out at the end of its level; a stored one (in the queue's log) only as
         a reference to its store id."""
-        lvl = self.levels.get(level)
-        if lvl is None:
-            lvl = self.levels[level] = _Level(f"{self.prefix}.p{level}")
+        lvl = self._level(level)
         paged.append(lvl.buffer, msg, expires_at, redelivered, stored)
         lvl.count += 1
         self.count += 1
         self.bytes += len(msg.body)
         if len(lvl.buffer) >= WRITE_BUFFER:
             lvl.flush()
+
+    def put_refs(self, level: int, stored: StoredEntries, start: int, stop: int,
+                 max_priority: int) -> None:
+        """Page out references to the stored messages stored[start:stop] of this level
+        (min(priority, max_priority); all when max_priority is 0), in order, in one step."""
+        lvl = self._level(level)
+        count, size = paged.append_refs(lvl.buffer, *stored, start, stop, level, max_priority)
+        lvl.count += count
+        self.count += count
+        self.bytes += size
+        if len(lvl.buffer) >= WRITE_BUFFER:
+            lvl.flush()
+
+    def _level(self, level: int) -> _Level:
+        lvl = self.levels.get(level)
+        if lvl is None:
+            lvl = self.levels[level] = _Level(f"{self.prefix}.p{level}")
+        return lvl
 
     def take(self, level: int,
              read_stored: Callable[[int], Message] | None) -> list[PagedEntry]:

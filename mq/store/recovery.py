@@ -23,19 +23,20 @@ import logging
 import os
 import shutil
 import time
+from array import array
 from dataclasses import dataclass, field
+from typing import Callable
 
 from mq._core import records as R
 from mq._core.message import Message
+from mq._core.replay import Replay
 from mq.store.arguments import ArgumentsError, decode_arguments
 from mq.store.format import StoreError
 from mq.store.index import Index
-from mq.store.segments import Segment, Tomb, loc, segment_path, sync_dir
+from mq.store.paging import StoredEntries
+from mq.store.segments import Segment, Tomb, segment_path, sync_dir
 
 log = logging.getLogger("mq.store")
-
-MSG, ENQ, DLV, ACK, DELETE = R.MSG, R.ENQ, R.DLV, R.ACK, R.DELETE  # ENQ..ACK: 2..4
-
 
 @dataclass
 class RecoveredQueue:
@@ -44,8 +45,19 @@ class RecoveredQueue:
     auto_delete: bool
     arguments: dict
     store_qid: int
-    # (message, absolute expiry or 0.0, redelivered), in queue order
-    messages: list[tuple[Message, float, bool]] = field(default_factory=list)
+    # its messages in queue order, column by column (see mq.store.paging.StoredEntries):
+    # store ids, absolute expiries (0.0: none), redelivered flags, priorities, body sizes
+    stored: StoredEntries = field(default_factory=lambda: (array("q"), array("d"),
+                                                           array("B"), array("B"), array("I")))
+    read: Callable[[int], Message] | None = None  # the store's read_message
+
+    @property
+    def messages(self) -> list[tuple[Message, float, bool]]:
+        """(message, expiry, redelivered) in queue order, read from the store (for tools and
+        tests: the broker takes `stored` as it is)."""
+        ids, expiries, redelivered = self.stored[:3]
+        return [(self.read(mid), when, bool(red))
+                for mid, when, red in zip(ids, expiries, redelivered)]
 
 
 @dataclass
@@ -60,63 +72,35 @@ class Recovered:
     next_id: int = 1            # the first id never used
 
 
-def replay(directory: str, numbers: list[int], index: Index, bodies: bool) -> Recovered:
-    """Read segments `numbers` of the log in `directory` into index. Without bodies, MSG
-    records are read for their properties only (queues read bodies back when they need them)."""
-    msgs: dict[int, tuple] = {}      # id -> (seg, off, size, fields)
-    enqs: dict[int, dict[int, list]] = {}
-    dlvs: dict[tuple[int, int], tuple] = {}
-    topo: dict[int, tuple] = {}      # id -> (seg, off, size, fields)
-    tombs: list[tuple[Segment, int, int, Segment]] = []  # (seg, off, size, pinned by)
+def replay(directory: str, numbers: list[int], index: Index,
+           read: Callable[[int], Message]) -> Recovered:
+    """Read segments `numbers` of the log in `directory` into index. Bodies stay on disk:
+    queues read back those they keep in memory with read(store id)."""
+    state = Replay()
     recovered = Recovered()
-    max_id = 0
     _remove_repair_leftovers(directory)
     reports: list[str] = []
     for i, number in enumerate(numbers):
         path = segment_path(directory, number)
         with open(path, "rb") as fh:
             data = fh.read()
-        entries, damaged = R.scan(data, 0, bodies)
-        size = len(data)
-        if damaged:
-            entries, size = _repair(directory, path, data, entries, damaged,
-                                    i == len(numbers) - 1, reports)
+        if not state.feed(data, number):
+            data = _repair(directory, path, data, i == len(numbers) - 1, reports)
+            state.feed(data, number)
+        index.segments[number] = Segment(number, path, len(data))
         del data
-        seg = Segment(number, path, size)
-        index.segments[number] = seg
-        for off, size, f in entries:
-            rtype = f[0]
-            if f[1] > max_id:  # ids are never reused, whatever record names them
-                max_id = f[1]
-            if rtype == MSG:
-                msgs[f[1]] = (seg, off, size, f)
-                continue
-            if ENQ <= rtype <= ACK and f[2] > max_id:
-                max_id = f[2]
-            if rtype == ENQ:
-                enqs.setdefault(f[1], {})[f[2]] = [seg, off, size, f[3]]
-            elif rtype == DLV:
-                dlvs[(f[1], f[2])] = (seg, off, size)
-            elif rtype == ACK:
-                enq = enqs.get(f[1], {}).pop(f[2], None)
-                if enq is not None and enq[0] is not seg:
-                    tombs.append((seg, off, size, enq[0]))
-            elif rtype == DELETE:
-                put = topo.pop(f[1], None)
-                if put is not None and put[0] is not seg:
-                    tombs.append((seg, off, size, put[0]))
-            else:
-                topo[f[1]] = (seg, off, size, f)
     if reports:
         recovered.damaged = "; ".join(reports)
-    recovered.next_id = max_id + 1
+    recovered.next_id = state.max_id + 1
+    segments = index.segments
     # Topology.
-    for obj_id, (seg, off, size, f) in sorted(topo.items()):
-        rtype, flags, args = f[0], f[2], _arguments(seg, off, f)
+    for obj_id, (location, size, f) in sorted(state.topo.items()):
+        seg = segments[location >> 32]
+        rtype, flags, args = f[0], f[2], _arguments(seg, location & 0xFFFFFFFF, f)
         if rtype == R.QUEUE:
             key = ("q", f[3], f[4])
-            recovered.queues.append(RecoveredQueue(f[3], f[4], bool(flags & 1), args, obj_id))
-            index.queues[obj_id] = {}
+            recovered.queues.append(RecoveredQueue(f[3], f[4], bool(flags & 1), args, obj_id,
+                                                   read=read))
         elif rtype == R.EXCHANGE:
             key = ("x", f[3], f[4])
             recovered.exchanges.append((f[3], f[4], f[5], bool(flags & 1), bool(flags & 2),
@@ -124,48 +108,35 @@ def replay(directory: str, numbers: list[int], index: Index, bodies: bool) -> Re
         else:
             key = ("b", f[3], f[4], bool(flags & 1), f[5], f[6], f[7])
             recovered.bindings.append((f[3], f[4], bool(flags & 1), f[5], f[6], args))
-        index.put_topo(obj_id, key, seg, off, size)
-    # Messages: each live queue's entries in message-id (= arrival) order.
-    objects: dict[int, Message] = {}
-    lost = 0
+        index.put_topo(obj_id, key, seg, location & 0xFFFFFFFF, size)
+    # Messages: each live queue's entries in message-id (= arrival) order, counted live per
+    # segment in one array (a step per message in Python would cost seconds at 1M).
+    first = numbers[0] if numbers else 0
+    counts = array("q", bytes(16 * (numbers[-1] - first + 1))) if numbers else array("q")
     for rq in recovered.queues:
-        entries = index.queues[rq.store_qid]
-        delivered: dict[int, int] = {}
-        for mid, (seg, off, size, expires) in sorted(enqs.get(rq.store_qid, {}).items()):
-            m = msgs.get(mid)
-            if m is None:
-                lost += 1  # its MSG record was damaged (no other way to lose it)
-                continue
-            msg = objects.get(mid)
-            if msg is None:
-                mseg, moff, msize, f = m
-                msg = objects[mid] = Message(f[2], f[3], f[4], f[5])
-                msg.store_id = mid
-                index.live(mseg, msize)
-                index.msgs[mid] = loc(mseg, moff) << 32 | msize
-            else:
-                index.shared[mid] = index.shared.get(mid, 1) + 1
-            entries[mid] = loc(seg, off)
-            index.live(seg, size)
-            dlv = dlvs.get((rq.store_qid, mid))
-            if dlv is not None:
-                delivered[mid] = loc(dlv[0], dlv[1])
-                index.live(dlv[0], dlv[2])
-            rq.messages.append((msg, expires, dlv is not None))
+        entries, delivered, *columns = state.queue(rq.store_qid, index.msgs, index.shared,
+                                                   counts, first)
+        index.queues[rq.store_qid] = entries
         if delivered:
             index.dlvs[rq.store_qid] = delivered
-    for seg, off, size, target in tombs:
+        rq.stored = tuple(columns)
+    for number, seg in segments.items():
+        seg.live_count += counts[2 * (number - first)]
+        seg.live_bytes += counts[2 * (number - first) + 1]
+    for location, size, target in state.tombs:
+        seg = segments[location >> 32]
+        off = location & 0xFFFFFFFF
         tomb = Tomb(seg, off)
         seg.tombs[off] = (size, tomb)
         index.live(seg, size)
-        target.pins.append(tomb)
-    index.dirty.update(index.segments.values())
-    if lost and reports:  # (its intact ENQ stays, dead, until compacted: report it once)
+        segments[target].pins.append(tomb)
+    index.dirty.update(segments.values())
+    if state.lost and reports:  # (its intact ENQ stays, dead, until compacted: report it once)
         log.warning("store: %d queued messages lost: their message records were damaged",
-                    lost)
+                    state.lost)
     log.info("store: recovered %d exchanges, %d queues, %d bindings, %d messages from %d "
              "segments in %s", len(recovered.exchanges), len(recovered.queues),
-             len(recovered.bindings), len(objects), len(index.segments), directory)
+             len(recovered.bindings), len(index.msgs), len(segments), directory)
     return recovered
 
 
@@ -180,10 +151,10 @@ def _arguments(seg: Segment, off: int, f: tuple) -> dict:
                          f"directory was altered. Refusing to start") from None
 
 
-def _repair(directory: str, path: str, data: bytes, entries: list, damaged: list,
-            last: bool, reports: list[str]) -> tuple[list, int]:
-    """Deal with the damaged ranges of one segment (see the module doc); returns its intact
-    records and its size as they now are on disk."""
+def _repair(directory: str, path: str, data: bytes, last: bool, reports: list[str]) -> bytes:
+    """Deal with the damaged ranges of one segment (see the module doc); returns its
+    contents as they now are on disk: its intact records only."""
+    entries, damaged = R.scan(data, 0, False)
     size = len(data)
     tail = damaged[-1] if last and damaged[-1][0] + damaged[-1][1] == size else None
     inner = [d for d in damaged if d is not tail]
@@ -202,14 +173,11 @@ def _repair(directory: str, path: str, data: bytes, entries: list, damaged: list
                        f"({records})")
     if not inner:
         _truncate(path, tail[0])
-        return entries, tail[0]
+        return data[:tail[0]]
     aside = keep_aside(directory, path)
     # Written again without the damaged ranges: offsets move, the records do not change.
-    moved, parts, at = [], [], 0
-    for off, n, f in entries:
-        parts.append(data[off:off + n])
-        moved.append((at, n, f))
-        at += n
+    parts = [data[off:off + n] for off, n, _ in entries]
+    at = sum(map(len, parts))
     tmp = path + ".repair"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -221,8 +189,8 @@ def _repair(directory: str, path: str, data: bytes, entries: list, damaged: list
     os.replace(tmp, path)
     sync_dir(os.path.dirname(path))
     log.warning("store: %s written again with its %d intact records (%d of %d bytes); the "
-                "damaged file is kept as %s", path, len(moved), at, size, aside)
-    return moved, at
+                "damaged file is kept as %s", path, len(parts), at, size, aside)
+    return b"".join(parts)
 
 
 def _truncate(path: str, size: int) -> None:
