@@ -124,7 +124,9 @@ def test_persistent_messages_survive_in_order_with_properties(mq_fresh_broker: B
                                                               kill: bool) -> None:
     """B-DUR-2: persistent messages in a durable queue come back in order with their
     properties, headers and priority; one delivered but not acked comes back
-    redelivered=true; transient ones and those in non-durable queues are gone."""
+    redelivered=true (after kill -9 every message does, as in RabbitMQ 3.10: the broker
+    cannot tell which deliveries the crash kept it from recording); transient ones and
+    those in non-durable queues are gone."""
     conn = connect(mq_fresh_broker)
     ch = conn.channel()
     ch.confirm_delivery()
@@ -155,7 +157,7 @@ def test_persistent_messages_survive_in_order_with_properties(mq_fresh_broker: B
     persistent = [i for i in range(20) if i % 4 != 3]
     plain = drain(ch, "plain")
     assert [b for b, _, _ in plain] == [b"body %d" % i for i in persistent] + [b"sync"]
-    assert [r for _, r, _ in plain] == [True] + [False] * len(persistent)
+    assert [r for _, r, _ in plain] == [True] + [kill] * len(persistent)
     for (body, _, props), i in zip(plain, persistent):
         assert (props.delivery_mode, props.priority, props.content_type, props.correlation_id,
                 props.message_id, props.timestamp) == \
@@ -593,6 +595,6 @@ def test_a_backlog_beyond_the_memory_budget_comes_back_in_priority_order(kill: b
     expected = [body for _, body in sorted(sent, key=lambda pb: -min(pb[0], 3))]
     assert bodies == expected  # (the one taken before the restart first: it was the head)
     assert [red for body, red, _ in got if body == first] == [True]
-    assert sum(red for _, red, _ in got) == 1
+    assert sum(red for _, red, _ in got) == (len(got) if kill else 1)
     assert all(props.expiration == "3600000" for body, _, props in got
                if body != b"sync" and int(body[:5]) % 5 == 0)

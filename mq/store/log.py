@@ -21,6 +21,7 @@ from mq.store.index import ENQ_SIZE, REF_SIZE, Index
 from mq.store.recovery import Recovered
 from mq.store.recovery import replay
 from mq.store.segments import Segment, loc, segment_path
+from mq.store.shutdown import leave_clean_marker, take_clean_marker
 
 DEFAULT_SEGMENT_SIZE = 32 * 1024 * 1024
 # A head segment that is nearly all dead is sealed early (and so compacted), so that a
@@ -71,8 +72,9 @@ class Store:
         os.makedirs(seg_dir, exist_ok=True)
         numbers = sorted(int(n[:-4]) for n in os.listdir(seg_dir)
                          if n.endswith(".seg") and n[:-4].isdigit())
+        clean = take_clean_marker(self.directory)
         # Bodies stay on disk: queues read back those they keep in memory (read_message).
-        recovered = replay(self.directory, numbers, self._index, self.read_message)
+        recovered = replay(self.directory, numbers, self._index, self.read_message, clean)
         self._next_id = recovered.next_id
         segments = self._index.segments
         last = max(segments, default=0)
@@ -265,6 +267,8 @@ class Store:
         for seg in self._index.segments.values():
             seg.close()
         self._index.segments.clear()
+        if self._flusher.failed is None and self._lock_fd is not None:
+            leave_clean_marker(self.directory)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -35,6 +35,7 @@ from mq._core import records as R
 from mq.store.arguments import ArgumentsError, encode_arguments
 from mq.store.format import FORMAT, StoreError, read_format, write_format
 from mq.store.segments import sync_dir
+from mq.store.shutdown import leave_clean_marker
 
 log = logging.getLogger("mq.store")
 
@@ -107,6 +108,8 @@ def _convert_all(directory: str) -> None:
         os.rename(tmp, new)
         sync_dir(directory)
         _step("ready")
+    # Format 1 knew no unclean shutdowns: its delivered flags are taken as they are.
+    leave_clean_marker(directory)
     write_format(directory, FORMAT)
     _step("committed")
 

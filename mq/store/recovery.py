@@ -72,10 +72,11 @@ class Recovered:
     next_id: int = 1            # the first id never used
 
 
-def replay(directory: str, numbers: list[int], index: Index,
-           read: Callable[[int], Message]) -> Recovered:
+def replay(directory: str, numbers: list[int], index: Index, read: Callable[[int], Message],
+           clean: bool = True) -> Recovered:
     """Read segments `numbers` of the log in `directory` into index. Bodies stay on disk:
-    queues read back those they keep in memory with read(store id)."""
+    queues read back those they keep in memory with read(store id). After an unclean
+    shutdown (clean false) every message comes back redelivered (see shutdown.py)."""
     state = Replay()
     recovered = Recovered()
     _remove_repair_leftovers(directory)
@@ -119,6 +120,8 @@ def replay(directory: str, numbers: list[int], index: Index,
         index.queues[rq.store_qid] = entries
         if delivered:
             index.dlvs[rq.store_qid] = delivered
+        if not clean:
+            columns[2] = array("B", b"\x01" * len(columns[2]))
         rq.stored = tuple(columns)
     for number, seg in segments.items():
         seg.live_count += counts[2 * (number - first)]
