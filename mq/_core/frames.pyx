@@ -71,8 +71,8 @@ cdef class FrameReader:
 
     cdef Py_ssize_t _frame_at(self, const unsigned char *p, Py_ssize_t n,
                               Py_ssize_t pos) noexcept:
-        """Payload size of the frame at pos; -1 incomplete, -2 bad type, -3 over frame_max,
-        -4 missing frame end."""
+        """Payload size of the frame at pos; -1 incomplete, -2 bad type, -3 payload over
+        frame_max (RabbitMQ's limit, see below), -4 missing frame end."""
         cdef unsigned int ftype
         cdef unsigned long size
         if n - pos < 7:
@@ -82,8 +82,13 @@ cdef class FrameReader:
                 and ftype != FRAME_HEARTBEAT:
             return -2
         size = _u32(p + pos + 3)
-        # frame_max counts the whole frame (7-byte header + payload + frame-end).
-        if self.frame_max and size + 8 > self.frame_max:
+        # frame_max counts the whole frame (7-byte header + payload + frame-end), but like
+        # RabbitMQ we allow 8 bytes more, so the payload may be up to frame_max: its reader
+        # refuses PayloadSize > FrameMax - ?EMPTY_FRAME_SIZE + ?FRAME_SIZE_FUDGE (both 8;
+        # rabbit_reader.erl, handle_input(frame_header, ...)), and pamqp-based clients send
+        # body frames of frame_max payload bytes (issue 13 item 6, B-CONN-4). Decided on the
+        # 7-byte header alone, before any of the payload is buffered.
+        if self.frame_max and size > self.frame_max:
             return -3
         if n - pos < <Py_ssize_t>(size + 8):
             return -1
@@ -95,8 +100,9 @@ cdef class FrameReader:
         if code == -2:
             raise FrameError(501, f"FRAME_ERROR - unknown frame type {p[pos]}")
         if code == -3:
-            raise FrameError(501, f"FRAME_ERROR - frame size {_u32(p + pos + 3) + 8} exceeds "
-                                  f"frame_max {self.frame_max}")
+            raise FrameError(501, f"FRAME_ERROR - frame payload of {_u32(p + pos + 3)} bytes "
+                                  f"exceeds frame_max {self.frame_max} (frame type {p[pos]}, "
+                                  f"channel {_u16(p + pos + 1)})")
         raise FrameError(501, "FRAME_ERROR - missing frame end octet 0xCE")
 
     def events(self, Py_ssize_t max_bytes=0) -> list:
