@@ -1,6 +1,8 @@
 """Resource alarms (B-CONN-10): a memory high watermark on the broker's RSS and a free-disk
 limit on the data dir. The server polls `check()`; `alarms` names the resources past
-their limit ("memory", "disk"), which is what blocks publishers."""
+their limit ("memory", "disk"), which is what blocks publishers. A failed write to the store
+(B-DUR-8) is a disk alarm too, raised the moment the store reports it (`store_failed`), not
+at the next free-space check, and cleared when the store's writes work again."""
 from __future__ import annotations
 
 import ctypes
@@ -63,10 +65,28 @@ class ResourceMonitor:
         self.disk_free = 0
         self._memory = self._disk = False
         self._next_disk = 0.0
+        self.write_error: BaseException | None = None  # the store's writes fail (B-DUR-8)
 
     @property
     def alarms(self) -> tuple[str, ...]:
-        return (("memory",) if self._memory else ()) + (("disk",) if self._disk else ())
+        disk = self._disk or self.write_error is not None
+        return (("memory",) if self._memory else ()) + (("disk",) if disk else ())
+
+    def store_failed(self, exc: BaseException | None) -> None:
+        """The store's writes failed with exc (the disk alarm goes on now), or work again
+        (None: it goes off, unless free space is still below the limit, measured again at
+        the next check)."""
+        before = self.alarms
+        if (exc is None) != (self.write_error is None):
+            if exc is not None:
+                log.warning("alarm set %s", kv(resource="disk", reason="write failed",
+                                                 error=exc))
+            else:
+                log.info("alarm cleared %s", kv(resource="disk", reason="writes work again"))
+                self._next_disk = 0.0
+        self.write_error = exc
+        if self.alarms != before:
+            self.on_change(self.alarms)
 
     def interval(self) -> float:
         """Seconds until the next check: short when memory is within a margin of the

@@ -49,7 +49,8 @@ class AMQPProtocol(asyncio.Protocol):
         self._out_size = 0
         self._flush_scheduled = False
         self._in_read = False
-        self._paused: set[str] = set()  # why reading is paused: "turn", "flow", "blocked"
+        # Why reading is paused: "turn", "flow", "blocked", "disk" (an answer waits for it)
+        self._paused: set[str] = set()
         self._slice_scheduled = False
         self.recv_oct = self.send_oct = 0  # bytes in and out, for the management API
         self.connected_at = time.time()
@@ -214,6 +215,7 @@ class Server:
                 raise SystemExit(f"mq: definitions {self.settings.definitions}: {reason}") \
                     from None
             log.info("definitions loaded %s", kv(path=self.settings.definitions))
+        store.on_failure = self.monitor.store_failed  # B-DUR-8: the disk alarm at once
         store.start(loop)
         self.broker.timers.attach(loop)
         listener = await loop.create_server(lambda: AMQPProtocol(self), self.settings.host,

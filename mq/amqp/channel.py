@@ -13,6 +13,7 @@ from mq._core import frames
 from mq._core.message import Message
 from mq._core.msgqueue import Entry
 from mq.amqp.consumer import ChannelConsumer, consumer_tag
+from mq.amqp.disk import disk_error
 from mq.amqp.methods import decode_method
 from mq.amqp.publishing import REPLY_TO, Publishing
 from mq.amqp.settling import Settling
@@ -206,37 +207,85 @@ class Channel(Publishing, Settling):
                                 f"'{exchange.name}' in vhost '{self.vhost.name}' refused "
                                 f"for user '{user.name}'")
 
+    # ---- durable changes: answered once on disk (B-DUR-8, B-DUR-9) ----------------------
+
+    def _check_disk(self, durable: bool) -> int:
+        """Before a change: refuse a durable one while the store's writes fail (nothing is
+        changed then). Returns the store's sequence, for _answer_durable."""
+        store = self.store
+        if store is None:
+            return 0
+        if durable and store.failed is not None:
+            raise disk_error(store.failed)
+        return store.seq
+
+    def _answer_durable(self, before: int, durable: bool,
+                        reply: Callable[[], None] | None) -> None:
+        """After a change: reply() (None: nowait) once what it wrote to the store is on disk,
+        as RabbitMQ's declare-ok and commit-ok mean. A change that wrote nothing but names a
+        durable object (a redeclare) waits for the last topology record, which may be its
+        own. The wait never blocks the loop: this connection is held (wait_for_disk)."""
+        store = self.store
+        target = 0
+        if store is not None:
+            target = store.seq if store.seq != before else store.topo_seq if durable else 0
+        if target <= (store.durable_seq if store is not None else 0):
+            if reply is not None:
+                reply()
+            return
+        if store.failed is not None:
+            raise disk_error(store.failed)
+        self.conn.wait_for_disk(self, target, reply)
+
+    def _send_later(self, method: Any, nowait: bool) -> Callable[[], None] | None:
+        return None if nowait else lambda: self.send(method)
+
+    def _durable_binding(self, source: str, destination: str, to_queue: bool) -> bool:
+        """Whether a binding between these (if they exist) is kept in the store."""
+        vhost = self.vhost
+        src = vhost.exchanges.get(source)
+        dest = (vhost.queues if to_queue else vhost.exchanges).get(destination)
+        if src is None or dest is None or not src.durable:
+            return False
+        return bool(dest.store_qid) if to_queue else dest.durable
+
     def _exchange_declare(self, m: Any) -> None:
         if not m.passive:
             self._allow("configure", "exchange", m.exchange)
-        self.vhost.declare_exchange(m.exchange, m.exchange_type, m.passive, m.durable,
-                                    m.auto_delete, m.internal, m.arguments)
-        if not m.nowait:
-            self.send(spec.Exchange.DeclareOk())
+        before = self._check_disk(not m.passive and m.durable
+                                  and m.exchange not in self.vhost.exchanges)
+        exchange = self.vhost.declare_exchange(m.exchange, m.exchange_type, m.passive,
+                                               m.durable, m.auto_delete, m.internal,
+                                               m.arguments)
+        self._answer_durable(before, not m.passive and exchange.durable,
+                             self._send_later(spec.Exchange.DeclareOk(), m.nowait))
 
     def _exchange_delete(self, m: Any) -> None:
         self._allow("configure", "exchange", m.exchange)
+        existing = self.vhost.exchanges.get(m.exchange)
+        before = self._check_disk(existing is not None and existing.durable)
         self.vhost.delete_exchange(m.exchange, m.if_unused)
-        if not m.nowait:
-            self.send(spec.Exchange.DeleteOk())
+        self._answer_durable(before, False, self._send_later(spec.Exchange.DeleteOk(), m.nowait))
 
     def _exchange_bind(self, m: Any) -> None:
         self._allow("write", "exchange", m.destination)
         self._allow("read", "exchange", m.source)
         self._allow_topic("read", self.vhost.exchanges.get(m.source), m.routing_key)
+        durable = self._durable_binding(m.source, m.destination, False)
+        before = self._check_disk(durable)
         self.vhost.bind_names(m.source, m.destination, False, m.routing_key, m.arguments,
                               self.conn)
-        if not m.nowait:
-            self.send(spec.Exchange.BindOk())
+        self._answer_durable(before, durable, self._send_later(spec.Exchange.BindOk(), m.nowait))
 
     def _exchange_unbind(self, m: Any) -> None:
         self._allow("write", "exchange", m.destination)
         self._allow("read", "exchange", m.source)
         self._allow_topic("read", self.vhost.exchanges.get(m.source), m.routing_key)
+        before = self._check_disk(self._durable_binding(m.source, m.destination, False))
         self.vhost.unbind_names(m.source, m.destination, False, m.routing_key, m.arguments,
                                 self.conn)
-        if not m.nowait:
-            self.send(spec.Exchange.UnbindOk())
+        self._answer_durable(before, False,
+                             self._send_later(spec.Exchange.UnbindOk(), m.nowait))
 
     # ---- queues -------------------------------------------------------------------------
 
@@ -246,12 +295,17 @@ class Channel(Publishing, Settling):
             return
         if m.queue and not m.passive:
             self._allow("configure", "queue", m.queue)
-        if not m.passive and m.queue not in self.vhost.queues:
+        new = not m.passive and m.queue not in self.vhost.queues
+        if new:
             self.conn.broker.check_queue_limit(self.vhost.name, m.queue)
+        before = self._check_disk(new and m.durable and not m.exclusive)
         queue = self.vhost.declare_queue(m.queue, m.passive, m.durable, m.exclusive,
                                          m.auto_delete, m.arguments, owner=self.conn)
+        reply = None
         if not m.nowait:
-            self.conn.write(_encode_declare_ok(self.number, queue))
+            def reply() -> None:  # the counts as they are when it goes out
+                self.conn.write(_encode_declare_ok(self.number, queue))
+        self._answer_durable(before, not m.passive and bool(queue.store_qid), reply)
 
     def _reply_to_declare(self, m: Any) -> None:
         """RabbitMQ answers a declare (passive or not) of a direct reply-to name itself: the
@@ -265,16 +319,18 @@ class Channel(Publishing, Settling):
         self._allow("write", "queue", m.queue)
         self._allow("read", "exchange", m.exchange)
         self._allow_topic("read", self.vhost.exchanges.get(m.exchange), m.routing_key)
+        durable = self._durable_binding(m.exchange, m.queue, True)
+        before = self._check_disk(durable)
         self.vhost.bind_names(m.exchange, m.queue, True, m.routing_key, m.arguments, self.conn)
-        if not m.nowait:
-            self.send(spec.Queue.BindOk())
+        self._answer_durable(before, durable, self._send_later(spec.Queue.BindOk(), m.nowait))
 
     def _queue_unbind(self, m: Any) -> None:
         self._allow("write", "queue", m.queue)
         self._allow("read", "exchange", m.exchange)
         self._allow_topic("read", self.vhost.exchanges.get(m.exchange), m.routing_key)
+        before = self._check_disk(self._durable_binding(m.exchange, m.queue, True))
         self.vhost.unbind_names(m.exchange, m.queue, True, m.routing_key, m.arguments, self.conn)
-        self.send(spec.Queue.UnbindOk())
+        self._answer_durable(before, False, self._send_later(spec.Queue.UnbindOk(), False))
 
     def _queue_purge(self, m: Any) -> None:
         self._allow("read", "queue", m.queue)
@@ -284,6 +340,8 @@ class Channel(Publishing, Settling):
 
     def _queue_delete(self, m: Any) -> None:
         self._allow("configure", "queue", m.queue)
+        existing = self.vhost.queues.get(m.queue)
+        before = self._check_disk(existing is not None and bool(existing.store_qid))
         # RabbitMQ answers delete-ok before it tells this channel's consumers of the queue
         # they are cancelled; py-amqp/kombu fail on the reverse order.
         self.held_cancels = []
@@ -291,10 +349,13 @@ class Channel(Publishing, Settling):
             count = self.vhost.delete_queue(m.queue, m.if_unused, m.if_empty, owner=self.conn)
         finally:
             held, self.held_cancels = self.held_cancels, None
-        if not m.nowait:
-            self.send(spec.Queue.DeleteOk(message_count=count))
-        for tag in held:
-            self.send(spec.Basic.Cancel(consumer_tag=tag, nowait=True))
+
+        def reply() -> None:
+            if not m.nowait:
+                self.send(spec.Queue.DeleteOk(message_count=count))
+            for tag in held:
+                self.send(spec.Basic.Cancel(consumer_tag=tag, nowait=True))
+        self._answer_durable(before, False, reply)
 
     # ---- consuming ----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from pamqp.decode import field_table
 import mq
 from mq._core import frames
 from mq.amqp.channel import Channel
+from mq.amqp.disk import disk_error
 from mq.amqp.methods import decode_method
 from mq.broker.broker import Broker
 from mq.broker.errors import (AMQPError, ChannelError, CommandInvalid, FrameError, InternalError,
@@ -114,6 +115,12 @@ class Connection:
         self._flow_since = 0.0
         self._flow_ended = float("-inf")
         self._counted = False  # counted in broker.open_connections
+        # Waiting for the disk (B-DUR-9): (channel, reply) of a method whose answer needs its
+        # store records on disk; no further frame of this connection is handled (nor read)
+        # until the store answers. Events already cut from the buffer wait in _held_events.
+        self._disk_wait: tuple[Channel, Callable[[], None] | None] | None = None
+        self._disk_now: list | None = None
+        self._held_events: Any = None
 
     # ---- output ---------------------------------------------------------------------
 
@@ -141,6 +148,8 @@ class Connection:
         every failure becomes a close."""
         if self.closed:
             return False
+        if self._disk_wait is not None:
+            return True  # held: the store's answer goes on from here (resume_reading)
         more = False
         try:
             try:
@@ -176,13 +185,20 @@ class Connection:
         """Handle one slice of buffered frames; True when frames may remain."""
         if self.state == "header" and not self._protocol_header():
             return False
-        events = self.reader.events(READ_SLICE)
+        events = self._held_events
+        if events is not None:
+            self._held_events = None
+        else:
+            events = self.reader.events(READ_SLICE)
         for event in events:
             kind = event[0]
             if kind == frames.EVENT_PUBLISH or kind == frames.EVENT_ACK:
                 self._hot(event)
             else:
                 self._frame(*event)
+                if self._disk_wait is not None:  # B-DUR-9: the rest waits for the disk
+                    self._hold_rest(events, event)
+                    return True
             if self.closed:
                 return False
             if self.alarms and not self.blocked and (
@@ -190,6 +206,63 @@ class Connection:
                     or (kind == 2 or kind == 3) and self._message_complete(event[1])):
                 self._block()
         return bool(events) and self.reader.pending() > 0
+
+    def _hold_rest(self, events: Any, event: tuple) -> None:
+        for i, e in enumerate(events):
+            if e is event:
+                if i + 1 < len(events):
+                    self._held_events = events[i + 1:]
+                return
+
+    # ---- waiting for the disk (B-DUR-8, B-DUR-9) ---------------------------------------
+
+    def wait_for_disk(self, ch: Channel, seq: int, reply: Callable[[], None] | None) -> None:
+        """Answer a method of ch (reply(), or None for nowait) once the store's records up
+        to seq are on disk; a failed write closes the channel with 541 and the disk error
+        instead. Meanwhile the loop goes on: only this connection waits (its socket is not
+        read and frames already read are held), so its methods are answered in order."""
+        self._disk_wait = (ch, reply)
+        self._disk_now = []
+        try:
+            self.broker.store.when_durable(self._disk_answered, seq)
+        except BaseException:
+            self._disk_wait = None
+            raise
+        finally:
+            now, self._disk_now = self._disk_now, None
+        if now:  # answered at once (no flusher thread, or writes failing): no hold
+            self._disk_wait = None
+            if now[0] is not None:
+                raise disk_error(now[0])
+            if reply is not None:
+                reply()
+            return
+        if self._disk_wait is not None:
+            self.transport.pause_reading("disk")
+
+    def _disk_answered(self, exc: BaseException | None) -> None:
+        """The store's answer (on the loop). Never raises."""
+        if self._disk_now is not None:
+            self._disk_now.append(exc)
+            return
+        wait, self._disk_wait = self._disk_wait, None
+        if wait is None or self.closed:
+            return
+        ch, reply = wait
+        try:
+            if self.state == "open" and self.channels.get(ch.number) is ch \
+                    and ch.state == "open":
+                if exc is not None:
+                    self.channel_error(ch, disk_error(exc))
+                elif reply is not None:
+                    reply()
+            self._after_read()
+            self.transport.resume_reading("disk")
+        except Exception:
+            log.exception("connection dropped %s", kv(peer=self.name,
+                                                      reason="error while answering after "
+                                                             "the disk"))
+            self.abort()
 
     def _hot(self, event: tuple) -> None:
         """A publish (with its content) or an ack that the frame reader decoded itself.
@@ -526,7 +599,7 @@ class Connection:
     @property
     def paused(self) -> bool:
         """Not read by our choice (alarm or flow): its silence is no missed heartbeat."""
-        return self.blocked or bool(self.flow_queues)
+        return self.blocked or bool(self.flow_queues) or self._disk_wait is not None
 
     def flow(self, queue: Any) -> None:
         """A queue this connection published to is behind its consumers: stop reading until

@@ -130,10 +130,14 @@ class Publishing:
         if self.confirm:
             self.publish_seq += 1
             if accepted and store is not None and store.seq != logged_before:
-                # Persistent into a durable queue: confirmed once the fsync covers it
-                # (B-PUB-6); store_durable() settles it.
-                self.unconfirmed.append([self.publish_seq, None, store.seq])
-                store.waiters.add(self)
+                if store.failed is not None:
+                    # The store's writes fail (B-DUR-8): a nack, never silence.
+                    self.unconfirmed.append([self.publish_seq, False])
+                else:
+                    # Persistent into a durable queue: confirmed once the fsync covers it
+                    # (B-PUB-6); store_durable() settles it.
+                    self.unconfirmed.append([self.publish_seq, None, store.seq])
+                    store.waiters.add(self)
             else:
                 self.unconfirmed.append([self.publish_seq, accepted])
 
@@ -207,6 +211,15 @@ class Publishing:
                 entry[1] = True
         self.flush_confirms()
         return waiting
+
+    def store_failed(self, exc: BaseException) -> None:
+        """A store write failed (B-DUR-8): every publish still waiting for the disk is
+        nacked now (the store keeps retrying; a nacked message may still be delivered and
+        kept, as a nack allows)."""
+        for entry in self.unconfirmed:
+            if entry[1] is None:
+                entry[1] = False
+        self.flush_confirms()
 
     def _confirm_select(self, m: Any) -> None:
         if self.tx:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from pamqp import commands as spec
 
 from mq._core.msgqueue import Entry
+from mq.amqp.disk import disk_error
 from mq.broker.errors import NotImplemented_, PreconditionFailed
 from mq.broker.queue import Queue
 
@@ -108,11 +109,19 @@ class Settling:
         self._tx_settles.append((self._pop(tag, multiple), requeue))
 
     def _tx_commit(self, m: Any) -> None:
+        """commit-ok once the transaction's persistent work is on disk, as in RabbitMQ
+        (B-DUR-8): while the store's writes fail, a commit with persistent work fails with
+        541 and the disk error and changes nothing (the channel closes: its publishes are
+        dropped, its settles requeued); if a write fails while the commit waits, it fails
+        the same way, but what it did stays done (an unknown outcome, as any failed commit:
+        its messages may still be delivered)."""
         if not self.tx:
             raise PreconditionFailed("channel is not transactional")
+        store = self.store
+        if store is not None and store.failed is not None and self._tx_writes_store():
+            raise disk_error(store.failed)
         publishes, settles = self._tx_publishes, self._tx_settles
         self._tx_publishes, self._tx_settles = [], []
-        store = self.store
         logged_before = store.seq if store is not None else 0
         for exchange, msg, mandatory in publishes:
             self._route(exchange, msg, mandatory)
@@ -124,9 +133,14 @@ class Settling:
                 self._refill(taken)
             else:
                 self._settle_negative(taken, requeue)
-        if store is not None and store.seq != logged_before:
-            store.wait_durable()  # as in RabbitMQ, commit-ok means persistent work is on disk
-        self.send(spec.Tx.CommitOk())
+        self._answer_durable(logged_before, False, lambda: self.send(spec.Tx.CommitOk()))
+
+    def _tx_writes_store(self) -> bool:
+        """The transaction holds a persistent publish or settles a stored message."""
+        if any(msg.delivery_mode == 2 for _, msg, _ in self._tx_publishes):
+            return True
+        return any(entry.msg.store_id and queue.store_qid
+                   for popped, _ in self._tx_settles for _, (entry, queue, _) in popped)
 
     def _tx_rollback(self, m: Any) -> None:
         if not self.tx:

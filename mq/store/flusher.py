@@ -1,44 +1,64 @@
 """Group commit: the event loop appends encoded records to an in-memory batch; one flusher
 thread writes each batch and fsyncs it, so many publishes share one fsync, and then tells the
-loop the highest durable sequence number."""
+loop the highest durable sequence number.
+
+A failed write or fsync (disk full, I/O error) is never silent (B-DUR-8). The loop is told at
+once (on_failure(error): the store nacks the publishes that wait, fails the commits and
+declares that wait, and raises the disk alarm), and the batch stays in memory. A failed fsync
+on Linux may drop the dirty pages it was writing, so nothing written since the last good
+fsync is trusted: each retry cuts every segment it writes to back to what was last fsynced
+(Segment.flushed) and writes again from memory, then fsyncs. Retries come every RETRY_DELAY
+while writes fail; the first one that succeeds reports what is durable, then
+on_failure(None). Records are read back from memory (pending) until they are fsynced.
+"""
 from __future__ import annotations
 
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable
 
-from mq.store.segments import Segment, sync_dir
+from mq.store.segments import Segment, check_faults, datasync, sync_dir, truncate, write_all
 
 log = logging.getLogger("mq.store")
+
+RETRY_DELAY = 0.5  # seconds between attempts while writes fail
 
 
 class Flusher:
     def __init__(self, log_dir: str) -> None:
         self.log_dir = log_dir
         self.seq = 0           # sequence of the last appended record
-        self.failed: BaseException | None = None
-        self._chunks: list[tuple[Segment, bytearray]] = []
+        self.failed: BaseException | None = None  # the last attempt's error (None: it worked)
+        # [segment, offset in it, bytes]: records submitted and not written yet, in order
+        self._chunks: list[list] = []
         self._unlinks: list[Segment] = []
+        # What an attempt that failed took: written again first at the next attempt.
+        self._retry_chunks: list[list] = []
+        self._retry_unlinks: list[Segment] = []
+        self._inflight: list[list] = []  # the chunks an attempt is writing now
+        self._dirty_tails = False  # an attempt failed: files may hold unsynced bytes
         lock = threading.Lock()
-        self._cond = threading.Condition(lock)   # the flusher waits here for work
-        self._done = threading.Condition(lock)   # synchronous waiters wait here for the disk
+        self._cond = threading.Condition(lock)  # the flusher waits here for work
         self._written_seq = 0
         self._thread: threading.Thread | None = None
         self._closing = False
         self._loop: Any = None
         self._on_flushed: Callable[[int], None] | None = None
+        self._on_failure: Callable[[BaseException | None], None] | None = None
 
-    def submit(self, seg: Segment, data: bytes) -> None:
-        """Queue data for the end of seg (the caller has accounted for its size)."""
+    def submit(self, seg: Segment, off: int, data: bytes) -> None:
+        """Queue data for seg at offset off, its end (the caller has accounted for its
+        size)."""
         with self._cond:
             self.seq += 1
             seg.last_seq = self.seq
             chunks = self._chunks
             if chunks and chunks[-1][0] is seg:
-                chunks[-1][1].extend(data)
+                chunks[-1][2] += data
             else:
-                chunks.append((seg, bytearray(data)))
+                chunks.append([seg, off, bytearray(data)])
                 self._cond.notify()
 
     def unlink(self, seg: Segment) -> None:
@@ -47,9 +67,23 @@ class Flusher:
             self._unlinks.append(seg)
             self._cond.notify()
 
-    def start(self, loop: Any, on_flushed: Callable[[int], None]) -> None:
-        """Run the flusher thread; on_flushed(seq) is called on `loop` after each batch."""
-        self._loop, self._on_flushed = loop, on_flushed
+    def pending(self, seg: Segment, off: int, size: int) -> bytes | None:
+        """The bytes of a record of seg at off that is not fsynced yet (None: it is in the
+        file by now, read it there)."""
+        end = off + size
+        with self._cond:
+            for chunks in (self._inflight, self._retry_chunks, self._chunks):
+                for cseg, coff, buf in chunks:
+                    if cseg is seg and coff <= off and end <= coff + len(buf):
+                        return bytes(buf[off - coff:end - coff])
+        return None
+
+    def start(self, loop: Any, on_flushed: Callable[[int], None],
+              on_failure: Callable[[BaseException | None], None]) -> None:
+        """Run the flusher thread; on_flushed(seq) is called on `loop` after each batch,
+        on_failure(error) after each failed attempt and on_failure(None) after the first
+        good one that follows."""
+        self._loop, self._on_flushed, self._on_failure = loop, on_flushed, on_failure
         self._thread = threading.Thread(target=self._run, name="mq-store-flusher", daemon=True)
         self._thread.start()
 
@@ -58,65 +92,128 @@ class Flusher:
         return self._thread is not None
 
     def _take(self) -> tuple[list, list, int]:
+        """Everything to write now (what failed last time first), as one batch."""
         chunks, unlinks, seq = self._chunks, self._unlinks, self.seq
+        if self._retry_chunks:
+            chunks = self._retry_chunks + chunks
+        if self._retry_unlinks:
+            unlinks = self._retry_unlinks + unlinks
         self._chunks, self._unlinks = [], []
+        self._retry_chunks, self._retry_unlinks = [], []
+        self._inflight = chunks
         return chunks, unlinks, seq
 
     def _run(self) -> None:
+        retry_at: float | None = None
         while True:
             with self._cond:
-                while not self._chunks and not self._unlinks and not self._closing:
-                    self._cond.wait()
-                if self._closing and not self._chunks and not self._unlinks:
-                    return
+                while not self._closing:
+                    if retry_at is not None:
+                        wait = retry_at - time.monotonic()
+                        if wait <= 0:
+                            break
+                        self._cond.wait(wait)
+                    elif self._chunks or self._unlinks:
+                        break
+                    else:
+                        self._cond.wait()
+                if self._closing:
+                    return  # close() writes what is left
                 batch = self._take()
-            try:
-                self._write(*batch)
-            except BaseException as exc:  # disk full, I/O error: stop confirming
-                log.exception("store: writing the log failed; nothing more is confirmed")
-                with self._cond:
-                    self.failed = exc
-                    self._done.notify_all()
-                return
+            error = self._attempt(*batch, report=True)
+            retry_at = None if error is None else time.monotonic() + RETRY_DELAY
+
+    def _attempt(self, chunks: list, unlinks: list, seq: int,
+                 report: bool) -> BaseException | None:
+        """Write and fsync a batch, then remove the segments it unlinks. On an error what
+        is left of the batch is kept for the next attempt; returns the error."""
+        check_faults()
+        try:
+            if chunks:
+                self._write(chunks, self._dirty_tails)
+        except Exception as exc:
             with self._cond:
-                self._written_seq = batch[2]
-                self._done.notify_all()
-            self._loop.call_soon_threadsafe(self._on_flushed, batch[2])
-
-    def _write(self, chunks: list, unlinks: list, seq: int) -> None:
-        touched: dict[int, Segment] = {}
-        for seg, buf in chunks:
-            view = memoryview(buf)
-            while view:
-                view = view[os.write(seg.fd, view):]
-            seg.flushed += len(buf)
-            touched[seg.number] = seg
-        for seg in touched.values():
-            os.fdatasync(seg.fd)
-        if any(not seg.synced for seg in touched.values()):
-            sync_dir(self.log_dir)
-            for seg in touched.values():
-                seg.synced = True
-        for seg in unlinks:
-            # One at a time, each made durable: a segment's tombstones must never vanish
-            # before the older segment whose records they cancel.
-            seg.close()
-            os.unlink(seg.path)
-            sync_dir(self.log_dir)
-
-    def wait_durable(self) -> None:
-        """Block until everything submitted so far is on disk (the thread runs)."""
-        target = self.seq
+                self._retry_chunks, self._retry_unlinks = chunks, unlinks
+                self._inflight = []
+                self._dirty_tails = True
+            return self._failed(exc, report)
         with self._cond:
-            while self._written_seq < target and self.failed is None:
-                self._done.wait()
+            self._written_seq = max(self._written_seq, seq)
+            self._inflight = []
+            self._dirty_tails = False
+        if report and chunks:
+            self._report(self._on_flushed, seq)
+        try:
+            self._unlink(unlinks)
+        except Exception as exc:
+            with self._cond:
+                self._retry_unlinks = unlinks
+            return self._failed(exc, report)
+        if self.failed is not None:
+            self.failed = None
+            log.warning("store: writing the log works again; the records kept in memory are "
+                        "on disk now")
+            if report:
+                self._report(self._on_failure, None)
+        return None
+
+    def _failed(self, exc: BaseException, report: bool) -> BaseException:
+        if self.failed is None:
+            pending = sum(len(c[2]) for c in self._retry_chunks)
+            log.error("store: writing the log failed: %s; nothing more is confirmed until a "
+                      "write succeeds (%d bytes of records kept in memory, retrying every "
+                      "%.1f s)", exc, pending, RETRY_DELAY)
+        self.failed = exc
+        if report:
+            self._report(self._on_failure, exc)
+        return exc
+
+    def _report(self, callback: Any, arg: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, arg)
+        except RuntimeError:  # the loop is closed: the broker is going away
+            pass
+
+    def _write(self, chunks: list, retrying: bool) -> None:
+        touched: dict[int, Segment] = {}
+        for seg, _, buf in chunks:
+            if seg.number not in touched:
+                touched[seg.number] = seg
+                if retrying:  # drop what a failed attempt may have left past the last fsync
+                    truncate(seg.fd, seg.flushed)
+            write_all(seg.fd, buf)
+        for seg in touched.values():
+            datasync(seg.fd)
+        new = [seg for seg in touched.values() if not seg.dir_synced]
+        if new:
+            sync_dir(self.log_dir)
+            for seg in new:
+                seg.dir_synced = True
+        for seg, off, buf in chunks:
+            seg.flushed = off + len(buf)
+
+    def _unlink(self, unlinks: list) -> None:
+        # One at a time, each made durable: a segment's tombstones must never vanish before
+        # the older segment whose records they cancel. What is done leaves the list.
+        while unlinks:
+            seg = unlinks[0]
+            seg.close()
+            try:
+                os.unlink(seg.path)
+            except FileNotFoundError:  # a retry: removed before the directory sync failed
+                pass
+            sync_dir(self.log_dir)
+            unlinks.pop(0)
 
     def sync(self) -> int:
         """Write and fsync everything submitted so far in the caller's thread (no thread
-        runs); returns the sequence now durable."""
+        runs); returns the sequence now durable. Raises the error of a failed write (what
+        failed is kept for the next call)."""
         with self._cond:
             batch = self._take()
-        self._write(*batch)
+        error = self._attempt(*batch, report=False)
+        if error is not None:
+            raise error
         return batch[2]
 
     def close(self) -> int:
@@ -129,7 +226,10 @@ class Flusher:
             self._thread = None
         with self._cond:
             batch = self._take()
-        if self.failed is None:
-            self._write(*batch)
-            return batch[2]
+        if batch[0] or batch[1]:
+            error = self._attempt(*batch, report=False)
+            if error is not None and batch[0]:
+                log.error("store: closing with %d bytes of records that could not be written "
+                          "(%s); none of them was confirmed",
+                          sum(len(c[2]) for c in batch[0]), error)
         return self._written_seq

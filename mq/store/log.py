@@ -8,8 +8,11 @@ the broker (messages and topology) and the upkeep of segments.
 from __future__ import annotations
 
 import fcntl
+import heapq
+import itertools
+import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 from mq._core import records as R
 from mq._core.message import Message
@@ -23,6 +26,8 @@ from mq.store.recovery import replay
 from mq.store.segments import Segment, loc, segment_path
 from mq.store.shutdown import leave_clean_marker, take_clean_marker
 
+log = logging.getLogger("mq.store")
+
 DEFAULT_SEGMENT_SIZE = 32 * 1024 * 1024
 # A head segment that is nearly all dead is sealed early (and so compacted), so that a
 # drained queue returns to (almost) no disk use without waiting for the segment to fill:
@@ -33,10 +38,15 @@ ROLL_HEAD_BUSY = 4 * 1024 * 1024
 ROLL_HEAD_RATIO = 1 / 16
 COMPACT_RATIO = 0.25  # compact a sealed segment when less than this share of it is live
 
-
 class Store:
     """The log in `directory`. Call open() (returns what was recovered), then start(loop)
-    for the background flusher, or sync() to flush synchronously (tests, tools)."""
+    for the background flusher, or sync() to flush synchronously (tests, tools).
+
+    Nothing here blocks the event loop on the disk (B-DUR-9): appends go to the flusher's
+    memory, and what must wait for the disk (confirms, tx.commit-ok, declare-ok) asks
+    when_durable() or sits in `waiters`. A failed write (B-DUR-8) sets `failed` until a write
+    succeeds again: waiters are failed at once and on_failure(error) / on_failure(None) tell
+    the broker (its disk alarm)."""
 
     def __init__(self, directory: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
                  page_budget: int = 0) -> None:
@@ -46,7 +56,15 @@ class Store:
         # read back those they keep in memory (read_message); 0: bodies come with replay.
         self.page_budget = page_budget
         self.durable_seq = 0   # every record up to this one is on disk (fsynced)
-        self.waiters: set[Any] = set()  # objects with store_durable(seq) -> still waiting
+        # Objects with store_durable(seq) -> still waiting, and store_failed(error).
+        self.waiters: set[Any] = set()
+        self.topo_seq = 0      # sequence of the last topology record (declare, bind, delete)
+        # The last write failed with this error (the flusher retries); None: writes work.
+        self.failed: BaseException | None = None
+        self.on_failure: Callable[[BaseException | None], None] | None = None
+        self._durable_waits: list[tuple[int, int, Callable]] = []  # heap: (seq, n, callback)
+        self._wait_ids = itertools.count()
+        self._loop: Any = None
         self._index = Index()
         self._flusher = Flusher(os.path.join(directory, "log"))
         self._head: Segment | None = None
@@ -57,10 +75,6 @@ class Store:
     def seq(self) -> int:
         """Sequence of the last appended record."""
         return self._flusher.seq
-
-    @property
-    def failed(self) -> BaseException | None:
-        return self._flusher.failed
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -106,7 +120,7 @@ class Store:
             seg = self._head = self._new_segment(seg.number + 1)
         off = seg.size
         seg.size += len(data)
-        self._flusher.submit(seg, data)
+        self._flusher.submit(seg, off, data)
         return seg, off
 
     def _tombstone(self, data: bytes, target_loc: int) -> None:
@@ -164,9 +178,10 @@ class Store:
         m = self._index.msgs[mid]
         location, size = m >> 32, m & 0xFFFFFFFF
         seg, off = self._index.segments[location >> 32], location & 0xFFFFFFFF
-        if off + size > seg.flushed:
-            self.wait_durable()  # rare: paged out and wanted before the flusher wrote it
-        f = R.scan(seg.read(size, off))[0][0][2]
+        data = None
+        if off + size > seg.flushed:  # rare: paged out and wanted before it was fsynced
+            data = self._flusher.pending(seg, off, size)
+        f = R.scan(data or seg.read(size, off))[0][0][2]
         full = Message(f[2], f[3], f[4], f[5])
         full.store_id = mid
         return full
@@ -179,7 +194,7 @@ class Store:
         data = R.topology_record(rtype, obj_id, flags, strings, encode_arguments(arguments))
         seg, off = self._append(data)
         self._index.put_topo(obj_id, key, seg, off, len(data))
-        self.wait_durable()
+        self._topology_written()
         return obj_id
 
     def _forget(self, key: tuple) -> None:
@@ -194,7 +209,15 @@ class Store:
         for mid, enq_loc in index.queues.pop(obj_id, {}).items():
             index.drop_entry(obj_id, mid, enq_loc)
         index.dlvs.pop(obj_id, None)
-        self.wait_durable()
+        self._topology_written()
+
+    def _topology_written(self) -> None:
+        """A topology record was appended. With the flusher thread the caller waits with
+        when_durable() before it answers; without it (tools, unit tests) it is made durable
+        now, as a declare-ok would need."""
+        self.topo_seq = self.seq
+        if not self._flusher.running:
+            self.sync()
 
     def declare_queue(self, vhost: str, name: str, auto_delete: bool, arguments: dict) -> int:
         """Record a durable queue; returns its queue id for enqueue/ack."""
@@ -235,16 +258,32 @@ class Store:
     # ---- flushing -----------------------------------------------------------------------
 
     def start(self, loop: Any) -> None:
-        """Run the flusher thread; completions are reported on `loop`."""
-        self._flusher.start(loop, self._flushed)
+        """Run the flusher thread; completions and failures are reported on `loop`."""
+        self._loop = loop
+        self._flusher.start(loop, self._flushed, self._failure)
 
-    def wait_durable(self) -> None:
-        """Block until everything appended so far is on disk. Topology changes use it, so
-        that declare-ok means durable as in RabbitMQ (they are rare; messages never block)."""
-        if self._flusher.running:
-            self._flusher.wait_durable()
+    def when_durable(self, callback: Callable[[BaseException | None], None],
+                     seq: int | None = None) -> None:
+        """callback(None) once every record up to seq (default: everything appended so far)
+        is on disk, or callback(error) if a write fails first (B-DUR-8). Never blocks the
+        loop (B-DUR-9): with the flusher thread it is called on the loop when the flusher
+        reports, or right now when seq is durable already or writes are failing; without
+        the thread (Store.sync() mode) the log is flushed now and it is called right now."""
+        if seq is None:
+            seq = self.seq
+        if seq <= self.durable_seq:
+            callback(None)
+        elif not self._flusher.running:
+            try:
+                self.sync()
+            except OSError as exc:
+                callback(exc)
+            else:
+                callback(None)
+        elif self.failed is not None:
+            callback(self.failed)
         else:
-            self.sync()
+            heapq.heappush(self._durable_waits, (seq, next(self._wait_ids), callback))
 
     def sync(self) -> None:
         """Write and fsync everything appended so far, in the caller's thread (no flusher)."""
@@ -257,9 +296,34 @@ class Store:
         for waiter in list(self.waiters):
             if not waiter.store_durable(seq):
                 self.waiters.discard(waiter)
+        waits = self._durable_waits
+        while waits and waits[0][0] <= self.durable_seq:
+            _call(heapq.heappop(waits)[2], None)
         if self.seq == self.durable_seq and self._head is not None:
             self._index.dirty.add(self._head)  # idle: a mostly dead head may be sealed now
         self._maintain()
+
+    def _failure(self, exc: BaseException | None) -> None:
+        """On the loop: a write failed (B-DUR-8; the flusher keeps the records and retries),
+        or, with None, writes work again. Whatever waits for the disk is failed now:
+        publishes are nacked, commits and declares get the error."""
+        if exc is None:
+            if self.failed is None:
+                return
+            self.failed = None
+        else:
+            first = self.failed is None
+            self.failed = exc
+            for waiter in list(self.waiters):
+                _call(waiter.store_failed, exc)
+            self.waiters.clear()
+            waits, self._durable_waits = self._durable_waits, []
+            for _, _, callback in sorted(waits):
+                _call(callback, exc)
+            if not first:
+                return
+        if self.on_failure is not None:
+            self.on_failure(exc)
 
     def close(self) -> None:
         """Flush everything, stop the flusher, release the directory."""
@@ -310,3 +374,11 @@ class Store:
     def disk_usage(self) -> int:
         """Bytes in segment files (as appended; the flusher may still be writing some)."""
         return sum(seg.size for seg in self._index.segments.values())
+
+
+def _call(callback: Callable[[BaseException | None], None], arg: BaseException | None) -> None:
+    """Tell a waiter; its failure is its own (logged), never the store's."""
+    try:
+        callback(arg)
+    except Exception:
+        log.exception("store: a durability callback failed")
