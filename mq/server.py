@@ -36,6 +36,11 @@ WRITE_BUFFER_LOW = 1024 * 1024
 # transport's high-water mark (pause_writing) must see it while a queue is still dispatching.
 WRITE_GATHER = 256 * 1024
 SHUTDOWN_DRAIN_TIMEOUT = 2.0  # seconds for clients to be sent their 320 before we exit
+# The event loop measures its own lateness (B-DUR-9, B-FLOW-4): a timer every LAG_INTERVAL
+# notes how late it ran; the worst of each LAG_WINDOW is kept (and logged past LAG_WARN).
+LAG_INTERVAL = 0.01
+LAG_WINDOW = 10.0
+LAG_WARN = 0.1
 
 
 class AMQPProtocol(asyncio.Protocol):
@@ -171,6 +176,9 @@ class Server:
                                        parse_size(settings.disk_free_limit), settings.data_dir,
                                        self._alarms_changed)
         self.connections: set[Connection] = set()
+        # Event-loop lag in seconds: the worst since start, and of the last whole window.
+        self.loop_lag_max = 0.0
+        self.loop_lag_window = 0.0
         self.port = settings.port
         self.tls_port = settings.tls_port
         self.management_port = settings.management_port
@@ -231,6 +239,7 @@ class Server:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._ticker)
                 tg.start_soon(self._watch_resources)
+                tg.start_soon(self._watch_loop)
                 if management is not None:
                     tg.start_soon(management.run)  # rate sampling; closes the HTTP side at the end
                 tg.start_soon(self._signals, tg.cancel_scope)
@@ -242,6 +251,7 @@ class Server:
             with anyio.CancelScope(shield=True):
                 await self._drain()
             store.close()
+            log.info("event loop lag %s", kv(worst_ms=round(self.loop_lag_max * 1000, 1)))
             log.info("mq stopped")
 
     async def _tls_listener(self, loop: asyncio.AbstractEventLoop) -> Any:
@@ -286,6 +296,29 @@ class Server:
         while True:
             await anyio.sleep(self.monitor.interval())
             self.monitor.check()
+
+    async def _watch_loop(self) -> None:
+        """How late the loop runs a timer: a stall of the whole broker (any connection's
+        work, compaction, the disk) shows here."""
+        loop = asyncio.get_running_loop()
+        window_max = 0.0
+        window_end = loop.time() + LAG_WINDOW
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LAG_INTERVAL)
+            now = loop.time()
+            lag = now - before - LAG_INTERVAL
+            if lag > window_max:
+                window_max = lag
+                if lag > self.loop_lag_max:
+                    self.loop_lag_max = lag
+            if now >= window_end:
+                self.loop_lag_window = window_max
+                if window_max >= LAG_WARN:
+                    log.warning("event loop lag %s", kv(worst_ms=round(window_max * 1000),
+                                                        window_s=LAG_WINDOW))
+                window_max = 0.0
+                window_end = now + LAG_WINDOW
 
     def _alarms_changed(self, alarms: tuple[str, ...]) -> None:
         for conn in list(self.connections):

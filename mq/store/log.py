@@ -12,6 +12,8 @@ import heapq
 import itertools
 import logging
 import os
+import time
+from collections import deque
 from typing import Any, Callable
 
 from mq._core import records as R
@@ -37,6 +39,15 @@ ROLL_HEAD_IDLE = 64 * 1024
 ROLL_HEAD_BUSY = 4 * 1024 * 1024
 ROLL_HEAD_RATIO = 1 / 16
 COMPACT_RATIO = 0.25  # compact a sealed segment when less than this share of it is live
+# With the flusher thread (a broker), compaction never holds the event loop for long
+# (B-DUR-9): the segment is read in a worker thread, then its records are scanned and the
+# live ones copied on the loop in slices of about this many seconds, SCAN_CHUNK bytes of
+# records at a time.
+COMPACT_SLICE = 0.004
+SCAN_CHUNK = 16 * 1024
+# A removed segment's pins (the tombstones it kept live) are let go this many per loop turn.
+UNPIN_SLICE = 10_000
+
 
 class Store:
     """The log in `directory`. Call open() (returns what was recovered), then start(loop)
@@ -65,6 +76,8 @@ class Store:
         self._durable_waits: list[tuple[int, int, Callable]] = []  # heap: (seq, n, callback)
         self._wait_ids = itertools.count()
         self._loop: Any = None
+        self._compact_queue: deque[Segment] = deque()
+        self._compaction: _Compaction | None = None
         self._index = Index()
         self._flusher = Flusher(os.path.join(directory, "log"))
         self._head: Segment | None = None
@@ -327,6 +340,8 @@ class Store:
 
     def close(self) -> None:
         """Flush everything, stop the flusher, release the directory."""
+        self._compaction = None
+        self._compact_queue.clear()
         self.durable_seq = max(self.durable_seq, self._flusher.close())
         for seg in self._index.segments.values():
             seg.close()
@@ -345,7 +360,7 @@ class Store:
         waiting = []
         while index.dirty:
             seg = index.dirty.pop()
-            if index.segments.get(seg.number) is not seg:
+            if index.segments.get(seg.number) is not seg or seg.compacting:
                 continue
             if seg.last_seq > self.durable_seq:
                 waiting.append(seg)  # not all on disk yet: look again after the next flush
@@ -356,6 +371,9 @@ class Store:
                     continue
                 self._head = self._new_segment(seg.number + 1)
             if seg.live_count and seg.live_bytes < seg.size * COMPACT_RATIO:
+                if self._loop is not None:
+                    self._compact_later(seg)
+                    continue
                 with open(seg.path, "rb") as fh:
                     data = fh.read()
                 compact(seg, data, index, self._append)
@@ -367,13 +385,158 @@ class Store:
         del self._index.segments[seg.number]
         self._index.dirty.discard(seg)
         self._flusher.unlink(seg)
+        if self._loop is None or len(seg.pins) <= UNPIN_SLICE:
+            self._index.unpin(seg)
+        else:  # a drained segment may pin hundreds of thousands of acks: a slice per turn
+            self._unpin_slice(seg, seg.pins)
+
+    def _unpin_slice(self, seg: Segment, pins: list) -> None:
+        if self._lock_fd is None:
+            return  # closed
+        seg.pins = pins[-UNPIN_SLICE:]
+        del pins[-UNPIN_SLICE:]
         self._index.unpin(seg)
+        if pins:
+            self._loop.call_soon(self._unpin_slice, seg, pins)
+
+    # Compaction on the loop (B-DUR-9). One segment at a time; a segment queued or being
+    # compacted is marked (Segment.compacting) so that it is neither removed nor compacted
+    # twice meanwhile. Between slices the index changes (acks, deletes, other removals), so
+    # each record is judged live when its slice runs, by the rules of compaction.compact().
+
+    def _compact_later(self, seg: Segment) -> None:
+        seg.compacting = True
+        self._compact_queue.append(seg)
+        if self._compaction is None:
+            self._next_compaction()
+
+    def _next_compaction(self) -> None:
+        self._compaction = None
+        while self._compact_queue:
+            seg = self._compact_queue.popleft()
+            if self._index.segments.get(seg.number) is not seg:
+                seg.compacting = False
+                continue
+            if not seg.live_count:  # all dead while it waited
+                seg.compacting = False
+                self._remove(seg)
+                continue
+            job = self._compaction = _Compaction(seg)
+            future = self._loop.run_in_executor(None, _read_file, seg.path)
+            future.add_done_callback(lambda f, job=job: self._compaction_read(job, f))
+            return
+
+    def _compaction_read(self, job: _Compaction, future: Any) -> None:
+        if self._compaction is not job:
+            return  # the store closed meanwhile
+        try:
+            job.data = future.result()
+        except Exception as exc:
+            log.warning("store: compaction of %s skipped: %s", job.seg.path, exc)
+            job.seg.compacting = False
+            self._index.dirty.add(job.seg)
+            self._next_compaction()
+            return
+        self._compaction_step(job)
+
+    def _compaction_step(self, job: _Compaction) -> None:
+        """Scan and copy for about COMPACT_SLICE seconds, then yield to the loop."""
+        if self._compaction is not job:
+            return
+        deadline = time.perf_counter() + COMPACT_SLICE
+        data, seg = job.data, job.seg
+        while job.pos < len(data):
+            pos = job.pos
+            entries, job.pos = _scan_piece(data, pos)
+            self._compact_entries(seg, data, pos, entries)
+            if time.perf_counter() >= deadline and job.pos < len(data):
+                self._loop.call_soon(self._compaction_step, job)
+                return
+        # As compaction.compact() ends: nothing live is left in seg.
+        seg.live_count = seg.live_bytes = 0
+        seg.tombs.clear()
+        seg.compacting = False
+        self._remove(seg)
+        self._next_compaction()
+
+    def _compact_entries(self, seg: Segment, data: bytes, start: int, entries: list) -> None:
+        """compaction.compact()'s rules for the records `entries` (offsets from start)."""
+        index = self._index
+        append = self._append
+
+        def copy(off: int, size: int) -> int:
+            new_seg, new_off = append(data[off:off + size])  # unchanged: its CRC still holds
+            index.live(new_seg, size)
+            return loc(new_seg, new_off)
+
+        base = seg.number << 32
+        for off, size, f in entries:
+            off += start
+            location, rtype = base | off, f[0]
+            if rtype == R.MSG:
+                m = index.msgs.get(f[1])
+                if m is not None and m >> 32 == location:
+                    index.msgs[f[1]] = copy(off, size) << 32 | size
+            elif rtype == R.ENQ or rtype == R.DLV:
+                entries_ = (index.queues if rtype == R.ENQ else index.dlvs).get(f[1])
+                if entries_ is not None and entries_.get(f[2]) == location:
+                    entries_[f[2]] = copy(off, size)
+            elif rtype == R.ACK or rtype == R.DELETE:
+                live = seg.tombs.get(off)
+                if live is not None:
+                    new = copy(off, size)
+                    tomb = live[1]
+                    tomb.seg, tomb.off = index.segments[new >> 32], new & 0xFFFFFFFF
+                    tomb.seg.tombs[tomb.off] = live
+                    del seg.tombs[off]
+            else:
+                t = index.topo.get(f[1])
+                if t is not None and t[0] == location:
+                    index.topo[f[1]] = (copy(off, size), t[1], t[2])
 
     # ---- inspection ---------------------------------------------------------------------
 
     def disk_usage(self) -> int:
         """Bytes in segment files (as appended; the flusher may still be writing some)."""
         return sum(seg.size for seg in self._index.segments.values())
+
+
+class _Compaction:
+    """A segment being compacted: its bytes (once read) and how far the scan got."""
+
+    __slots__ = ("seg", "data", "pos")
+
+    def __init__(self, seg: Segment) -> None:
+        self.seg = seg
+        self.data = b""
+        self.pos = 0
+
+
+def _scan_piece(data: bytes, pos: int) -> tuple[list, int]:
+    """The records of data that start in about SCAN_CHUNK bytes from pos (offsets from
+    pos), and where the next piece starts: a record cut by the piece's end is left for the
+    next one; a record bigger than a piece is scanned whole. What the scan finds damaged
+    inside a piece is skipped as R.scan skips it; damage at the end of data ends it."""
+    size = SCAN_CHUNK
+    while True:
+        piece = data[pos:pos + size]
+        result = R.scan(piece, 0, False)
+        if len(result) == 3:   # (records, end of the intact part, error)
+            stop = result[1]
+        else:                  # (records, damaged ranges): a range to the end is cut off
+            damaged = result[1]
+            stop = damaged[-1][0] if damaged and damaged[-1][0] + damaged[-1][1] \
+                >= len(piece) else len(piece)
+        if pos + len(piece) >= len(data):
+            return result[0], len(data)
+        if stop > 0:
+            return result[0], pos + stop
+        size *= 2
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 def _call(callback: Callable[[BaseException | None], None], arg: BaseException | None) -> None:
