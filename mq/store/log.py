@@ -19,7 +19,7 @@ from typing import Any, Callable
 from mq._core import records as R
 from mq._core.message import Message
 from mq.store.arguments import encode_arguments
-from mq.store.compaction import compact
+from mq.store.compaction import compact, copy_live, scan_piece
 from mq.store.flusher import Flusher
 from mq.store.format import StoreError, check_format
 from mq.store.index import ENQ_SIZE, REF_SIZE, Index
@@ -41,10 +41,9 @@ ROLL_HEAD_RATIO = 1 / 16
 COMPACT_RATIO = 0.25  # compact a sealed segment when less than this share of it is live
 # With the flusher thread (a broker), compaction never holds the event loop for long
 # (B-DUR-9): the segment is read in a worker thread, then its records are scanned and the
-# live ones copied on the loop in slices of about this many seconds, SCAN_CHUNK bytes of
-# records at a time.
+# live ones copied on the loop in slices of about this many seconds, a piece
+# (compaction.PIECE bytes) at a time.
 COMPACT_SLICE = 0.004
-SCAN_CHUNK = 16 * 1024
 # A removed segment's pins (the tombstones it kept live) are let go this many per loop turn.
 UNPIN_SLICE = 10_000
 
@@ -374,9 +373,10 @@ class Store:
                 if self._loop is not None:
                     self._compact_later(seg)
                     continue
-                with open(seg.path, "rb") as fh:
-                    data = fh.read()
-                compact(seg, data, index, self._append)
+                compact(seg, _read_file(seg.path), index, self._append)
+                if seg.live_count:
+                    self._keep_damaged(seg)
+                    continue
             if not seg.live_count:
                 self._remove(seg)
         index.dirty.update(waiting)
@@ -402,7 +402,7 @@ class Store:
     # Compaction on the loop (B-DUR-9). One segment at a time; a segment queued or being
     # compacted is marked (Segment.compacting) so that it is neither removed nor compacted
     # twice meanwhile. Between slices the index changes (acks, deletes, other removals), so
-    # each record is judged live when its slice runs, by the rules of compaction.compact().
+    # each record is judged live when its slice runs (compaction.copy_live).
 
     def _compact_later(self, seg: Segment) -> None:
         seg.compacting = True
@@ -446,53 +446,27 @@ class Store:
         deadline = time.perf_counter() + COMPACT_SLICE
         data, seg = job.data, job.seg
         while job.pos < len(data):
-            pos = job.pos
-            entries, job.pos = _scan_piece(data, pos)
-            self._compact_entries(seg, data, pos, entries)
+            entries, job.pos = scan_piece(data, job.pos)
+            copy_live(seg, data, entries, self._index, self._append)
             if time.perf_counter() >= deadline and job.pos < len(data):
                 self._loop.call_soon(self._compaction_step, job)
                 return
-        # As compaction.compact() ends: nothing live is left in seg.
-        seg.live_count = seg.live_bytes = 0
-        seg.tombs.clear()
-        seg.compacting = False
-        self._remove(seg)
+        if seg.live_count:
+            self._keep_damaged(seg)
+        else:
+            seg.compacting = False
+            self._remove(seg)
         self._next_compaction()
 
-    def _compact_entries(self, seg: Segment, data: bytes, start: int, entries: list) -> None:
-        """compaction.compact()'s rules for the records `entries` (offsets from start)."""
-        index = self._index
-        append = self._append
-
-        def copy(off: int, size: int) -> int:
-            new_seg, new_off = append(data[off:off + size])  # unchanged: its CRC still holds
-            index.live(new_seg, size)
-            return loc(new_seg, new_off)
-
-        base = seg.number << 32
-        for off, size, f in entries:
-            off += start
-            location, rtype = base | off, f[0]
-            if rtype == R.MSG:
-                m = index.msgs.get(f[1])
-                if m is not None and m >> 32 == location:
-                    index.msgs[f[1]] = copy(off, size) << 32 | size
-            elif rtype == R.ENQ or rtype == R.DLV:
-                entries_ = (index.queues if rtype == R.ENQ else index.dlvs).get(f[1])
-                if entries_ is not None and entries_.get(f[2]) == location:
-                    entries_[f[2]] = copy(off, size)
-            elif rtype == R.ACK or rtype == R.DELETE:
-                live = seg.tombs.get(off)
-                if live is not None:
-                    new = copy(off, size)
-                    tomb = live[1]
-                    tomb.seg, tomb.off = index.segments[new >> 32], new & 0xFFFFFFFF
-                    tomb.seg.tombs[tomb.off] = live
-                    del seg.tombs[off]
-            else:
-                t = index.topo.get(f[1])
-                if t is not None and t[0] == location:
-                    index.topo[f[1]] = (copy(off, size), t[1], t[2])
+    def _keep_damaged(self, seg: Segment) -> None:
+        """Compaction read all of seg and missed live records: they were damaged on disk after
+        they were written. Removing seg would lose them; it stays (not compacted again) until
+        the next start repairs it (recovery.py)."""
+        seg.compacting = True
+        log.error("store: %d live records of %s (%d bytes) were not found when it was read back "
+                  "for compaction: the file was damaged after it was written. It is kept; the "
+                  "next start repairs it and logs what was lost", seg.live_count, seg.path,
+                  seg.live_bytes)
 
     # ---- inspection ---------------------------------------------------------------------
 
@@ -510,28 +484,6 @@ class _Compaction:
         self.seg = seg
         self.data = b""
         self.pos = 0
-
-
-def _scan_piece(data: bytes, pos: int) -> tuple[list, int]:
-    """The records of data that start in about SCAN_CHUNK bytes from pos (offsets from
-    pos), and where the next piece starts: a record cut by the piece's end is left for the
-    next one; a record bigger than a piece is scanned whole. What the scan finds damaged
-    inside a piece is skipped as R.scan skips it; damage at the end of data ends it."""
-    size = SCAN_CHUNK
-    while True:
-        piece = data[pos:pos + size]
-        result = R.scan(piece, 0, False)
-        if len(result) == 3:   # (records, end of the intact part, error)
-            stop = result[1]
-        else:                  # (records, damaged ranges): a range to the end is cut off
-            damaged = result[1]
-            stop = damaged[-1][0] if damaged and damaged[-1][0] + damaged[-1][1] \
-                >= len(piece) else len(piece)
-        if pos + len(piece) >= len(data):
-            return result[0], len(data)
-        if stop > 0:
-            return result[0], pos + stop
-        size *= 2
 
 
 def _read_file(path: str) -> bytes:
