@@ -58,13 +58,9 @@ class Store:
     succeeds again: waiters are failed at once and on_failure(error) / on_failure(None) tell
     the broker (its disk alarm)."""
 
-    def __init__(self, directory: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
-                 page_budget: int = 0) -> None:
+    def __init__(self, directory: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
         self.directory = directory
         self.segment_size = segment_size
-        # The queues' memory budget: when set, replay leaves bodies on disk and the queues
-        # read back those they keep in memory (read_message); 0: bodies come with replay.
-        self.page_budget = page_budget
         self.durable_seq = 0   # every record up to this one is on disk (fsynced)
         # Objects with store_durable(seq) -> still waiting, and store_failed(error).
         self.waiters: set[Any] = set()
