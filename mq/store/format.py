@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from mq.store.segments import sync_dir
+
 FORMAT = 2
 FORMAT_FILE = "format"
 
@@ -45,11 +47,7 @@ def write_format(directory: str, version: int) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_dir(directory)
 
 
 def check_format(directory: str) -> None:

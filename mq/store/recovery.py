@@ -34,7 +34,7 @@ from mq.store.arguments import ArgumentsError, decode_arguments
 from mq.store.format import StoreError
 from mq.store.index import Index
 from mq.store.paging import StoredEntries
-from mq.store.segments import Segment, Tomb, segment_path, sync_dir
+from mq.store.segments import Segment, Tomb, fsync_file, segment_path, sync_dir
 
 log = logging.getLogger("mq.store")
 
@@ -198,11 +198,7 @@ def _repair(directory: str, path: str, data: bytes, last: bool, reports: list[st
 
 def _truncate(path: str, size: int) -> None:
     os.truncate(path, size)
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(path)
 
 
 def keep_aside(directory: str, path: str) -> str:
@@ -219,11 +215,7 @@ def keep_aside(directory: str, path: str) -> str:
         os.link(path, dest)
     except OSError:
         shutil.copyfile(path, dest)
-        fd = os.open(dest, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(dest)
     sync_dir(aside_dir)
     sync_dir(directory)
     return dest

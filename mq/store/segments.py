@@ -126,6 +126,15 @@ def truncate(fd: int, size: int) -> None:
     os.ftruncate(fd, size)
 
 
+def fsync_file(path: str) -> None:
+    """Make a file's contents durable (one written or cut by other means than a Segment)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def sync_dir(path: str) -> None:
     """Make the directory's entries (created, renamed, removed files) durable."""
     if _fault == errno.EIO:
