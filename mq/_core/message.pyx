@@ -5,6 +5,7 @@ Properties stay in their wire encoding so a delivery copies them untouched; the 
 the broker needs (delivery mode, priority, expiration, reply-to, user-id, headers) are
 located once, when the record is made.
 """
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING
 
 # Property flag bits, in wire order (AMQP 0-9-1 basic class).
@@ -28,6 +29,10 @@ cdef inline unsigned long _u32(const unsigned char *p) noexcept:
     return (<unsigned long>p[0] << 24) | (<unsigned long>p[1] << 16) | (<unsigned long>p[2] << 8) | p[3]
 
 
+# Never part of a reference cycle (its fields are strings, bytes and decoded headers), so
+# the cyclic GC need not track it: a queue holding many messages no longer makes each full
+# collection walk them all (~40 ms per 200k messages, a loop stall).
+@cython.no_gc
 cdef class Message:
     """One published message. Immutable once routed, except for its store id."""
 

@@ -5,12 +5,14 @@ Publish is O(1); pop looks at the levels from the highest non-empty one down, so
 O(levels) at worst and O(1) for a plain queue (one level). A requeued message goes back to
 its level at its original place (entries carry a publish sequence number).
 """
+cimport cython
 from collections import deque
 from heapq import heapify, heappop, heappush
 
 from mq._core.message cimport Message
 
 
+@cython.no_gc  # holds a Message and numbers: never in a cycle (see message.pyx)
 cdef class Entry:
     """A message as held by one queue: the per-queue state around a shared Message."""
 
