@@ -13,10 +13,10 @@ from mq._core import frames
 from mq._core.message import Message
 from mq._core.msgqueue import Entry
 from mq.amqp.consumer import ChannelConsumer, consumer_tag
-from mq.amqp.disk import disk_error
 from mq.amqp.methods import decode_method
 from mq.amqp.publishing import REPLY_TO, Publishing
 from mq.amqp.settling import Settling
+from mq.broker.durability import durable_binding, refuse_while_failing, seq_to_wait
 from mq.broker.errors import (AccessRefused, ChannelError, CommandInvalid, FrameError, NotAllowed,
                               NotImplemented_, PreconditionFailed, UnexpectedFrame)
 from mq.broker.queue import Queue
@@ -212,12 +212,7 @@ class Channel(Publishing, Settling):
     def _check_disk(self, durable: bool) -> int:
         """Before a change: refuse a durable one while the store's writes fail (nothing is
         changed then). Returns the store's sequence, for _answer_durable."""
-        store = self.store
-        if store is None:
-            return 0
-        if durable and store.failed is not None:
-            raise disk_error(store.failed)
-        return store.seq
+        return refuse_while_failing(self.store, durable)
 
     def _answer_durable(self, before: int, durable: bool,
                         reply: Callable[[], None] | None) -> None:
@@ -225,16 +220,11 @@ class Channel(Publishing, Settling):
         as RabbitMQ's declare-ok and commit-ok mean. A change that wrote nothing but names a
         durable object (a redeclare) waits for the last topology record, which may be its
         own. The wait never blocks the loop: this connection is held (wait_for_disk)."""
-        store = self.store
-        target = 0
-        if store is not None:
-            target = store.seq if store.seq != before else store.topo_seq if durable else 0
-        if target <= (store.durable_seq if store is not None else 0):
+        target = seq_to_wait(self.store, before, durable)
+        if not target:
             if reply is not None:
                 reply()
             return
-        if store.failed is not None:
-            raise disk_error(store.failed)
         self.conn.wait_for_disk(self, target, reply)
 
     def _send_later(self, method: Any, nowait: bool) -> Callable[[], None] | None:
@@ -245,9 +235,7 @@ class Channel(Publishing, Settling):
         vhost = self.vhost
         src = vhost.exchanges.get(source)
         dest = (vhost.queues if to_queue else vhost.exchanges).get(destination)
-        if src is None or dest is None or not src.durable:
-            return False
-        return bool(dest.store_qid) if to_queue else dest.durable
+        return src is not None and dest is not None and durable_binding(src, dest)
 
     def _exchange_declare(self, m: Any) -> None:
         if not m.passive:

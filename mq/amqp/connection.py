@@ -18,9 +18,9 @@ from pamqp.decode import field_table
 import mq
 from mq._core import frames
 from mq.amqp.channel import Channel
-from mq.amqp.disk import disk_error
 from mq.amqp.methods import decode_method
 from mq.broker.broker import Broker
+from mq.broker.durability import disk_error
 from mq.broker.errors import (AMQPError, ChannelError, CommandInvalid, FrameError, InternalError,
                               NotAllowed, UnexpectedFrame)
 from mq.logfmt import kv

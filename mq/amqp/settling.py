@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from pamqp import commands as spec
 
 from mq._core.msgqueue import Entry
-from mq.amqp.disk import disk_error
+from mq.broker.durability import disk_error
 from mq.broker.errors import NotImplemented_, PreconditionFailed
 from mq.broker.queue import Queue
 

@@ -148,9 +148,20 @@ def save_access(broker: Any, data_dir: str) -> None:
     crash. Crash-safe: the new content is written to access.json.tmp and fsynced, renamed
     over access.json, and the directory is fsynced, so a crash at any point leaves either
     the old or the new complete file (a leftover .tmp is removed at start); when this
-    returns, the change is on disk."""
+    returns, the change is on disk. In two steps for a caller on the event loop (B-DUR-9):
+    access_content() there, write_access() (the disk) in a worker thread."""
+    write_access(access_content(broker), data_dir)
+
+
+def access_content(broker: Any) -> bytes:
+    """What save_access writes: the broker's access state as it is now."""
     exported = export_definitions(broker)
-    data = json.dumps({key: exported[key] for key in _ACCESS_KEYS}).encode()
+    return json.dumps({key: exported[key] for key in _ACCESS_KEYS}).encode()
+
+
+def write_access(data: bytes, data_dir: str) -> None:
+    """save_access's disk part: data to access.json, crash-safe, fsynced. Callers keep
+    their writes one at a time (they share access.json.tmp)."""
     path = os.path.join(data_dir, ACCESS_FILE)
     tmp = path + ".tmp"
     try:

@@ -9,6 +9,7 @@ from typing import Any
 from mq._core.message import Message
 from mq._core.msgqueue import Entry
 from mq.broker.args import EXCHANGE_EQUIVALENCE_ARGS, QUEUE_EQUIVALENCE_ARGS, check_equivalent
+from mq.broker.durability import durable_binding
 from mq.broker.errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed, ResourceLocked
 from mq.broker.exchange import EXCHANGE_TYPES, Binding, DefaultExchange, Exchange
 from mq.broker.deadletter import dead_lettered, is_cycle, routing_keys
@@ -282,13 +283,11 @@ class VirtualHost:
     def _store_binding(self, binding: Binding, added: bool) -> None:
         """A binding is durable when both its ends are (a durable, non-exclusive queue)."""
         dest = binding.destination
-        to_exchange = isinstance(dest, Exchange)
-        if self.store is None or not binding.source.durable or \
-                not (dest.durable if to_exchange else dest.store_qid):
+        if self.store is None or not durable_binding(binding.source, dest):
             return
         record = self.store.bind if added else self.store.unbind
-        record(self.name, binding.source.name, to_exchange, dest.name, binding.routing_key,
-               binding.arguments)
+        record(self.name, binding.source.name, isinstance(dest, Exchange), dest.name,
+               binding.routing_key, binding.arguments)
 
     def _auto_delete(self, exchange: Exchange) -> None:
         if exchange.auto_delete and not exchange.bindings \

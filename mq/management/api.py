@@ -1,12 +1,19 @@
 """The HTTP API: RabbitMQ's management API routes for what mq has, with basic auth against
-the broker's users. Changes go through the same vhost methods the AMQP side uses."""
+the broker's users. Changes go through the same vhost methods the AMQP side uses, and are
+answered as over AMQP (B-DUR-8, B-DUR-9, mq.broker.durability): a durable declare, delete,
+bind or unbind only once its store records are on disk (the handler awaits, the loop goes
+on), a disk write that fails is a 500 naming the disk error, and while writes fail such a
+change is refused before anything changes. Users, vhosts, permissions and policies are
+saved to access.json in a worker thread, one save after the other."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -16,9 +23,11 @@ from mq._core.message import Message
 from mq.amqp.connection import _is_loopback
 from mq.broker.auth import Permission, User, hash_password
 from mq.broker.deadletter import without_bcc
-from mq.broker.definitions import (HASHING, export_definitions, import_definitions,
-                                   save_access, topic_permission_from_json,
-                                   topic_permission_json)
+from mq.broker.definitions import (HASHING, access_content, export_definitions,
+                                   import_definitions, topic_permission_from_json,
+                                   topic_permission_json, write_access)
+from mq.broker.durability import (DiskWriteFailed, disk_error, durable_binding,
+                                  refuse_while_failing, seq_to_wait)
 from mq.broker.errors import AccessRefused, AMQPError, ConnectionForced, NotFound
 from mq.broker.exchange import Exchange
 from mq.broker.policy import InvalidPolicy
@@ -52,6 +61,11 @@ def bad_request(reason: str) -> HTTPError:
     return HTTPError(400, "bad_request", reason)
 
 
+def internal_server_error(reason: str) -> HTTPError:
+    """RabbitMQ's answer to a failure of its own (rabbit_mgmt_util:internal_server_error)."""
+    return HTTPError(500, "internal_server_error", reason)
+
+
 def _error_response(exc: HTTPError, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": exc.error, "reason": exc.reason}, status=exc.status,
                              headers=headers)
@@ -63,6 +77,9 @@ class Api:
     def __init__(self, views: Views) -> None:
         self.views = views
         self.broker = views.broker
+        # access.json is written by this one thread: saves go to disk one at a time, in the
+        # order their contents were taken (the last change is the last written).
+        self._access_writer = ThreadPoolExecutor(1, thread_name_prefix="mq-access")
 
     # ---- auth and errors ----------------------------------------------------------------
 
@@ -81,6 +98,10 @@ class Api:
             return _error_response(not_found(exc.text))
         except AccessRefused as exc:  # e.g. the amq. prefix: 401, as RabbitMQ answers
             return _error_response(HTTPError(401, "not_authorised", exc.text))
+        except DiskWriteFailed as exc:  # B-DUR-8: the store (or access.json) cannot write
+            log.error("management request failed %s", kv(method=request.method,
+                                                          path=request.path, error=exc.text))
+            return _error_response(internal_server_error(exc.text))
         except AMQPError as exc:
             return _error_response(bad_request(exc.text))
 
@@ -106,10 +127,47 @@ class Api:
             raise HTTPError(401, "not_authorised", "Not administrator user")
         return user
 
-    def _saved(self, status: int) -> web.Response:
-        """Users, vhosts or permissions changed: keep them for the next start."""
-        save_access(self.broker, self.views.server.settings.data_dir)
+    async def _saved(self, status: int) -> web.Response:
+        """Users, vhosts, permissions or policies changed: keep them for the next start.
+        Answered once access.json is on disk; its fsyncs run in a worker thread (B-DUR-9:
+        under write load they take up to tens of ms), which goes on with the save if the
+        request goes away. A failed write is the disk error (500)."""
+        data = access_content(self.broker)
+        write = asyncio.get_running_loop().run_in_executor(
+            self._access_writer, write_access, data, self.views.server.settings.data_dir)
+        try:
+            await asyncio.shield(write)
+        except OSError as exc:
+            raise disk_error(exc) from None
         return web.Response(status=status)
+
+    # ---- durable changes: answered once on disk (B-DUR-8, B-DUR-9) ----------------------
+
+    def _check_disk(self, durable: bool) -> int:
+        """Before a change: refuse a durable one while the store's writes fail (nothing is
+        changed then). Returns the store's sequence, for _durable()."""
+        return refuse_while_failing(self.broker.store, durable)
+
+    async def _durable(self, before: int, durable: bool) -> None:
+        """After a change: return once what it wrote to the store is on disk (for a
+        durable redeclare: the last topology record), as the AMQP answer would wait; raise
+        the disk error if a write fails first. The loop is not blocked: this handler
+        awaits a future that the store's when_durable() callback resolves."""
+        store = self.broker.store
+        seq = seq_to_wait(store, before, durable)
+        if not seq:
+            return
+        future = asyncio.get_running_loop().create_future()
+
+        def answered(exc: BaseException | None) -> None:
+            if future.done():  # the request went away meanwhile
+                return
+            if exc is None:
+                future.set_result(None)
+            else:
+                future.set_exception(disk_error(exc))
+        store.when_durable(answered, seq)
+        await future
 
     def _visible(self, request: web.Request) -> set[str] | None:
         """The vhosts a user may see: all for administrators and monitoring users, their
@@ -225,9 +283,12 @@ class Api:
         body = await self._body(request)
         existed = name in vhost.queues
         # RabbitMQ's defaults: transient; `exclusive` is ignored (no connection to own it).
-        vhost.declare_queue(name, durable=bool(body.get("durable", False)),
-                            auto_delete=bool(body.get("auto_delete", False)),
-                            arguments=body.get("arguments") or {})
+        durable = bool(body.get("durable", False))
+        before = self._check_disk(durable and not existed)
+        queue = vhost.declare_queue(name, durable=durable,
+                                    auto_delete=bool(body.get("auto_delete", False)),
+                                    arguments=body.get("arguments") or {})
+        await self._durable(before, bool(queue.store_qid))
         return web.Response(status=204 if existed else 201)
 
     async def delete_queue(self, request: web.Request) -> web.Response:
@@ -237,7 +298,9 @@ class Api:
         if self._flag(request, "if-empty") and queue.message_count:
             raise bad_request(f"queue '{queue.name}' in vhost '{queue.vhost}' not empty")
         # Exclusive queues too: an operator may delete any queue (as in RabbitMQ).
+        before = self._check_disk(bool(queue.store_qid))
         self._vhost(request).remove_queue(queue)
+        await self._durable(before, False)
         return web.Response(status=204)
 
     async def purge_queue(self, request: web.Request) -> web.Response:
@@ -295,16 +358,20 @@ class Api:
         vhost, name = self._vhost(request), request.match_info["name"]
         body = await self._body(request)
         existed = name in vhost.exchanges
-        vhost.declare_exchange(name, body.get("type", "direct"),
-                               durable=bool(body.get("durable", False)),
-                               auto_delete=bool(body.get("auto_delete", False)),
-                               internal=bool(body.get("internal", False)),
-                               arguments=body.get("arguments") or {})
+        durable = bool(body.get("durable", False))
+        before = self._check_disk(durable and not existed)
+        exchange = vhost.declare_exchange(name, body.get("type", "direct"), durable=durable,
+                                          auto_delete=bool(body.get("auto_delete", False)),
+                                          internal=bool(body.get("internal", False)),
+                                          arguments=body.get("arguments") or {})
+        await self._durable(before, exchange.durable)
         return web.Response(status=204 if existed else 201)
 
     async def delete_exchange(self, request: web.Request) -> web.Response:
         exchange = self._exchange(request)
+        before = self._check_disk(exchange.durable)
         self._vhost(request).delete_exchange(exchange.name, self._flag(request, "if-unused"))
+        await self._durable(before, False)
         return web.Response(status=204)
 
     async def exchange_bindings(self, request: web.Request) -> web.Response:
@@ -363,7 +430,10 @@ class Api:
         body = await self._body(request)
         key = str(body.get("routing_key", ""))
         arguments = body.get("arguments") or {}
+        durable = durable_binding(source, destination)
+        before = self._check_disk(durable)
         vhost.bind(source, destination, key, arguments)
+        await self._durable(before, durable)
         binding = source.find_binding(destination, key, arguments)
         location = properties_key(binding) if binding is not None else key
         return web.Response(status=201, headers={"Location": location})
@@ -382,7 +452,9 @@ class Api:
 
     async def delete_binding(self, request: web.Request) -> web.Response:
         vhost, b = self._find_binding(request)
+        before = self._check_disk(durable_binding(b.source, b.destination))
         vhost.unbind(b.source, b.destination, b.routing_key, b.arguments)
+        await self._durable(before, False)
         return web.Response(status=204)
 
     # ---- connections, channels, consumers ----------------------------------------------
@@ -444,11 +516,14 @@ class Api:
         name = request.match_info["vhost"]
         existed = name in self.broker.vhosts
         self.broker.add_vhost(name)
-        return self._saved(204 if existed else 201)
+        return await self._saved(204 if existed else 201)
 
     async def delete_vhost(self, request: web.Request) -> web.Response:
         """Everything in it goes: its clients (320), queues, exchanges, permissions."""
         vhost = self._vhost(request)
+        before = self._check_disk(
+            any(q.store_qid for q in vhost.queues.values())
+            or any(x.durable for n, x in vhost.exchanges.items() if n and not n.startswith("amq.")))
         for conn in self.views.connections():
             if conn.vhost is vhost:
                 conn.close_with(ConnectionForced(f"vhost '{vhost.name}' is deleted"))
@@ -461,7 +536,9 @@ class Api:
             user.permissions.pop(vhost.name, None)
             user.topic_permissions = {key: p for key, p in user.topic_permissions.items()
                                       if key[0] != vhost.name}
-        return self._saved(204)
+        response = await self._saved(204)
+        await self._durable(before, False)
+        return response
 
     # ---- users and permissions --------------------------------------------------------
 
@@ -504,11 +581,11 @@ class Api:
         self.broker.users.users[name] = User(name, password_hash, list(tags),
                                              old.permissions if old else {},
                                              old.topic_permissions if old else {})
-        return self._saved(204 if old else 201)
+        return await self._saved(204 if old else 201)
 
     async def delete_user(self, request: web.Request) -> web.Response:
         del self.broker.users.users[self._user(request).name]
-        return self._saved(204)
+        return await self._saved(204)
 
     @staticmethod
     def _permission_json(user: str, vhost: str, p: Permission) -> dict[str, Any]:
@@ -544,13 +621,13 @@ class Api:
         user.permissions[vhost.name] = Permission(str(body.get("configure", "")),
                                                   str(body.get("write", "")),
                                                   str(body.get("read", "")))
-        return self._saved(204 if existed else 201)
+        return await self._saved(204 if existed else 201)
 
     async def delete_permission(self, request: web.Request) -> web.Response:
         user, vhost = self._user(request), self._vhost(request)
         if user.permissions.pop(vhost.name, None) is None:
             raise not_found()
-        return self._saved(204)
+        return await self._saved(204)
 
     # ---- topic permissions (B-AUTH-1) ----------------------------------------------------
 
@@ -590,7 +667,7 @@ class Api:
             raise bad_request(str(exc)) from None
         existed = any(v == vhost.name for v, _ in user.topic_permissions)
         user.topic_permissions[(vhost.name, body["exchange"])] = permission
-        return self._saved(204 if existed else 201)
+        return await self._saved(204 if existed else 201)
 
     async def delete_topic_permission(self, request: web.Request) -> web.Response:
         """All of the user's topic permissions in the vhost go (RabbitMQ 3.10)."""
@@ -599,7 +676,7 @@ class Api:
         if len(kept) == len(user.topic_permissions):
             raise not_found()
         user.topic_permissions = kept
-        return self._saved(204)
+        return await self._saved(204)
 
     # ---- definitions --------------------------------------------------------------------
 
@@ -607,7 +684,12 @@ class Api:
         return web.json_response(export_definitions(self.broker))
 
     async def post_definitions(self, request: web.Request) -> web.Response:
+        """The import's durable topology is answered as its declares and binds would be
+        over AMQP: refused while the store's writes fail (when it names any), and the
+        answer waits until it is on disk."""
         body = await self._body(request)
+        topology = any(body.get(key) for key in ("exchanges", "queues", "bindings"))
+        before = self._check_disk(topology)
         try:
             import_definitions(self.broker, body)
         except (KeyError, TypeError) as exc:
@@ -616,7 +698,9 @@ class Api:
             raise bad_request(validation_failed(exc)) from None
         except ValueError as exc:  # a topic permission pattern that does not compile
             raise bad_request(str(exc)) from None
-        return self._saved(204)
+        response = await self._saved(204)
+        await self._durable(before, topology)
+        return response
 
     # ---- routes ---------------------------------------------------------------------------
 

@@ -39,12 +39,12 @@ def policy_routes(api: Api) -> list[web.RouteDef]:
             raise bad_request(validation_failed(exc)) from None
         created = name not in vhost.policies
         vhost.set_policy(policy)
-        return api._saved(201 if created else 204)
+        return await api._saved(201 if created else 204)
 
     async def delete_policy(request: web.Request) -> web.Response:
         if not api._vhost(request).clear_policy(request.match_info["name"]):
             raise not_found()
-        return api._saved(204)
+        return await api._saved(204)
 
     one = "/api/policies/{vhost}/{name}"
     return [
