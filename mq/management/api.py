@@ -536,9 +536,10 @@ class Api:
             user.permissions.pop(vhost.name, None)
             user.topic_permissions = {key: p for key, p in user.topic_permissions.items()
                                       if key[0] != vhost.name}
-        response = await self._saved(204)
+        # The log first: a crash between the two leaves an empty vhost with its permissions
+        # (a consistent state), never queues of a vhost that access.json no longer has.
         await self._durable(before, False)
-        return response
+        return await self._saved(204)
 
     # ---- users and permissions --------------------------------------------------------
 
