@@ -2,6 +2,9 @@
 pika connections to it, and unique names so tests sharing a broker never collide."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import uuid
 from typing import Iterator
 
@@ -9,6 +12,8 @@ import pika
 import pytest
 
 from rawamqp import RawClient
+
+from mq.store import segments
 
 
 @pytest.fixture
@@ -43,3 +48,15 @@ def raw(mq_broker) -> Iterator[RawClient]:
     client.open_channel(1)
     yield client
     client.close()
+
+
+# The store's test seam (mq/store/segments.py): "eio", "enospc" or "slow" in this file
+# makes the brokers' disk fail or crawl while it is there.
+@pytest.fixture
+def fault_file(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fault file the brokers started in this test read (MQ_TEST_FAULT_FILE)."""
+    directory = tempfile.mkdtemp(prefix="mq-fault-")
+    path = os.path.join(directory, "fault")
+    monkeypatch.setenv(segments.FAULT_FILE_ENV, path)
+    yield path
+    shutil.rmtree(directory, ignore_errors=True)

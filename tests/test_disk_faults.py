@@ -199,16 +199,6 @@ def test_full_disk_nacks_blocks_refuses_durable_changes_and_resumes(small_disk: 
 
 # ---- the test seam: I/O errors and a full disk on demand --------------------------------
 
-@pytest.fixture
-def fault_file(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A fault file the brokers started in this test read (MQ_TEST_FAULT_FILE)."""
-    directory = tempfile.mkdtemp(prefix="mq-fault-")
-    path = os.path.join(directory, "fault")
-    monkeypatch.setenv(segments.FAULT_FILE_ENV, path)
-    yield path
-    shutil.rmtree(directory, ignore_errors=True)
-
-
 def set_fault(path: str, word: str) -> None:
     with open(path + ".tmp", "w") as fh:
         fh.write(word)

@@ -21,7 +21,7 @@ import struct
 import sys
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from pamqp import commands as spec
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from rawamqp import RawClient  # noqa: E402
 
 from mq._core.message import Message  # noqa: E402
-from mq.store import Store, segments  # noqa: E402
+from mq.store import Store  # noqa: E402
 from mq.store import log as store_log  # noqa: E402
 from mq.testing import BrokerProcess  # noqa: E402
 
@@ -41,16 +41,6 @@ STALL_TARGET = 0.050
 
 
 # ---- holding one connection for the disk -----------------------------------------------
-
-@pytest.fixture
-def slow_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Brokers started in the test read this fault file; "slow" makes each fsync 0.5 s."""
-    directory = tempfile.mkdtemp(prefix="mq-slow-")
-    path = os.path.join(directory, "fault")
-    monkeypatch.setenv(segments.FAULT_FILE_ENV, path)
-    yield path
-    shutil.rmtree(directory, ignore_errors=True)
-
 
 def qos_round_trip(client: RawClient) -> float:
     sent = time.perf_counter()
@@ -60,7 +50,7 @@ def qos_round_trip(client: RawClient) -> float:
 
 
 def test_a_durable_declare_waits_for_the_disk_without_stopping_the_others(
-        slow_disk: str) -> None:
+        fault_file: str) -> None:
     """B-DUR-9: with fsyncs taking 0.5 s, a durable queue.declare (and a tx.commit) is
     answered after the fsync, and the method sent right behind it on the same connection is
     answered after it (order kept), while another connection's round trips stay fast: the
@@ -71,7 +61,7 @@ def test_a_durable_declare_waits_for_the_disk_without_stopping_the_others(
         for client in (waiting, other):
             client.handshake()
             client.open_channel(1)
-        with open(slow_disk, "w") as fh:
+        with open(fault_file, "w") as fh:
             fh.write("slow")
         sent = time.perf_counter()
         waiting.send_method(1, spec.Queue.Declare(queue="slow-durable", durable=True))

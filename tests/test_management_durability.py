@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 import urllib.error
@@ -28,16 +26,6 @@ from mq.testing import BrokerProcess
 
 MGMT_ARGS = ("--management-port", "0")
 SLOW = segments.SLOW_SYNC
-
-
-@pytest.fixture
-def fault_file(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A fault file the brokers started in this test read (MQ_TEST_FAULT_FILE)."""
-    directory = tempfile.mkdtemp(prefix="mq-fault-")
-    path = os.path.join(directory, "fault")
-    monkeypatch.setenv(segments.FAULT_FILE_ENV, path)
-    yield path
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
