@@ -366,3 +366,41 @@ def test_store_keeps_the_batch_cuts_back_and_writes_again(
         again.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.timeout(120)
+def test_paging_on_a_full_disk_keeps_messages_in_memory(small_disk: str) -> None:
+    """B-DUR-8, B-FLOW-3: a queue past its memory budget pages transient messages out to
+    the data dir; when that disk is full, the write is refused and the messages stay in
+    memory: the publisher's connection stays open, every message is delivered whole and in
+    order, and the broker says why in its log."""
+    size = 10 * 1024
+    ballast = os.path.join(small_disk, "ballast")
+    with open(ballast, "wb") as fh:
+        fh.write(b"\0" * (44 * 1024 * 1024))  # about 4 MB left for paging
+    log_dir = tempfile.mkdtemp(prefix="mq-full-disk-log-")
+    broker = BrokerProcess(data_dir=small_disk, args=(
+        "--disk-free-limit", "1", "--queue-memory-budget", str(64 * 1024)))
+    broker.log_path = os.path.join(log_dir, "broker.log")
+    broker.start()
+    try:
+        conn = connect(broker)
+        ch = conn.channel()
+        ch.queue_declare("paged")
+        ch.confirm_delivery()
+        count = 1000  # 10 MB: more than the disk has left
+        for n in range(count):
+            ch.basic_publish("", "paged", body_of(n, size))
+        got = []
+        while True:
+            method, _, body = ch.basic_get("paged", auto_ack=True)
+            if method is None:
+                break
+            got.append(body)
+        conn.close()
+        assert got == [body_of(n, size) for n in range(count)]
+        with open(broker.log_path) as fh:
+            assert "paged messages stay in memory until the disk takes them" in fh.read()
+    finally:
+        broker.stop()
+        shutil.rmtree(log_dir, ignore_errors=True)

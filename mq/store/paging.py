@@ -10,6 +10,7 @@ is unlinked once it has been read back.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import shutil
 import struct
@@ -19,6 +20,8 @@ from typing import Callable
 
 from mq._core import paged
 from mq._core.message import Message
+
+log = logging.getLogger("mq.store")
 
 SEGMENT_SIZE = 16 * 1024 * 1024  # a segment file is closed for writing past this
 WRITE_BUFFER = 256 * 1024        # paged records are written in chunks of about this
@@ -70,7 +73,7 @@ class _Segment:
 class _Level:
     """The paged messages of one priority level, oldest first."""
 
-    __slots__ = ("prefix", "segments", "buffer", "decoded", "count", "names")
+    __slots__ = ("prefix", "segments", "buffer", "decoded", "count", "names", "failing")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -79,41 +82,52 @@ class _Level:
         self.decoded: deque = deque()  # records read back, not yet taken (oldest first)
         self.count = 0             # messages in the segments, buffer and decoded
         self.names = itertools.count(1)
+        self.failing = False       # the last write was refused (logged once)
 
     def flush(self) -> None:
+        """Write the buffer to the last segment. A disk that refuses (full, failing) is not
+        the publisher's error: what is not written stays in the buffer, in memory, and is
+        read back from there (the disk alarm holds publishers meanwhile)."""
         if not self.buffer:
             return
-        seg = self.segments[-1] if self.segments else None
-        if seg is None or seg.size >= SEGMENT_SIZE:
-            seg = _Segment(f"{self.prefix}.{next(self.names)}")
-            self.segments.append(seg)
+        seg, start = None, 0
         view = memoryview(self.buffer)
-        while view:
-            written = os.pwrite(seg.fd, view, seg.size)
-            seg.size += written
-            view = view[written:]
-        view.release()
+        try:
+            seg = self.segments[-1] if self.segments else None
+            if seg is None or seg.size >= SEGMENT_SIZE:
+                seg = _Segment(f"{self.prefix}.{next(self.names)}")
+                self.segments.append(seg)
+            start = seg.size
+            while view:
+                written = os.pwrite(seg.fd, view, seg.size)
+                seg.size += written
+                view = view[written:]
+        except OSError as exc:
+            if not self.failing:
+                log.warning("paging: cannot write %s (%s); paged messages stay in memory "
+                            "until the disk takes them", self.prefix, exc)
+            self.failing = True
+            if seg is not None:
+                seg.size = start  # a record written in part is written again, whole, later
+            return
+        finally:
+            view.release()
         self.buffer.clear()
+        self.failing = False
 
     def read(self) -> list:
         """The next chunk of records, decoded. Only called while count > 0, so there are
-        unread records in the segments or the write buffer."""
+        unread records in the segments or the write buffer (read from memory: never written,
+        or refused by the disk)."""
         while self.segments and self.segments[0].read_pos >= self.segments[0].size:
-            if len(self.segments) == 1:
-                self.flush()  # the rest is still in the write buffer
-                if self.segments[0].read_pos < self.segments[0].size:
-                    break
             self.segments.popleft().close()
         if not self.segments:
-            self.flush()
+            records, end = paged.decode(_chunk(lambda n: bytes(self.buffer[:n])))
+            del self.buffer[:end]
+            return records
         seg = self.segments[0]
-        want = min(READ_CHUNK, seg.size - seg.read_pos)
-        data = os.pread(seg.fd, want, seg.read_pos)
-        if len(data) >= 4:
-            whole = 4 + struct.unpack_from("=I", data)[0]
-            if whole > len(data):  # one record bigger than a chunk
-                data = os.pread(seg.fd, whole, seg.read_pos)
-        records, end = paged.decode(data)
+        records, end = paged.decode(_chunk(
+            lambda n: os.pread(seg.fd, min(n, seg.size - seg.read_pos), seg.read_pos)))
         if not records:
             raise OSError(f"paged-out messages in {seg.path} cannot be read back")
         seg.read_pos += end
@@ -126,6 +140,17 @@ class _Level:
         self.buffer.clear()
         self.decoded.clear()
         self.count = 0
+
+
+def _chunk(first: Callable[[int], bytes]) -> bytes:
+    """About READ_CHUNK bytes of records from first(n) (the first n bytes there are), more
+    when the first record alone is bigger."""
+    data = first(READ_CHUNK)
+    if len(data) >= 4:
+        whole = 4 + struct.unpack_from("=I", data)[0]
+        if whole > len(data):
+            data = first(whole)
+    return data
 
 
 class PagedMessages:
