@@ -1,9 +1,11 @@
 """The message store: an append-only log of checksummed records in segment files.
 
 The pieces, one concern each: segments.py (the files), index.py (what is live and where),
-flusher.py (group commit), recovery.py (replay at start), compaction.py (reclaiming disk),
-arguments.py (how topology arguments are kept). This module joins them: the store's API for
-the broker (messages and topology) and the upkeep of segments.
+flusher.py (group commit, failed writes), recovery.py (replay and repair at start; the C
+part is mq/_core/replay.pyx), compaction.py (reclaiming disk), arguments.py (how topology
+arguments are kept), format.py and migration.py (the directory's format and its upgrade),
+shutdown.py (whether the last run ended cleanly). This module joins them: the store's API
+for the broker (messages and topology) and the upkeep of segments.
 """
 from __future__ import annotations
 
@@ -23,8 +25,7 @@ from mq.store.compaction import compact, copy_live, scan_piece
 from mq.store.flusher import Flusher
 from mq.store.format import StoreError, check_format
 from mq.store.index import ENQ_SIZE, REF_SIZE, Index
-from mq.store.recovery import Recovered
-from mq.store.recovery import replay
+from mq.store.recovery import Recovered, replay
 from mq.store.segments import Segment, loc, segment_path
 from mq.store.shutdown import leave_clean_marker, take_clean_marker
 
