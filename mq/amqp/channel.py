@@ -14,11 +14,12 @@ from mq._core.message import Message
 from mq._core.msgqueue import Entry
 from mq.amqp.consumer import ChannelConsumer, consumer_tag
 from mq.amqp.methods import decode_method
-from mq.amqp.publishing import REPLY_TO, Publishing
+from mq.amqp.publishing import Publishing
 from mq.amqp.settling import Settling
 from mq.broker.durability import durable_binding, refuse_while_failing, seq_to_wait
 from mq.broker.errors import (AccessRefused, ChannelError, CommandInvalid, FrameError, NotAllowed,
                               NotImplemented_, PreconditionFailed, UnexpectedFrame)
+from mq.broker.publish import REPLY_TO, check_permission, check_topic
 from mq.broker.queue import Queue
 from mq.broker.queue_args import consumer_priority
 
@@ -187,25 +188,11 @@ class Channel(Publishing, Settling):
 
     def _allow(self, permission: str, kind: str, name: str) -> None:
         """403 unless the user's permissions on this vhost allow it (B-AUTH-1)."""
-        user = self.conn.user
-        granted = user.permissions.get(self.vhost.name)
-        if granted is None or not granted.allows(permission, name):
-            raise AccessRefused(f"{permission} access to {kind} '{name}' in vhost "
-                                f"'{self.vhost.name}' refused for user '{user.name}'")
+        check_permission(self.conn.user, self.vhost.name, permission, kind, name)
 
     def _allow_topic(self, permission: str, exchange: Exchange | None, routing_key: str) -> None:
-        """B-AUTH-1 topic authorisation: on a topic exchange only, 403 when the user has a
-        topic permission for it whose write (publish) or read (bind) pattern does not
-        match the key. No topic permission for the exchange: allowed."""
-        if exchange is None or exchange.type != "topic":
-            return
-        user = self.conn.user
-        granted = user.topic_permissions.get((self.vhost.name, exchange.name))
-        if granted is not None and not granted.allows(
-                permission, routing_key, {"username": user.name, "vhost": self.vhost.name}):
-            raise AccessRefused(f"access to topic '{routing_key}' in exchange "
-                                f"'{exchange.name}' in vhost '{self.vhost.name}' refused "
-                                f"for user '{user.name}'")
+        """B-AUTH-1 topic authorisation (mq.broker.publish.check_topic)."""
+        check_topic(self.conn.user, self.vhost.name, permission, exchange, routing_key)
 
     # ---- durable changes: answered once on disk (B-DUR-8, B-DUR-9) ----------------------
 

@@ -20,7 +20,7 @@ from mq._core import frames
 from mq.amqp.channel import Channel
 from mq.amqp.methods import decode_method
 from mq.broker.broker import Broker
-from mq.broker.durability import disk_error
+from mq.broker.durability import disk_error, when_durable
 from mq.broker.errors import (AMQPError, ChannelError, CommandInvalid, FrameError, InternalError,
                               NotAllowed, UnexpectedFrame)
 from mq.logfmt import kv
@@ -224,7 +224,7 @@ class Connection:
         self._disk_wait = (ch, reply)
         self._disk_now = []
         try:
-            self.broker.store.when_durable(self._disk_answered, seq)
+            when_durable(self.broker.store, self._disk_answered, seq)
         except BaseException:
             self._disk_wait = None
             raise

@@ -1,5 +1,7 @@
-"""Publishing on a channel: content assembly, the message checks, routing and publisher
-confirms. Mixed into Channel, whose state it uses."""
+"""Publishing on a channel: content assembly, and the AMQP side of publisher confirms and
+basic.return. The checks, routing and the question of when a publish may be confirmed are
+the broker's (mq.broker.publish), shared with the HTTP API's publish. Mixed into Channel,
+whose state it uses."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,14 +10,12 @@ from pamqp import commands as spec
 
 from mq._core import frames
 from mq._core.message import Message
-from mq.broker.deadletter import check_routing_headers, without_bcc
-from mq.broker.errors import (AccessRefused, FrameError, NotImplemented_, PreconditionFailed,
-                              SyntaxError_, UnexpectedFrame)
+from mq.broker.errors import (FrameError, NotImplemented_, PreconditionFailed, SyntaxError_,
+                              UnexpectedFrame)
 from mq.broker.properties import decode as decode_properties
 from mq.broker.properties import encode as encode_properties
-from mq.broker.queue_args import check_expiration
-
-REPLY_TO = "amq.rabbitmq.reply-to"
+from mq.broker.publish import (NO_ROUTE, REFUSED, REPLY_TO, check_exchange, check_message,
+                               check_size, route)
 
 
 class Publishing:
@@ -50,10 +50,7 @@ class Publishing:
                           body: bytes) -> None:
         """basic.publish + header + body, already cut from the stream in one piece."""
         self.current_method = (60, 40)
-        limit = self.conn.broker.max_message_size
-        if len(body) > limit:
-            raise PreconditionFailed(f"message size {len(body)} is larger than configured "
-                                     f"max size {limit}")
+        check_size(len(body), self.conn.broker.max_message_size)
         self._publish_message(exchange, routing_key, mandatory, props, body)
 
     def ack_assembled(self, delivery_tag: int, multiple: bool) -> None:
@@ -62,11 +59,11 @@ class Publishing:
         self._ack(delivery_tag, multiple)
 
     def _accept_header(self, body_size: int, props: bytes) -> None:
-        limit = self.conn.broker.max_message_size
-        if body_size > limit:
+        try:
+            check_size(body_size, self.conn.broker.max_message_size)
+        except PreconditionFailed:
             self._pending = None
-            raise PreconditionFailed(f"message size {body_size} is larger than configured "
-                                     f"max size {limit}")
+            raise
         self._props = props
         self._body_size = body_size
         if body_size == 0:
@@ -99,7 +96,8 @@ class Publishing:
 
     def _publish_message(self, exchange_name: str, routing_key: str, mandatory: bool,
                          props: bytes, body: bytes) -> None:
-        """A whole message from the client: checks, then routing (or the transaction)."""
+        """A whole message from the client: the broker's checks (mq.broker.publish), then
+        routing (or the transaction)."""
         try:
             msg = Message(exchange_name, routing_key, props, body)
         except ValueError as exc:
@@ -110,53 +108,43 @@ class Publishing:
             self._writable.add(exchange_name)
         vhost = self.vhost
         exchange = vhost.exchanges.get(exchange_name) or vhost.get_exchange(exchange_name)
-        if exchange.internal:
-            raise AccessRefused(f"cannot publish to internal exchange '{exchange_name}' in "
-                                f"vhost '{vhost.name}'")
-        if exchange.type == "topic":
-            self._allow_topic("write", exchange, routing_key)
-        # The message's own checks, only when it carries what they look at.
+        if exchange.internal or exchange.type == "topic":
+            check_exchange(vhost, exchange, self.conn.user, routing_key)
+        # The message's own checks, only when it carries what they look at (hot path).
         if msg.user_id is not None or msg.expiration is not None or b"CC" in props:
-            self._check_message(msg)
+            check_message(msg, self.conn.user.name)
         # Direct reply-to is resolved at publish time, in a transaction too (as RabbitMQ).
         if msg.reply_to == REPLY_TO:
             msg = self._with_reply_queue(msg)
         if self.tx:
             self._tx_publishes.append((exchange, msg, mandatory))
             return
-        store = self.store
-        logged_before = store.seq if store is not None else 0
-        accepted = self._route(exchange, msg, mandatory)
-        if self.confirm:
+        confirm = self.confirm
+        # The broker says what must be durable before the confirm (mq.broker.publish); as
+        # the waiter, this channel is told by store_durable() / store_failed().
+        outcome = route(vhost, exchange, msg, self.conn, self if confirm else None)
+        if outcome == NO_ROUTE and mandatory:
+            self._return_unroutable(msg)
+        if confirm:
             self.publish_seq += 1
-            if accepted and store is not None and store.seq != logged_before:
-                if store.failed is not None:
-                    # The store's writes fail (B-DUR-8): a nack, never silence.
-                    self.unconfirmed.append([self.publish_seq, False])
-                else:
-                    # Persistent into a durable queue: confirmed once the fsync covers it
-                    # (B-PUB-6); store_durable() settles it.
-                    self.unconfirmed.append([self.publish_seq, None, store.seq])
-                    store.waiters.add(self)
+            if outcome > 0:
+                # Persistent into a durable queue: confirmed once the fsync covers it
+                # (B-PUB-6); store_durable() settles it.
+                self.unconfirmed.append([self.publish_seq, None, outcome])
             else:
-                self.unconfirmed.append([self.publish_seq, accepted])
+                # REFUSED: x-overflow, or the store's writes fail (B-DUR-8): a nack.
+                self.unconfirmed.append([self.publish_seq, outcome != REFUSED])
 
-    def _route(self, exchange: Any, msg: Message, mandatory: bool) -> bool:
-        """Route and enqueue; False when a queue refused the message (x-overflow)."""
-        queues = self.vhost.route(exchange, msg)
-        accepted = True
-        if queues:
-            if b"BCC" in msg.props:
-                msg = without_bcc(msg)
-            for queue in queues:
-                accepted = queue.publish(msg) and accepted
-                if queue.consumer_count and queue.behind():
-                    self.conn.flow(queue)
-        elif mandatory:
-            self.conn.write(frames.encode_return(self.number, 312, "NO_ROUTE", msg.exchange,
-                                                 msg.routing_key, msg.props, msg.body,
-                                                 self.conn.frame_max))
-        return accepted
+    def _route(self, exchange: Any, msg: Message, mandatory: bool) -> None:
+        """Route and enqueue a transaction's publish at commit (its confirm is the
+        commit-ok, which waits for the store as a whole)."""
+        if route(self.vhost, exchange, msg, self.conn) == NO_ROUTE and mandatory:
+            self._return_unroutable(msg)
+
+    def _return_unroutable(self, msg: Message) -> None:
+        self.conn.write(frames.encode_return(self.number, 312, "NO_ROUTE", msg.exchange,
+                                             msg.routing_key, msg.props, msg.body,
+                                             self.conn.frame_max))
 
     def _with_reply_queue(self, msg: Message) -> Message:
         """Direct reply-to: name this channel's pseudo-queue as the reply address."""
@@ -165,16 +153,6 @@ class Publishing:
         props = decode_properties(msg.props)
         props.reply_to = self.reply_queue.name
         return msg.with_route(msg.exchange, msg.routing_key, encode_properties(props))
-
-    def _check_message(self, msg: Message) -> None:
-        """RabbitMQ's checks of the message itself, in its order (after the exchange's)."""
-        if msg.user_id is not None and msg.user_id != self.conn.user.name:
-            raise PreconditionFailed(f"user_id property set to '{msg.user_id}' but authenticated "
-                                     f"user was '{self.conn.user.name}'")
-        if msg.expiration is not None:
-            check_expiration(msg.expiration)
-        if b"CC" in msg.props:  # only a CC or BCC header needs checking (rare)
-            check_routing_headers(msg)
 
     def flush_confirms(self) -> None:
         """Write the confirms that are settled, in order: runs of acks as one

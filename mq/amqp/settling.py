@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from pamqp import commands as spec
 
 from mq._core.msgqueue import Entry
-from mq.broker.durability import disk_error
+from mq.broker.durability import failing, refuse_while_failing
 from mq.broker.errors import NotImplemented_, PreconditionFailed
 from mq.broker.queue import Queue
 
@@ -118,11 +118,9 @@ class Settling:
         if not self.tx:
             raise PreconditionFailed("channel is not transactional")
         store = self.store
-        if store is not None and store.failed is not None and self._tx_writes_store():
-            raise disk_error(store.failed)
+        logged_before = refuse_while_failing(store, failing(store) and self._tx_writes_store())
         publishes, settles = self._tx_publishes, self._tx_settles
         self._tx_publishes, self._tx_settles = [], []
-        logged_before = store.seq if store is not None else 0
         for exchange, msg, mandatory in publishes:
             self._route(exchange, msg, mandatory)
         for popped, requeue in settles:

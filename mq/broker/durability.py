@@ -4,14 +4,17 @@ delete, bind or unbind is answered only once what it wrote to the store is on di
 the store's writes fail, such a change is refused before anything changes; a write that
 fails while the answer waits makes the answer the disk error. How a front end waits is its
 own (an AMQP connection is held, an HTTP handler awaits), never on the event loop: it asks
-Store.when_durable() for the sequence seq_to_wait() gives.
+when_durable() for the sequence seq_to_wait() gives.
 
 The calls go in this order around a change:
 
     before = refuse_while_failing(store, durable)   # DiskWriteFailed: nothing changed
     ... the change (vhost methods write the store records) ...
     seq = seq_to_wait(store, before, durable)        # 0: answer now
-    ... store.when_durable(callback, seq), answer from the callback ...
+    ... when_durable(store, callback, seq), answer from the callback ...
+
+Front ends ask these functions (and mq.broker.publish.route() for a publish's confirm),
+never the store's own counters: what is durable when is the broker's and the store's.
 """
 from __future__ import annotations
 
@@ -59,6 +62,20 @@ def seq_to_wait(store: Any, before: int, durable: bool) -> int:
     if store.failed is not None:
         raise disk_error(store.failed)
     return target
+
+
+def failing(store: Any) -> bool:
+    """Whether the store's writes fail now (B-DUR-8)."""
+    return store is not None and store.failed is not None
+
+
+def when_durable(store: Any, callback: Any, seq: int) -> None:
+    """callback(None) once the store's records up to seq are on disk, callback(error) if a
+    write fails first (Store.when_durable); at once without a store."""
+    if store is None:
+        callback(None)
+    else:
+        store.when_durable(callback, seq)
 
 
 def durable_binding(source: Any, destination: Any) -> bool:

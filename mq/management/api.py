@@ -22,17 +22,19 @@ from pamqp.commands import Basic
 from mq._core.message import Message
 from mq.amqp.connection import _is_loopback
 from mq.broker.auth import Permission, User, hash_password
-from mq.broker.deadletter import without_bcc
 from mq.broker.definitions import (HASHING, access_content, export_definitions,
                                    import_definitions, topic_permission_from_json,
                                    topic_permission_json, write_access)
 from mq.broker.durability import (DiskWriteFailed, disk_error, durable_binding,
-                                  refuse_while_failing, seq_to_wait)
-from mq.broker.errors import AccessRefused, AMQPError, ConnectionForced, NotFound
+                                  refuse_while_failing, seq_to_wait, when_durable)
+from mq.broker.errors import (AccessRefused, AMQPError, ConnectionForced, NotFound,
+                              PreconditionFailed)
 from mq.broker.exchange import Exchange
 from mq.broker.policy import InvalidPolicy
 from mq.broker.properties import decode as decode_properties
 from mq.broker.properties import encode as encode_properties
+from mq.broker.publish import (NO_ROUTE, REFUSED, REPLY_TO, check_exchange, check_message,
+                               check_permission, check_size, route)
 from mq.broker.queue import Queue
 from mq.broker.vhost import VirtualHost
 from mq.logfmt import kv
@@ -166,7 +168,7 @@ class Api:
                 future.set_result(None)
             else:
                 future.set_exception(disk_error(exc))
-        store.when_durable(answered, seq)
+        when_durable(store, answered, seq)
         await future
 
     def _visible(self, request: web.Request) -> set[str] | None:
@@ -244,8 +246,8 @@ class Api:
         vhost = self._vhost(request)
         queue = vhost.declare_queue("aliveness-test", durable=False)
         queue.purge()
-        self._route(vhost, vhost.get_exchange(""), Message("", queue.name, b"\x00\x00",
-                                                             b"test_message"))
+        route(vhost, vhost.get_exchange(""), Message("", queue.name, b"\x00\x00",
+                                                     b"test_message"))
         entry = queue.get(no_ack=True)
         ok = entry is not None and entry.msg.body == b"test_message"
         return web.json_response({"status": "ok"} if ok else
@@ -283,10 +285,10 @@ class Api:
         body = await self._body(request)
         existed = name in vhost.queues
         # RabbitMQ's defaults: transient; `exclusive` is ignored (no connection to own it).
-        durable = bool(body.get("durable", False))
+        durable = _bool(body, "durable")
         before = self._check_disk(durable and not existed)
         queue = vhost.declare_queue(name, durable=durable,
-                                    auto_delete=bool(body.get("auto_delete", False)),
+                                    auto_delete=_bool(body, "auto_delete"),
                                     arguments=body.get("arguments") or {})
         await self._durable(before, bool(queue.store_qid))
         return web.Response(status=204 if existed else 201)
@@ -358,11 +360,11 @@ class Api:
         vhost, name = self._vhost(request), request.match_info["name"]
         body = await self._body(request)
         existed = name in vhost.exchanges
-        durable = bool(body.get("durable", False))
+        durable = _bool(body, "durable")
         before = self._check_disk(durable and not existed)
         exchange = vhost.declare_exchange(name, body.get("type", "direct"), durable=durable,
-                                          auto_delete=bool(body.get("auto_delete", False)),
-                                          internal=bool(body.get("internal", False)),
+                                          auto_delete=_bool(body, "auto_delete"),
+                                          internal=_bool(body, "internal"),
                                           arguments=body.get("arguments") or {})
         await self._durable(before, exchange.durable)
         return web.Response(status=204 if existed else 201)
@@ -381,28 +383,58 @@ class Api:
         return web.json_response([self.views.binding(vhost.name, b) for b in bindings])
 
     async def publish(self, request: web.Request) -> web.Response:
-        """POST /api/exchanges/{vhost}/{name}/publish: {"routed": bool}."""
+        """POST /api/exchanges/{vhost}/{name}/publish: {"routed": bool}. The same checks and
+        routing as basic.publish (mq.broker.publish), answered as RabbitMQ's API does (it
+        publishes mandatory, with confirms, on a channel of the HTTP user): what closes
+        the channel is a 400 "<code> <reply text>" (403: a 401 not_authorised), a
+        returned message {"routed": false}, a nack a 400 "rejected ..."."""
         vhost, exchange = self._vhost(request), self._exchange(request)
+        user: User = request["user"]
         body = await self._body(request)
         payload = body.get("payload", "")
-        if body.get("payload_encoding", "string") == "base64":
+        if not isinstance(payload, str):
+            raise bad_request("payload_not_string")
+        encoding = body.get("payload_encoding", "string")
+        if encoding == "base64":
             try:
                 raw = base64.b64decode(payload, validate=True)
             except binascii.Error:
                 raise bad_request("payload is not valid base64") from None
+        elif encoding == "string":
+            raw = payload.encode()
         else:
-            raw = str(payload).encode()
+            raise bad_request(f"unsupported_encoding {encoding}")
         props = _properties_bytes(body.get("properties") or {})
-        msg = Message(exchange.name, str(body.get("routing_key", "")), props, raw)
-        return web.json_response({"routed": self._route(vhost, exchange, msg)})
+        routing_key = str(body.get("routing_key", ""))
+        try:
+            check_size(len(raw), self.broker.max_message_size)
+            msg = Message(exchange.name, routing_key, props, raw)
+            check_permission(user, vhost.name, "write", "exchange", exchange.name)
+            check_exchange(vhost, exchange, user, routing_key)
+            check_message(msg, user.name)
+            if msg.reply_to == REPLY_TO:  # the API's channel has no reply-to consumer
+                raise PreconditionFailed("fast reply consumer does not exist")
+        except AccessRefused as exc:
+            raise HTTPError(401, "not_authorised", exc.reply_text) from None
+        except AMQPError as exc:
+            raise bad_request(f"{exc.reply_code} {exc.reply_text}") from None
+        outcome = route(vhost, exchange, msg)
+        if outcome > 0 and not await self._confirmed(outcome):
+            outcome = REFUSED
+        if outcome == REFUSED:
+            raise bad_request("rejected Unable to publish message. Check queue limits.")
+        return web.json_response({"routed": outcome != NO_ROUTE})
 
-    @staticmethod
-    def _route(vhost: VirtualHost, exchange: Exchange, msg: Message) -> bool:
-        queues = vhost.route(exchange, msg)
-        msg = without_bcc(msg)
-        for queue in queues:
-            queue.publish(msg)
-        return bool(queues)
+    async def _confirmed(self, seq: int) -> bool:
+        """Whether the store's records up to seq reach the disk (False: a write failed, the
+        publish is nacked), awaited without blocking the loop."""
+        future = asyncio.get_running_loop().create_future()
+
+        def answered(exc: BaseException | None) -> None:
+            if not future.done():
+                future.set_result(exc is None)
+        when_durable(self.broker.store, answered, seq)
+        return await future
 
     # ---- bindings -----------------------------------------------------------------------
 
@@ -767,6 +799,17 @@ class Api:
             web.post("/api/definitions", self.post_definitions),
             *policy_routes(self),
         ]
+
+
+def _bool(body: dict[str, Any], name: str) -> bool:
+    """A boolean field as RabbitMQ parses it (rabbit_mgmt_util:parse_bool): true/false or
+    the strings "true"/"false" (rabbitmqadmin sends strings); absent is false."""
+    value = body.get(name, False)
+    if value in (True, "true"):
+        return True
+    if value in (False, "false", None):
+        return False
+    raise bad_request(f"{{not_boolean,{json.dumps(value)}}}")
 
 
 def _properties_json(raw: bytes) -> dict[str, Any]:
