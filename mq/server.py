@@ -195,19 +195,18 @@ class Server:
         # walk it again and again.
         gc.disable()
         try:
-            recovered = store.open()
-        except StoreError as exc:
-            log.error("cannot start: %s", exc)
-            raise SystemExit(f"mq: {exc}") from None
+            try:
+                recovered = store.open()
+            except StoreError as exc:
+                log.error("cannot start: %s", exc)
+                raise SystemExit(f"mq: {exc}") from None
+            # After the store's lock is ours: the last run's paging scratch is wiped here.
+            self.broker.page_to(Pager(os.path.join(self.settings.data_dir, "paging"),
+                                      self.settings.queue_memory_budget))
+            self.broker.restore(store, recovered)
+            del recovered        # the queues hold what they need; free the rest now
         finally:
             gc.enable()
-        # After the store's lock is ours: the last run's paging scratch is wiped here.
-        self.broker.page_to(Pager(os.path.join(self.settings.data_dir, "paging"),
-                                  self.settings.queue_memory_budget))
-        gc.disable()
-        self.broker.restore(store, recovered)
-        del recovered            # the queues hold what they need; free the rest now
-        gc.enable()
         gc.freeze()
         release_free_memory()
         if load_access(self.broker, self.settings.data_dir):

@@ -196,11 +196,6 @@ class Channel(Publishing, Settling):
 
     # ---- durable changes: answered once on disk (B-DUR-8, B-DUR-9) ----------------------
 
-    def _check_disk(self, durable: bool) -> int:
-        """Before a change: refuse a durable one while the store's writes fail (nothing is
-        changed then). Returns the store's sequence, for _answer_durable."""
-        return refuse_while_failing(self.store, durable)
-
     def _answer_durable(self, before: int, durable: bool,
                         reply: Callable[[], None] | None) -> None:
         """After a change: reply() (None: nowait) once what it wrote to the store is on disk,
@@ -227,8 +222,8 @@ class Channel(Publishing, Settling):
     def _exchange_declare(self, m: Any) -> None:
         if not m.passive:
             self._allow("configure", "exchange", m.exchange)
-        before = self._check_disk(not m.passive and m.durable
-                                  and m.exchange not in self.vhost.exchanges)
+        before = refuse_while_failing(self.store, not m.passive and m.durable
+                                      and m.exchange not in self.vhost.exchanges)
         exchange = self.vhost.declare_exchange(m.exchange, m.exchange_type, m.passive,
                                                m.durable, m.auto_delete, m.internal,
                                                m.arguments)
@@ -238,7 +233,7 @@ class Channel(Publishing, Settling):
     def _exchange_delete(self, m: Any) -> None:
         self._allow("configure", "exchange", m.exchange)
         existing = self.vhost.exchanges.get(m.exchange)
-        before = self._check_disk(existing is not None and existing.durable)
+        before = refuse_while_failing(self.store, existing is not None and existing.durable)
         self.vhost.delete_exchange(m.exchange, m.if_unused)
         self._answer_durable(before, False, self._send_later(spec.Exchange.DeleteOk(), m.nowait))
 
@@ -247,7 +242,7 @@ class Channel(Publishing, Settling):
         self._allow("read", "exchange", m.source)
         self._allow_topic("read", self.vhost.exchanges.get(m.source), m.routing_key)
         durable = self._durable_binding(m.source, m.destination, False)
-        before = self._check_disk(durable)
+        before = refuse_while_failing(self.store, durable)
         self.vhost.bind_names(m.source, m.destination, False, m.routing_key, m.arguments,
                               self.conn)
         self._answer_durable(before, durable, self._send_later(spec.Exchange.BindOk(), m.nowait))
@@ -256,7 +251,8 @@ class Channel(Publishing, Settling):
         self._allow("write", "exchange", m.destination)
         self._allow("read", "exchange", m.source)
         self._allow_topic("read", self.vhost.exchanges.get(m.source), m.routing_key)
-        before = self._check_disk(self._durable_binding(m.source, m.destination, False))
+        durable = self._durable_binding(m.source, m.destination, False)
+        before = refuse_while_failing(self.store, durable)
         self.vhost.unbind_names(m.source, m.destination, False, m.routing_key, m.arguments,
                                 self.conn)
         self._answer_durable(before, False,
@@ -273,13 +269,12 @@ class Channel(Publishing, Settling):
         new = not m.passive and m.queue not in self.vhost.queues
         if new:
             self.conn.broker.check_queue_limit(self.vhost.name, m.queue)
-        before = self._check_disk(new and m.durable and not m.exclusive)
+        before = refuse_while_failing(self.store, new and m.durable and not m.exclusive)
         queue = self.vhost.declare_queue(m.queue, m.passive, m.durable, m.exclusive,
                                          m.auto_delete, m.arguments, owner=self.conn)
-        reply = None
-        if not m.nowait:
-            def reply() -> None:  # the counts as they are when it goes out
-                self.conn.write(_encode_declare_ok(self.number, queue))
+        # The counts as they are when the declare-ok goes out.
+        reply = None if m.nowait else lambda: self.conn.write(_encode_declare_ok(self.number,
+                                                                                  queue))
         self._answer_durable(before, not m.passive and bool(queue.store_qid), reply)
 
     def _reply_to_declare(self, m: Any) -> None:
@@ -295,7 +290,7 @@ class Channel(Publishing, Settling):
         self._allow("read", "exchange", m.exchange)
         self._allow_topic("read", self.vhost.exchanges.get(m.exchange), m.routing_key)
         durable = self._durable_binding(m.exchange, m.queue, True)
-        before = self._check_disk(durable)
+        before = refuse_while_failing(self.store, durable)
         self.vhost.bind_names(m.exchange, m.queue, True, m.routing_key, m.arguments, self.conn)
         self._answer_durable(before, durable, self._send_later(spec.Queue.BindOk(), m.nowait))
 
@@ -303,7 +298,8 @@ class Channel(Publishing, Settling):
         self._allow("write", "queue", m.queue)
         self._allow("read", "exchange", m.exchange)
         self._allow_topic("read", self.vhost.exchanges.get(m.exchange), m.routing_key)
-        before = self._check_disk(self._durable_binding(m.exchange, m.queue, True))
+        durable = self._durable_binding(m.exchange, m.queue, True)
+        before = refuse_while_failing(self.store, durable)
         self.vhost.unbind_names(m.exchange, m.queue, True, m.routing_key, m.arguments, self.conn)
         self._answer_durable(before, False, self._send_later(spec.Queue.UnbindOk(), False))
 
@@ -316,7 +312,8 @@ class Channel(Publishing, Settling):
     def _queue_delete(self, m: Any) -> None:
         self._allow("configure", "queue", m.queue)
         existing = self.vhost.queues.get(m.queue)
-        before = self._check_disk(existing is not None and bool(existing.store_qid))
+        before = refuse_while_failing(self.store,
+                                      existing is not None and bool(existing.store_qid))
         # RabbitMQ answers delete-ok before it tells this channel's consumers of the queue
         # they are cancelled; py-amqp/kombu fail on the reverse order.
         self.held_cancels = []

@@ -145,11 +145,6 @@ class Api:
 
     # ---- durable changes: answered once on disk (B-DUR-8, B-DUR-9) ----------------------
 
-    def _check_disk(self, durable: bool) -> int:
-        """Before a change: refuse a durable one while the store's writes fail (nothing is
-        changed then). Returns the store's sequence, for _durable()."""
-        return refuse_while_failing(self.broker.store, durable)
-
     async def _durable(self, before: int, durable: bool) -> None:
         """After a change: return once what it wrote to the store is on disk (for a
         durable redeclare: the last topology record), as the AMQP answer would wait; raise
@@ -286,7 +281,7 @@ class Api:
         existed = name in vhost.queues
         # RabbitMQ's defaults: transient; `exclusive` is ignored (no connection to own it).
         durable = _bool(body, "durable")
-        before = self._check_disk(durable and not existed)
+        before = refuse_while_failing(self.broker.store, durable and not existed)
         queue = vhost.declare_queue(name, durable=durable,
                                     auto_delete=_bool(body, "auto_delete"),
                                     arguments=body.get("arguments") or {})
@@ -300,7 +295,7 @@ class Api:
         if self._flag(request, "if-empty") and queue.message_count:
             raise bad_request(f"queue '{queue.name}' in vhost '{queue.vhost}' not empty")
         # Exclusive queues too: an operator may delete any queue (as in RabbitMQ).
-        before = self._check_disk(bool(queue.store_qid))
+        before = refuse_while_failing(self.broker.store, bool(queue.store_qid))
         self._vhost(request).remove_queue(queue)
         await self._durable(before, False)
         return web.Response(status=204)
@@ -361,7 +356,7 @@ class Api:
         body = await self._body(request)
         existed = name in vhost.exchanges
         durable = _bool(body, "durable")
-        before = self._check_disk(durable and not existed)
+        before = refuse_while_failing(self.broker.store, durable and not existed)
         exchange = vhost.declare_exchange(name, body.get("type", "direct"), durable=durable,
                                           auto_delete=_bool(body, "auto_delete"),
                                           internal=_bool(body, "internal"),
@@ -371,7 +366,7 @@ class Api:
 
     async def delete_exchange(self, request: web.Request) -> web.Response:
         exchange = self._exchange(request)
-        before = self._check_disk(exchange.durable)
+        before = refuse_while_failing(self.broker.store, exchange.durable)
         self._vhost(request).delete_exchange(exchange.name, self._flag(request, "if-unused"))
         await self._durable(before, False)
         return web.Response(status=204)
@@ -463,7 +458,7 @@ class Api:
         key = str(body.get("routing_key", ""))
         arguments = body.get("arguments") or {}
         durable = durable_binding(source, destination)
-        before = self._check_disk(durable)
+        before = refuse_while_failing(self.broker.store, durable)
         vhost.bind(source, destination, key, arguments)
         await self._durable(before, durable)
         binding = source.find_binding(destination, key, arguments)
@@ -484,7 +479,8 @@ class Api:
 
     async def delete_binding(self, request: web.Request) -> web.Response:
         vhost, b = self._find_binding(request)
-        before = self._check_disk(durable_binding(b.source, b.destination))
+        before = refuse_while_failing(self.broker.store,
+                                      durable_binding(b.source, b.destination))
         vhost.unbind(b.source, b.destination, b.routing_key, b.arguments)
         await self._durable(before, False)
         return web.Response(status=204)
@@ -553,7 +549,8 @@ class Api:
     async def delete_vhost(self, request: web.Request) -> web.Response:
         """Everything in it goes: its clients (320), queues, exchanges, permissions."""
         vhost = self._vhost(request)
-        before = self._check_disk(
+        before = refuse_while_failing(
+            self.broker.store,
             any(q.store_qid for q in vhost.queues.values())
             or any(x.durable for n, x in vhost.exchanges.items() if n and not n.startswith("amq.")))
         for conn in self.views.connections():
@@ -722,7 +719,7 @@ class Api:
         answer waits until it is on disk."""
         body = await self._body(request)
         topology = any(body.get(key) for key in ("exchanges", "queues", "bindings"))
-        before = self._check_disk(topology)
+        before = refuse_while_failing(self.broker.store, topology)
         try:
             import_definitions(self.broker, body)
         except (KeyError, TypeError) as exc:
