@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from pamqp import commands as spec
 
 from mq._core import frames
+from mq._core.delivery import Deliveries
 from mq._core.message import Message
-from mq._core.msgqueue import Entry
 from mq.amqp.consumer import ChannelConsumer, consumer_tag
 from mq.amqp.methods import decode_method
 from mq.amqp.publishing import Publishing
@@ -39,17 +39,15 @@ class Channel(Publishing, Settling):
     def __init__(self, conn: Connection, number: int) -> None:
         self.conn = conn
         self.number = number
+        # Deliveries, their tags, the unsettled ones and the counts read from them.
+        self.deliveries = Deliveries(number, conn.out)
         self.state = "open"
         self.current_method = (0, 0)
         self.store = conn.broker.store  # the durable store (None: in memory), fixed at start
         self.consumers: dict[str, ChannelConsumer] = {}
-        self.delivery_tag = 0
-        self.unacked: dict[int, tuple[Entry, Queue, ChannelConsumer | None]] = {}
         self.prefetch = 0          # for consumers created from now on (global=false)
-        self.global_prefetch = 0   # for the whole channel (global=true)
         # consumer tags whose basic.cancel waits for this channel's queue.delete-ok
         self.held_cancels: list[str] | None = None
-        self.global_unacked = 0
         self.confirm = False
         self.publish_seq = 0
         self.published = 0  # messages the client published here (management API)
@@ -60,9 +58,9 @@ class Channel(Publishing, Settling):
         self._writable: set[str] = set()  # exchanges this user may publish to (checked once)
         self.tx = False
         self._tx_publishes: list[tuple[Any, Message, bool]] = []
-        # Settles named in the transaction, already out of `unacked`: (tag, delivery) pairs
-        # and requeue (None for an ack).
-        self._tx_settles: list[tuple[list[tuple[int, Any]], bool | None]] = []
+        # Settles named in the transaction, already taken out of the deliveries (still
+        # counted): (tag, entry, queue, consumer) records, and requeue (None for an ack).
+        self._tx_settles: list[tuple[list[tuple], bool | None]] = []
         # A publish being assembled: method, then header, then body frames.
         self._pending: tuple[str, str, bool] | None = None
         self._props = b""
@@ -89,6 +87,21 @@ class Channel(Publishing, Settling):
     @property
     def vhost(self) -> Any:
         return self.conn.vhost
+
+    @property
+    def state(self) -> str:
+        """open, closing (we sent channel.close), releasing, closed."""
+        return self._state
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self._state = state
+        self.deliveries.open = state == "open"
+
+    @property
+    def global_prefetch(self) -> int:
+        """basic.qos global=true: the limit of the whole channel's unsettled deliveries."""
+        return self.deliveries.limit
 
     def send(self, method: Any) -> None:
         self.conn.send_method(self.number, method)
@@ -169,11 +182,9 @@ class Channel(Publishing, Settling):
         self.state = "releasing"  # its consumers have no room from now on
         # Requeue before the consumers go, as RabbitMQ does: a single active consumer that
         # takes over then gets the requeued messages first, in their original order.
-        uncommitted = [d for popped, _ in self._tx_settles for _, d in popped]
+        uncommitted = [record for taken, _ in self._tx_settles for record in taken]
         self._tx_publishes, self._tx_settles = [], []
-        self._requeue_entries(self._uncount(list(self.unacked.values()) + uncommitted))
-        self.unacked.clear()
-        self.global_unacked = 0
+        self._requeue_entries(self._release_taken(self.deliveries.take_all() + uncommitted))
         for consumer in list(self.consumers.values()):
             consumer.queue.remove_consumer(consumer)
         self.consumers.clear()
@@ -335,7 +346,7 @@ class Channel(Publishing, Settling):
         if m.prefetch_size:
             raise NotImplemented_(f"prefetch_size!=0 ({m.prefetch_size})")
         if m.global_:
-            self.global_prefetch = m.prefetch_count
+            self.deliveries.limit = m.prefetch_count
         else:
             self.prefetch = m.prefetch_count
         self.send(spec.Basic.QosOk())
@@ -389,11 +400,11 @@ class Channel(Publishing, Settling):
         if entry is None:
             self.send(spec.Basic.GetEmpty())
             return
-        self.delivery_tag += 1
+        tag = self.deliveries.next_tag()
         if not m.no_ack:
-            self.unacked[self.delivery_tag] = (entry, queue, None)
+            self.deliveries.add(tag, entry, queue, None)
         msg = entry.msg
-        self.conn.write(frames.encode_get_ok(self.number, self.delivery_tag, entry.redelivered,
+        self.conn.write(frames.encode_get_ok(self.number, tag, entry.redelivered,
                                              msg.exchange, msg.routing_key, queue.message_count,
                                              queue.delivery_props(entry), msg.body,
                                              self.conn.frame_max))

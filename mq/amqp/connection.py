@@ -17,6 +17,7 @@ from pamqp.decode import field_table
 
 import mq
 from mq._core import frames
+from mq._core.delivery import Output
 from mq.amqp.channel import Channel
 from mq.amqp.methods import decode_method
 from mq.broker.broker import Broker
@@ -80,6 +81,9 @@ class Connection:
                  channel_max: int = CHANNEL_MAX) -> None:
         self.broker = broker
         self.transport = transport
+        # Where frames go (its channels' deliveries write there directly), frame_max and
+        # whether the peer takes more (mq._core.delivery.Output).
+        self.out = Output(transport.write)
         self.peer = peer or ("?", 0)
         self.clock = clock
         # Until tune-ok, frames are limited to frame_min (as in RabbitMQ), so a client that is
@@ -91,7 +95,6 @@ class Connection:
         self.pending_dispatch: dict[Any, None] = {}
         self._max_channels = channel_max  # what we propose in tune (--max-channels-per-connection)
         self.channel_max = channel_max
-        self.frame_max = FRAME_MAX
         self.heartbeat = 0
         self._proposed_heartbeat = heartbeat
         self._handshake_timeout = handshake_timeout
@@ -99,7 +102,6 @@ class Connection:
         self.vhost: Any = None
         self.client_properties: dict = {}
         self.capabilities: dict = {}
-        self.writable = True
         self.closed = False
         self._opened_at = clock()
         self._last_recv = self._last_sent = self._closing_since = self._opened_at
@@ -124,9 +126,16 @@ class Connection:
 
     # ---- output ---------------------------------------------------------------------
 
+    @property
+    def frame_max(self) -> int:
+        return self.out.frame_max
+
+    @property
+    def writable(self) -> bool:
+        return self.out.writable
+
     def write(self, data: bytes) -> None:
-        self._last_sent = self.clock()
-        self.transport.write(data)
+        self.out.write(data)
 
     def send_method(self, channel: int, method: Any) -> None:
         self.write(pamqp_frame.marshal(method, channel))
@@ -461,7 +470,7 @@ class Connection:
             raise NotAllowed(f"frame_max={frame_max} > {FRAME_MAX} max size")
         if frame_max < FRAME_MIN:
             raise NotAllowed(f"frame_max={frame_max} < {FRAME_MIN} min size")
-        self.channel_max, self.frame_max = channel_max, frame_max
+        self.channel_max, self.out.frame_max = channel_max, frame_max
         self.heartbeat = method.heartbeat
         self.reader.frame_max = frame_max
         self.state = "open-wait"
@@ -545,6 +554,10 @@ class Connection:
                     peer=self.name, user=getattr(self.user, "name", None),
                     reason=f"missed heartbeats from client, timeout: {self.heartbeat}s"))
                 self.close_transport()
+                return
+            if self.out.sent:  # something went out since the last tick
+                self.out.sent = False
+                self._last_sent = now
             elif now - self._last_sent >= self.heartbeat / 2:
                 self.write(frames.HEARTBEAT_FRAME)
 
@@ -642,7 +655,7 @@ class Connection:
 
     def set_writable(self, writable: bool) -> None:
         """Back-pressure from the socket: consumers pause while the peer can't keep up."""
-        self.writable = writable
+        self.out.writable = writable
         if writable:
             for ch in list(self.channels.values()):
                 ch.resume_deliveries()
@@ -684,7 +697,7 @@ class Connection:
 
     def _release(self) -> None:
         # Messages requeued from one channel must not be delivered to another of ours.
-        self.writable = False
+        self.out.writable = False
         self._forget_flow()
         for ch in list(self.channels.values()):
             ch.release()

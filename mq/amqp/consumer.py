@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 
 from pamqp import commands as spec
 
-from mq._core import frames
-from mq._core.msgqueue import Entry
+from mq._core.delivery import ConsumerCore
 from mq.broker.queue import Queue
 
 if TYPE_CHECKING:
@@ -20,14 +19,15 @@ def consumer_tag() -> str:
     return "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
-class ChannelConsumer:
-    """A basic.consume subscription; implements mq.broker.consumer.Consumer."""
+class ChannelConsumer(ConsumerCore):
+    """A basic.consume subscription; implements mq.broker.consumer.Consumer. Room and
+    delivery are ConsumerCore's (mq._core.delivery), in the channel's Deliveries."""
 
-    __slots__ = ("channel", "queue", "tag", "no_ack", "exclusive", "priority", "prefetch",
-                 "unacked", "arguments")
+    __slots__ = ("channel", "arguments")
 
     def __init__(self, channel: Channel, queue: Queue, tag: str, no_ack: bool, exclusive: bool,
                  priority: int, prefetch: int, arguments: dict) -> None:
+        self.deliveries = channel.deliveries
         self.channel = channel
         self.queue = queue
         self.tag = tag
@@ -35,35 +35,11 @@ class ChannelConsumer:
         self.exclusive = exclusive
         self.priority = priority
         self.prefetch = prefetch
-        self.unacked = 0
         self.arguments = arguments
 
     @property
     def owner(self) -> object:
         return self.channel.conn
-
-    def has_room(self) -> bool:
-        ch = self.channel
-        if not ch.conn.writable or ch.state != "open":
-            return False
-        if self.no_ack:
-            return True
-        return (not self.prefetch or self.unacked < self.prefetch) and \
-            (not ch.global_prefetch or ch.global_unacked < ch.global_prefetch)
-
-    def deliver(self, entry: Entry, queue: Queue) -> None:
-        ch = self.channel
-        ch.delivery_tag += 1
-        tag = ch.delivery_tag
-        if not self.no_ack:
-            ch.unacked[tag] = (entry, queue, self)
-            self.unacked += 1
-            ch.global_unacked += 1
-        msg = entry.msg
-        props = queue.delivery_props(entry) if queue.counts_deliveries else msg.props
-        ch.conn.write(frames.encode_deliver(ch.number, self.tag, tag, entry.redelivered,
-                                            msg.exchange, msg.routing_key, props, msg.body,
-                                            ch.conn.frame_max))
 
     def cancelled_by_broker(self, queue: Queue) -> None:
         ch = self.channel

@@ -2,7 +2,7 @@
 defer publishes and settles to commit). Mixed into Channel, whose state it uses."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from pamqp import commands as spec
 
@@ -11,59 +11,49 @@ from mq.broker.durability import failing, refuse_while_failing
 from mq.broker.errors import NotImplemented_, PreconditionFailed
 from mq.broker.queue import Queue
 
-if TYPE_CHECKING:
-    from mq.amqp.consumer import ChannelConsumer
-
 
 class Settling:
-    """basic.ack/nack/reject/recover and tx.select/commit/rollback, for Channel."""
+    """basic.ack/nack/reject/recover and tx.select/commit/rollback, for Channel. What is
+    unsettled, and the prefetch counts, are the channel's Deliveries (mq._core.delivery)."""
 
-    def _pop(self, tag: int, multiple: bool) -> list[tuple[int, Any]]:
-        """Remove from unacked the (tag, delivery) pairs an ack/nack/reject names; 406 if
-        unknown."""
-        unacked = self.unacked
-        if (tag or not multiple) and tag not in unacked:
+    def _taken(self, tag: int, multiple: bool) -> list[tuple]:
+        """Take out the (tag, entry, queue, consumer) records an ack/nack/reject names
+        (still counted against prefetch); 406 if the tag is unknown."""
+        taken = self.deliveries.take(tag, multiple)
+        if taken is None:
             raise PreconditionFailed(f"unknown delivery tag {tag}")
-        if multiple:
-            tags = [t for t in unacked if t <= tag] if tag else list(unacked)
-        else:
-            tags = [tag]
-        return [(t, unacked.pop(t)) for t in tags]
+        return taken
 
-    def _take(self, tag: int, multiple: bool) -> list[tuple[Entry, Queue, ChannelConsumer | None]]:
-        """Remove and return the deliveries an ack/nack/reject names, freeing prefetch room."""
-        return self._uncount([delivery for _, delivery in self._pop(tag, multiple)])
-
-    def _uncount(self, taken: list) -> list:
-        """Settled deliveries no longer count against their consumer's and channel's prefetch."""
-        for _, _, consumer in taken:
-            if consumer is not None:
-                consumer.unacked -= 1
-                self.global_unacked -= 1
+    def _release_taken(self, taken: list[tuple]) -> list[tuple]:
+        """Settled records no longer count against their consumer's and channel's prefetch."""
+        self.deliveries.release(taken)
         return taken
 
     def _ack(self, tag: int, multiple: bool) -> None:
         if self.tx:
             self._tx_defer(tag, multiple, None)
             return
-        taken = self._take(tag, multiple)
-        for queue, entries in _by_queue(taken).items():
-            queue.settle(entries)
-        self._refill(taken)
+        refill = self.conn.pending_dispatch
+        if not self.deliveries.ack(tag, multiple, refill):
+            raise PreconditionFailed(f"unknown delivery tag {tag}")
+        if self.deliveries.limit:
+            self.resume_deliveries()
 
     def _reject(self, m: Any) -> None:
         if self.tx:
             self._tx_defer(m.delivery_tag, False, m.requeue)
             return
-        self._settle_negative(self._take(m.delivery_tag, False), m.requeue)
+        self._settle_negative(self._release_taken(self._taken(m.delivery_tag, False)),
+                              m.requeue)
 
     def _nack(self, m: Any) -> None:
         if self.tx:
             self._tx_defer(m.delivery_tag, m.multiple, m.requeue)
             return
-        self._settle_negative(self._take(m.delivery_tag, m.multiple), m.requeue)
+        self._settle_negative(self._release_taken(self._taken(m.delivery_tag, m.multiple)),
+                              m.requeue)
 
-    def _settle_negative(self, taken: list, requeue: bool) -> None:
+    def _settle_negative(self, taken: list[tuple], requeue: bool) -> None:
         if requeue:
             self._requeue_entries(taken)
         else:
@@ -75,23 +65,21 @@ class Settling:
         if not m.requeue:
             raise NotImplemented_("requeue=false")
         # Deliveries whose settle waits in a transaction still count against prefetch.
-        taken = self._uncount(list(self.unacked.values()))
-        self.unacked.clear()
-        self._requeue_entries(taken)
+        self._requeue_entries(self._release_taken(self.deliveries.take_all()))
         if m.name == "Basic.Recover":
             self.send(spec.Basic.RecoverOk())
 
-    def _requeue_entries(self, taken: list) -> None:
+    def _requeue_entries(self, taken: list[tuple]) -> None:
         for queue, entries in _by_queue(taken).items():
             queue.requeue(entries)
 
-    def _refill(self, taken: list) -> None:
+    def _refill(self, taken: list[tuple]) -> None:
         """Room was freed: let the queues of the affected consumers deliver again."""
-        if self.global_prefetch:
+        if self.deliveries.limit:
             self.resume_deliveries()
             return
         pending = self.conn.pending_dispatch
-        for _, _, consumer in taken:
+        for _, _, _, consumer in taken:
             if consumer is not None:
                 pending[consumer.queue] = None
 
@@ -106,7 +94,7 @@ class Settling:
     def _tx_defer(self, tag: int, multiple: bool, requeue: bool | None) -> None:
         """In tx mode an ack/nack/reject takes its deliveries out of unacked now (settling
         one twice is 406, as in RabbitMQ) and applies at commit."""
-        self._tx_settles.append((self._pop(tag, multiple), requeue))
+        self._tx_settles.append((self._taken(tag, multiple), requeue))
 
     def _tx_commit(self, m: Any) -> None:
         """commit-ok once the transaction's persistent work is on disk, as in RabbitMQ
@@ -123,8 +111,8 @@ class Settling:
         self._tx_publishes, self._tx_settles = [], []
         for exchange, msg, mandatory in publishes:
             self._route(exchange, msg, mandatory)
-        for popped, requeue in settles:
-            taken = self._uncount([delivery for _, delivery in popped])
+        for taken, requeue in settles:
+            self._release_taken(taken)
             if requeue is None:
                 for queue, entries in _by_queue(taken).items():
                     queue.settle(entries)
@@ -138,19 +126,20 @@ class Settling:
         if any(msg.delivery_mode == 2 for _, msg, _ in self._tx_publishes):
             return True
         return any(entry.msg.store_id and queue.store_qid
-                   for popped, _ in self._tx_settles for _, (entry, queue, _) in popped)
+                   for taken, _ in self._tx_settles for _, entry, queue, _ in taken)
 
     def _tx_rollback(self, m: Any) -> None:
         if not self.tx:
             raise PreconditionFailed("channel is not transactional")
-        for popped, _ in self._tx_settles:
-            self.unacked.update(popped)  # rolled back settles leave them unacked
+        for taken, _ in self._tx_settles:
+            self.deliveries.restore(taken)  # rolled back settles leave them unsettled
         self._tx_publishes, self._tx_settles = [], []
         self.send(spec.Tx.RollbackOk())
 
 
-def _by_queue(taken: Iterable[tuple[Entry, Queue, Any]]) -> dict[Queue, list[Entry]]:
+def _by_queue(taken: Iterable[tuple]) -> dict[Queue, list[Entry]]:
+    """(tag, entry, queue, consumer) records -> each queue's entries, in tag order."""
     grouped: dict[Queue, list[Entry]] = {}
-    for entry, queue, _ in taken:
+    for _, entry, queue, _ in taken:
         grouped.setdefault(queue, []).append(entry)
     return grouped

@@ -6,6 +6,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
+from mq._core.delivery import ENTRY_OVERHEAD, FLOW_READY_BYTES, FLOW_READY_MESSAGES, QueueCore
 from mq._core.message import Message
 from mq._core.msgqueue import Entry, MessageQueue
 from mq.broker.policy import Policy, merge_queue_settings
@@ -18,16 +19,8 @@ if TYPE_CHECKING:
     from mq.broker.consumer import Consumer
 
 
-# Credit flow (B-FLOW-1): a queue with consumers is behind when more than this many messages
-# (or bytes) wait; the connections publishing into it are not read until it is back under
-# half of that. A queue without consumers takes everything (load leveling, B-FLOW-3).
-FLOW_READY_MESSAGES = 20_000
-FLOW_READY_BYTES = 32 * 1024 * 1024
+__all__ = ["FLOW_READY_BYTES", "FLOW_READY_MESSAGES", "Queue"]
 
-
-# What one ready message costs in memory besides its body (message and entry objects, its
-# strings): counted against the queue's memory budget.
-ENTRY_OVERHEAD = 400
 PAGE_OUT_CHUNK = 10_000  # stored messages paged out at once at recovery (bounds the buffer)
 
 
@@ -58,8 +51,9 @@ def _deadline(msg: Message, queue_ttl: int | None, now: float) -> float:
     return 0.0 if ttl is None else now + ttl / 1000.0
 
 
-class Queue:
-    """Ready messages plus consumers. Messages handed out are the channels' to settle."""
+class Queue(QueueCore):
+    """Ready messages plus consumers. Messages handed out are the channels' to settle.
+    Publishing a plain message and dispatching run in QueueCore (mq._core.delivery)."""
 
     def __init__(self, host: QueueHost, name: str, durable: bool = False,
                  exclusive_owner: Any = None, auto_delete: bool = False,
@@ -79,18 +73,15 @@ class Queue:
         # Quorum queues count returns per message (x-delivery-count, x-delivery-limit).
         self.counts_deliveries = self.settings.queue_type == "quorum"
         self.ready = MessageQueue(self.settings.max_priority)
-        self._limited = self.settings.max_length is not None or \
-            self.settings.max_length_bytes is not None
-        # Consumers by priority, highest first; each group rotates for round-robin.
-        self._groups: list[tuple[int, deque]] = []
+        self._set_limits()
+        # Consumers by priority, highest first; each group rotates for round-robin (the
+        # list is QueueCore's: self._groups).
         self._single_active: Consumer | None = None
         # The single active consumer before a cancel, while it still holds unsettled
         # deliveries: the next one waits for them, so that one consumer at a time holds
         # messages and requeued ones come back first.
         self._handing_over: Consumer | None = None
         self._arrivals: list[Consumer] = []  # in subscription order, for single active consumer
-        self.consumer_count = 0
-        self.unacked = 0
         # Plain counters read (and turned into rates) by the management API.
         self.published = self.delivered = self.got = self.acked = self.redelivered = 0
         self.deleted = False
@@ -106,39 +97,27 @@ class Queue:
         # oldest of each priority level, paged the rest.
         self.paged: PagedMessages | None = None
         self._budget = host.pager.budget if host.pager is not None else 0  # 0: never page
-        self.flow_publishers: set[FlowPublisher] = set()
         self.touch()
 
     @property
     def exclusive(self) -> bool:
         return self.exclusive_owner is not None
 
-    @property
-    def message_count(self) -> int:
-        paged = self.paged
-        return self.ready.count + (paged.count if paged is not None else 0)
+    def _set_limits(self) -> None:
+        """What the settings make of the path a message takes: QueueCore publishes a plain
+        message itself (no length limit, no TTL)."""
+        settings = self.settings
+        self._limited = settings.max_length is not None or settings.max_length_bytes is not None
+        self._plain = not self._limited and settings.message_ttl is None
 
-    @property
-    def message_bytes(self) -> int:
-        paged = self.paged
-        return self.ready.bytes + (paged.bytes if paged is not None else 0)
-
-    # ---- credit flow --------------------------------------------------------------------
-
-    def behind(self) -> bool:
-        """More is waiting than the consumers take: publishers into it should wait."""
-        return self.consumer_count > 0 and self._backlog_above(1)
-
-    def _backlog_above(self, share: int) -> bool:
-        return self.message_count > FLOW_READY_MESSAGES // share \
-            or self.message_bytes > FLOW_READY_BYTES // share
+    # ---- credit flow (B-FLOW-1; behind() is QueueCore's) -------------------------------
 
     def consumed_by(self, owner: object) -> bool:
         return any(c.owner is owner for c in self.consumers)
 
     def _caught_up(self) -> None:
         """Let held publishers go: the backlog is down to half, or nobody consumes."""
-        if self.consumer_count and self._backlog_above(2):
+        if self.consumer_count and self.backlog_above(2):
             return
         publishers, self.flow_publishers = self.flow_publishers, set()
         for publisher in publishers:
@@ -146,8 +125,9 @@ class Queue:
 
     # ---- messages in ------------------------------------------------------------------
 
-    def publish(self, msg: Message) -> bool:
-        """Enqueue a routed message; False when x-overflow refused it."""
+    def _publish(self, msg: Message) -> bool:
+        """Enqueue a routed message that is not plain (QueueCore.publish takes those): with
+        a length limit, a TTL, or when memory is full. False when x-overflow refused it."""
         settings = self.settings
         if self._limited and settings.overflow != "drop-head" and self._would_overflow(msg):
             if settings.overflow == "reject-publish-dlx":
@@ -201,7 +181,6 @@ class Queue:
         entries = list(entries)
         if self.deleted or not entries:
             return
-        self.unacked -= len(entries)
         if self.counts_deliveries:
             entries = self._count_returns(entries)
         self.ready.requeue(entries)
@@ -240,8 +219,8 @@ class Queue:
         self.policy = policy
         self.settings = merge_queue_settings(
             parse_queue_arguments(self.arguments, self.name, self.vhost), self.arguments, policy)
+        self._set_limits()
         settings = self.settings
-        self._limited = settings.max_length is not None or settings.max_length_bytes is not None
         if self._limited and settings.overflow == "drop-head":
             self._drop_over_limit()
         if self._unused_timer is not None:
@@ -292,33 +271,6 @@ class Queue:
 
     # ---- messages out -----------------------------------------------------------------
 
-    def dispatch(self, now: float = 0.0) -> None:
-        """Hand ready messages to consumers with room, round-robin within a priority."""
-        ready = self.ready
-        while True:
-            if self.paged is not None:
-                self._page_in()
-            if not ready.count:
-                break
-            consumer = self._pick_consumer()
-            if consumer is None:
-                break
-            entry = ready.pop()
-            if entry.expires_at:
-                now = now or time.time()
-                if entry.expires_at < now:
-                    self._dead_letter([entry], "expired")
-                    continue
-            if not consumer.no_ack:
-                self.unacked += 1
-            consumer.deliver(entry, self)
-            self.delivered += 1
-            self.redelivered += entry.redelivered
-            if self.store_qid and entry.msg.store_id:
-                self._handed_out(entry, consumer.no_ack)
-        if self.flow_publishers:
-            self._caught_up()
-
     def _pop(self) -> Entry | None:
         """The next ready message off the queue (from disk if it waits there)."""
         if self.paged is not None:
@@ -341,22 +293,11 @@ class Queue:
         if entry is not None:
             self.got += 1
             self.redelivered += entry.redelivered
-            if not no_ack:
-                self.unacked += 1
         return entry
-
-    def settle(self, entries: Iterable[Entry]) -> None:
-        """Delivered messages acknowledged: they are gone."""
-        if not self.deleted:
-            entries = list(entries)
-            self.unacked -= len(entries)
-            self.acked += len(entries)
-            self._unstore(entries)
 
     def reject(self, entries: list[Entry]) -> None:
         """Delivered messages rejected without requeue: gone, or dead-lettered."""
         if not self.deleted:
-            self.unacked -= len(entries)
             self._dead_letter(entries, "rejected")
 
     def purge(self) -> int:
@@ -402,10 +343,6 @@ class Queue:
         """What the ready messages in memory cost, as counted against the budget."""
         ready = self.ready
         return ready.bytes + ready.count * ENTRY_OVERHEAD
-
-    def _over_budget(self) -> bool:
-        """Memory is full: newer messages wait on disk (B-FLOW-3)."""
-        return self._budget > 0 and self._in_memory() > self._budget
 
     def _page_out(self, msg: Message, expires_at: float, redelivered: bool = False) -> None:
         paged = self.paged
@@ -459,25 +396,6 @@ class Queue:
             self.store.ack(self.store_qid, entry.msg.store_id)
         else:
             self.store.delivered(self.store_qid, entry.msg.store_id)
-
-    def _pick_consumer(self) -> Consumer | None:
-        if self._single_active is not None:
-            if self._handing_over is not None:
-                if self._handing_over.unacked:
-                    return None
-                self._handing_over = None
-            return self._single_active if self._single_active.has_room() else None
-        groups = self._groups
-        if len(groups) == 1 and len(groups[0][1]) == 1:  # the common single consumer
-            consumer = groups[0][1][0]
-            return consumer if consumer.has_room() else None
-        for _, group in groups:
-            for _ in range(len(group)):
-                consumer = group[0]
-                group.rotate(-1)
-                if consumer.has_room():
-                    return consumer
-        return None
 
     # ---- consumers --------------------------------------------------------------------
 

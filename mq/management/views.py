@@ -237,7 +237,7 @@ class Views:
             "user": conn.user.name, "vhost": conn.vhost.name,
             "state": "running" if ch.state == "open" else ch.state,
             "consumer_count": len(ch.consumers),
-            "messages_unacknowledged": len(ch.unacked),
+            "messages_unacknowledged": len(ch.deliveries),
             "messages_unconfirmed": sum(1 for e in ch.unconfirmed if e[1] is None),
             "prefetch_count": ch.prefetch, "global_prefetch_count": ch.global_prefetch,
             "confirm": ch.confirm, "transactional": ch.tx,
