@@ -3,10 +3,11 @@
 
 A restart with a million messages reads two million records; turning each into a tuple of
 fields and handling it in Python took seconds. Here each intact record is checked (magic,
-length, CRC) and applied to the replay's tables directly; the only objects made per record
-are the tables' integer keys and values. What it does not handle itself it hands back:
-topology records (few) are decoded by mq._core.records, and a segment with a bad record is
-left to the caller to repair (records.scan knows where the damage is) before it is applied.
+length, CRC) and applied to the replay's tables directly: IdMaps (mq._core.idmap), so no
+object is made per record, and a million messages cost tens of MB rather than hundreds.
+What it does not handle itself it hands back: topology records (few) are decoded by
+mq._core.records, and a segment with a bad record is left to the caller to repair
+(records.scan knows where the damage is) before it is applied.
 
 The tables follow the log's semantics (see records.pyx for the layout): a later record of
 the same message or queue entry (a compaction copy) replaces an earlier one; an ACK removes
@@ -16,9 +17,12 @@ in another segment.
 from array import array
 
 from cpython.bytes cimport PyBytes_AS_STRING
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport qsort
 from libc.string cimport memcpy
 
 from mq._core import records as R
+from mq._core.idmap cimport IdMap
 
 cdef extern from "zlib.h":
     unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len) nogil
@@ -78,21 +82,23 @@ cdef int _priority(const unsigned char *p, Py_ssize_t n) noexcept:
 cdef class Replay:
     """The log's records, segment by segment, reduced to what is live at the end."""
 
-    # msg id -> (location << 32 | record size) << 40 | body size << 8 | priority: where it is
-    # in the index's own encoding, and what a queue needs of a message it pages out
-    cdef readonly dict msgs
-    cdef readonly dict enqs      # queue id -> {msg id: ENQ location}
-    cdef readonly dict expires   # queue id -> {msg id: expiry}, only where there is one
-    cdef readonly dict dlvs      # queue id -> {msg id: DLV location}
+    cdef readonly IdMap msgs     # msg id -> location << 32 | record size (the index's own)
+    cdef readonly IdMap info     # msg id -> body size << 8 | priority: what a queue needs of
+                                 # a message it pages out
+    cdef readonly dict enqs      # queue id -> IdMap msg id -> ENQ location
+    cdef readonly dict expires   # queue id -> IdMap msg id -> expiry (a double's bits), only
+                                 # where there is one
+    cdef readonly dict dlvs      # queue id -> IdMap msg id -> DLV location
     cdef readonly dict topo      # object id -> (location, size, fields)
     cdef readonly list tombs     # (location, size, segment number of what it cancels)
     cdef readonly unsigned long long max_id
     cdef readonly Py_ssize_t lost       # queue entries whose message record was damaged
     cdef unsigned long long _last_qid   # ENQs come in runs for one queue: its table, cached
-    cdef dict _last_enqs
+    cdef IdMap _last_enqs
 
     def __cinit__(self):
-        self.msgs = {}
+        self.msgs = IdMap(wide=True)
+        self.info = IdMap()
         self.enqs = {}
         self.expires = {}
         self.dlvs = {}
@@ -138,7 +144,8 @@ cdef class Replay:
         cdef Py_ssize_t pos, props_len
         cdef double when
         cdef unsigned long long bits
-        cdef dict entries
+        cdef IdMap entries
+        cdef Py_ssize_t i
         if rtype == MSG:
             if n < 11:
                 return False
@@ -157,7 +164,8 @@ cdef class Replay:
             if check:
                 return True
             info = <unsigned long long>(n - pos - props_len) << 8 | _priority(p + pos, props_len)
-            self.msgs[a] = ((<object>loc) << 72) | (size << 40) | info  # past 64 bits
+            self.msgs.put(a, <int64_t>loc, <unsigned int>size)
+            self.info.put(a, <int64_t>info, 0)
             self._saw(a)
             return True
         if rtype == ENQ or rtype == DLV or rtype == ACK:
@@ -174,24 +182,29 @@ cdef class Replay:
                 else:
                     entries = self.enqs.get(a)
                     if entries is None:
-                        entries = self.enqs[a] = {}
+                        entries = self.enqs[a] = IdMap()
                     self._last_qid, self._last_enqs = a, entries
-                entries[b] = loc
+                entries.put(b, <int64_t>loc, 0)
                 bits = _get64(p + 17)
                 memcpy(&when, &bits, 8)
                 if when:
-                    self.expires.setdefault(a, {})[b] = when
+                    entries = self.expires.get(a)
+                    if entries is None:
+                        entries = self.expires[a] = IdMap()
+                    entries.put(b, <int64_t>bits, 0)
             elif rtype == DLV:
                 entries = self.dlvs.get(a)
                 if entries is None:
-                    entries = self.dlvs[a] = {}
-                entries[b] = loc
+                    entries = self.dlvs[a] = IdMap()
+                entries.put(b, <int64_t>loc, 0)
             else:
                 entries = self.enqs.get(a)
-                if entries is not None:
-                    target = entries.pop(b, None)
-                    if target is not None and (<unsigned long long>target) >> 32 != loc >> 32:
-                        self.tombs.append((loc, size, (<unsigned long long>target) >> 32))
+                i = entries.find(b) if entries is not None else -1
+                if i >= 0:
+                    target = <unsigned long long>entries.slots[i].value
+                    entries.delete_at(i)
+                    if target >> 32 != loc >> 32:
+                        self.tombs.append((loc, size, target >> 32))
             return True
         if rtype == DELETE:
             if n != 9:
@@ -219,20 +232,19 @@ cdef class Replay:
         if an_id > self.max_id:
             self.max_id = an_id
 
-    def queue(self, unsigned long long qid, dict msgs, dict shared, long long[:] counts,
+    def queue(self, unsigned long long qid, IdMap msgs, IdMap shared, long long[:] counts,
               unsigned long long first) -> tuple:
         """The live entries of queue qid in message-id (arrival) order. Enters its messages
         in the index's msgs and shared tables and counts every live record in counts (live
         records and bytes per segment, segment k at [2 * (k - first)] and [2 * (k - first) + 1]).
         Returns (entries: msg id -> ENQ location, delivered: msg id -> DLV location, ids,
         expiries, redelivered flags, priorities, body sizes), the last five as arrays."""
-        cdef dict enq = self.enqs.get(qid) or {}
-        cdef dict dlv = self.dlvs.get(qid) or {}
-        cdef dict exp = self.expires.get(qid) or {}
-        cdef dict seen = self.msgs
-        cdef dict delivered = {}
-        cdef list order = sorted(enq)
-        cdef Py_ssize_t total = len(order), k = 0
+        cdef IdMap enq = self.enqs.get(qid) or IdMap()
+        cdef IdMap dlv = self.dlvs.get(qid)
+        cdef IdMap exp = self.expires.get(qid)
+        cdef IdMap seen = self.msgs, info = self.info
+        cdef IdMap delivered = IdMap()
+        cdef Py_ssize_t total = len(enq), j, k = 0, i, m
         ids, when = array("q", bytes(8 * total)), array("d", bytes(8 * total))
         redelivered, priorities = array("B", bytes(total)), array("B", bytes(total))
         sizes = array("I", bytes(4 * total))
@@ -240,40 +252,58 @@ cdef class Replay:
         cdef double[:] when_v = when
         cdef unsigned char[:] red_v = redelivered, pri_v = priorities
         cdef unsigned int[:] size_v = sizes
-        cdef unsigned long long mid, info
+        cdef unsigned long long mid, location, bits
+        cdef size_t s
+        # The ids, sorted in ids itself; the loop below packs the kept ones to its front.
+        for s in range(enq.mask + 1 if total else 0):
+            if enq.slots[s].key:
+                ids_v[k] = <long long>enq.slots[s].key
+                k += 1
+        if total:
+            qsort(&ids_v[0], total, sizeof(long long), _compare)
         missing = []
-        for key in order:
-            m = seen.get(key)
-            if m is None:
-                missing.append(key)  # its message record was damaged
+        k = 0
+        for j in range(total):
+            mid = <unsigned long long>ids_v[j]
+            m = seen.find(mid)
+            if m < 0:
+                missing.append(mid)  # its message record was damaged
                 continue
-            info = m & 0xFFFFFFFFFF
-            if key in msgs:
-                shared[key] = shared.get(key, 1) + 1
+            location = <unsigned long long>seen.slots[m].value
+            if msgs.find(mid) >= 0:
+                i = shared.find(mid)
+                shared.put(mid, (shared.slots[i].value if i >= 0 else 1) + 1, 0)
             else:
-                m = m >> 40
-                msgs[key] = m
-                _count(counts, (m >> 64) - first, m & 0xFFFFFFFF)
-            mid = key
-            _count(counts, ((<unsigned long long>enq[key]) >> 32) - first, HDR + 25)
-            d = dlv.get(key)
-            if d is not None:
-                delivered[key] = d
-                _count(counts, ((<unsigned long long>d) >> 32) - first, HDR + 17)
+                msgs.put(mid, <int64_t>location, seen.low[m])
+                _count(counts, (location >> 32) - first, seen.low[m])
+            _count(counts, (<unsigned long long>enq.slots[enq.find(mid)].value >> 32) - first,
+                   HDR + 25)
+            i = dlv.find(mid) if dlv is not None else -1
+            if i >= 0:
+                delivered.put(mid, dlv.slots[i].value, 0)
+                _count(counts, (<unsigned long long>dlv.slots[i].value >> 32) - first, HDR + 17)
                 red_v[k] = 1
-            ids_v[k] = mid
-            if exp:
-                when_v[k] = exp.get(key, 0.0)
-            pri_v[k] = info & 0xFF
-            size_v[k] = info >> 8
+            ids_v[k] = <long long>mid
+            i = exp.find(mid) if exp is not None else -1
+            if i >= 0:
+                bits = <unsigned long long>exp.slots[i].value
+                memcpy(&when_v[k], &bits, 8)
+            i = info.find(mid)
+            pri_v[k] = info.slots[i].value & 0xFF
+            size_v[k] = <unsigned int>(info.slots[i].value >> 8)
             k += 1
-        for key in missing:
-            del enq[key]
+        for mid in missing:
+            enq.delete_at(enq.find(mid))
         self.lost += len(missing)
         if k < total:  # (copies: the arrays are still exported to the views above)
             ids, when, redelivered = ids[:k], when[:k], redelivered[:k]
             priorities, sizes = priorities[:k], sizes[:k]
         return enq, delivered, ids, when, redelivered, priorities, sizes
+
+
+cdef int _compare(const void *a, const void *b) noexcept nogil:
+    cdef long long x = (<const long long *>a)[0], y = (<const long long *>b)[0]
+    return (x > y) - (x < y)
 
 
 cdef inline void _count(long long[:] counts, unsigned long long k, unsigned long long size):

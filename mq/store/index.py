@@ -8,6 +8,7 @@ in an older segment: that segment "pins" it.
 from __future__ import annotations
 
 from mq._core import records as R
+from mq._core.idmap import IdMap
 from mq.store.segments import Segment, Tomb, loc
 
 # Framed sizes of the fixed-size records.
@@ -18,12 +19,14 @@ REF_SIZE = R.HEADER_SIZE + 17   # DLV, ACK
 class Index:
     def __init__(self) -> None:
         self.segments: dict[int, Segment] = {}
-        # msg id -> location << 32 | record size: one int per message, as a 1M backlog has a
-        # million of them; a message in more than one queue also counts them in shared.
-        self.msgs: dict[int, int] = {}
-        self.shared: dict[int, int] = {}   # msg id -> queues holding it, when more than 1
-        self.queues: dict[int, dict[int, int]] = {}  # qid -> msg id -> its ENQ location
-        self.dlvs: dict[int, dict[int, int]] = {}    # qid -> msg id -> its DLV location
+        # The tables with an entry per message are IdMaps (C hash tables, 16-20 bytes an
+        # entry): a 1M backlog has a million entries in msgs and in its queue's table.
+        # msg id -> location << 32 | record size; a message in more than one queue also
+        # counts them in shared.
+        self.msgs = IdMap(wide=True)
+        self.shared = IdMap()              # msg id -> queues holding it, when more than 1
+        self.queues: dict[int, IdMap] = {}  # qid -> msg id -> its ENQ location
+        self.dlvs: dict[int, IdMap] = {}    # qid -> msg id -> its DLV location
         self.topo: dict[int, tuple[int, int, tuple]] = {}  # object id -> (location, size, key)
         self.ids: dict[tuple, int] = {}    # topology key -> object id
         self.dirty: set[Segment] = set()   # segments whose live share fell: look at them

@@ -19,6 +19,7 @@ from collections import deque
 from typing import Any, Callable
 
 from mq._core import records as R
+from mq._core.idmap import IdMap
 from mq._core.message import Message
 from mq.store.arguments import encode_arguments
 from mq.store.compaction import compact, copy_live, scan_piece
@@ -166,7 +167,9 @@ class Store:
         index = self._index
         if mid not in index.queues.get(qid, ()):
             return
-        delivered = index.dlvs.setdefault(qid, {})
+        delivered = index.dlvs.get(qid)
+        if delivered is None:
+            delivered = index.dlvs[qid] = IdMap()
         if mid not in delivered:
             seg, off = self._append(R.ref_record(R.DLV, qid, mid))
             index.live(seg, REF_SIZE)
@@ -232,7 +235,7 @@ class Store:
         """Record a durable queue; returns its queue id for enqueue/ack."""
         qid = self._declare(R.QUEUE, ("q", vhost, name), int(auto_delete), (vhost, name),
                             arguments)
-        self._index.queues[qid] = {}
+        self._index.queues[qid] = IdMap()
         return qid
 
     def delete_queue(self, vhost: str, name: str) -> None:
