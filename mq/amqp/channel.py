@@ -4,7 +4,6 @@ subscriptions are consumer.py's."""
 from __future__ import annotations
 
 import struct
-from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from pamqp import commands as spec
@@ -48,21 +47,15 @@ class Channel(Publishing, Settling):
         self.prefetch = 0          # for consumers created from now on (global=false)
         # consumer tags whose basic.cancel waits for this channel's queue.delete-ok
         self.held_cancels: list[str] | None = None
-        self.confirm = False
-        self.publish_seq = 0
-        self.published = 0  # messages the client published here (management API)
-        # Publish sequence numbers not yet confirmed, in order: [seq, True (ack) / False
-        # (nack) / None (waiting)]; flushed once per read, runs of acks coalesced.
-        self.unconfirmed: deque[list] = deque()
+        # Confirm mode, the unconfirmed publishes and the route cache: PublishCore's.
+        self.start_publishing(conn.vhost, conn.broker.max_message_size)
         self.reply_queue: Queue | None = None  # direct reply-to pseudo-queue
-        self._writable: set[str] = set()  # exchanges this user may publish to (checked once)
-        self.tx = False
         self._tx_publishes: list[tuple[Any, Message, bool]] = []
         # Settles named in the transaction, already taken out of the deliveries (still
         # counted): (tag, entry, queue, consumer) records, and requeue (None for an ack).
         self._tx_settles: list[tuple[list[tuple], bool | None]] = []
-        # A publish being assembled: method, then header, then body frames.
-        self._pending: tuple[str, str, bool] | None = None
+        # A publish being assembled: method, then header, then body frames (_pending is
+        # PublishCore's: (exchange, routing key, mandatory) from the method frame).
         self._props = b""
         self._body_size = 0
         self._body: list[bytes] = []

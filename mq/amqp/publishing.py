@@ -10,16 +10,18 @@ from pamqp import commands as spec
 
 from mq._core import frames
 from mq._core.message import Message
+from mq._core.publish import PublishCore
 from mq.broker.errors import (FrameError, NotImplemented_, PreconditionFailed, SyntaxError_,
                               UnexpectedFrame)
 from mq.broker.properties import decode as decode_properties
 from mq.broker.properties import encode as encode_properties
-from mq.broker.publish import (NO_ROUTE, REFUSED, REPLY_TO, check_exchange, check_message,
+from mq.broker.publish import (NO_ROUTE, REPLY_TO, check_exchange, check_message,
                                check_size, route)
 
 
-class Publishing:
-    """basic.publish (with its content frames) and confirm.select, for Channel."""
+class Publishing(PublishCore):
+    """basic.publish (with its content frames) and confirm.select, for Channel; the hot
+    path is PublishCore's (mq._core.publish)."""
 
     def _publish(self, payload: bytes) -> None:
         try:
@@ -46,13 +48,6 @@ class Publishing:
         """Open and not in the middle of assembling another message."""
         return self.state == "open" and self._pending is None
 
-    def publish_assembled(self, exchange: str, routing_key: str, mandatory: bool, props: bytes,
-                          body: bytes) -> None:
-        """basic.publish + header + body, already cut from the stream in one piece."""
-        self.current_method = (60, 40)
-        check_size(len(body), self.conn.broker.max_message_size)
-        self._publish_message(exchange, routing_key, mandatory, props, body)
-
     def ack_assembled(self, delivery_tag: int, multiple: bool) -> None:
         """basic.ack, decoded by the frame reader."""
         self.current_method = (60, 80)
@@ -60,7 +55,7 @@ class Publishing:
 
     def _accept_header(self, body_size: int, props: bytes) -> None:
         try:
-            check_size(body_size, self.conn.broker.max_message_size)
+            check_size(body_size, self.max_message_size)
         except PreconditionFailed:
             self._pending = None
             raise
@@ -97,7 +92,9 @@ class Publishing:
     def _publish_message(self, exchange_name: str, routing_key: str, mandatory: bool,
                          props: bytes, body: bytes) -> None:
         """A whole message from the client: the broker's checks (mq.broker.publish), then
-        routing (or the transaction)."""
+        routing (or the transaction). The full path: PublishCore.publish_assembled takes a
+        message along a route this has cached."""
+        check_size(len(body), self.max_message_size)
         try:
             msg = Message(exchange_name, routing_key, props, body)
         except ValueError as exc:
@@ -119,21 +116,14 @@ class Publishing:
         if self.tx:
             self._tx_publishes.append((exchange, msg, mandatory))
             return
-        confirm = self.confirm
         # The broker says what must be durable before the confirm (mq.broker.publish); as
-        # the waiter, this channel is told by store_durable() / store_failed().
-        outcome = route(vhost, exchange, msg, self.conn, self if confirm else None)
+        # the waiter, this channel is told by store_durable() / store_failed() (B-PUB-6,
+        # B-DUR-8).
+        outcome = route(vhost, exchange, msg, self.conn, self if self.confirm else None,
+                        self.remember_route)
         if outcome == NO_ROUTE and mandatory:
             self._return_unroutable(msg)
-        if confirm:
-            self.publish_seq += 1
-            if outcome > 0:
-                # Persistent into a durable queue: confirmed once the fsync covers it
-                # (B-PUB-6); store_durable() settles it.
-                self.unconfirmed.append([self.publish_seq, None, outcome])
-            else:
-                # REFUSED: x-overflow, or the store's writes fail (B-DUR-8): a nack.
-                self.unconfirmed.append([self.publish_seq, outcome != REFUSED])
+        self.confirm_outcome(outcome)
 
     def _route(self, exchange: Any, msg: Message, mandatory: bool) -> None:
         """Route and enqueue a transaction's publish at commit (its confirm is the

@@ -21,13 +21,13 @@ from __future__ import annotations
 from typing import Any
 
 from mq._core.message import Message
+from mq._core.publish import NO_ROUTE, REFUSED, REPLY_TO, enqueue
 from mq.broker.deadletter import check_routing_headers, without_bcc
 from mq.broker.errors import AccessRefused, PreconditionFailed
 from mq.broker.queue_args import check_expiration
 
-REPLY_TO = "amq.rabbitmq.reply-to"  # direct reply-to
-NO_ROUTE = -2
-REFUSED = -1
+__all__ = ["NO_ROUTE", "REFUSED", "REPLY_TO", "check_exchange", "check_message",
+           "check_permission", "check_size", "check_topic", "route"]
 
 
 def check_size(size: int, limit: int) -> None:
@@ -84,30 +84,18 @@ def check_message(msg: Message, user_name: str) -> None:
 
 
 def route(vhost: Any, exchange: Any, msg: Message, flow_to: Any = None,
-          waiter: Any = None) -> int:
+          waiter: Any = None, remember: Any = None) -> int:
     """Route a checked message (CC and BCC keys too; the BCC header is removed from what the
-    queues get) and enqueue it. flow_to.flow(queue) is called for a queue that falls behind
-    its consumers (the publishing connection's back-pressure). Returns NO_ROUTE, REFUSED, 0
-    or the store sequence to wait for (module docstring); with a waiter, it is registered
-    for that sequence."""
-    store = vhost.store
-    before = store.seq if store is not None else 0
+    queues get) and enqueue it (mq._core.publish.enqueue). flow_to.flow(queue) is called for
+    a queue that falls behind its consumers (the publishing connection's back-pressure).
+    Returns NO_ROUTE, REFUSED, 0 or the store sequence to wait for (module docstring); with
+    a waiter, it is registered for that sequence. remember(exchange, routing_key, queues) is
+    told a route that depends on the exchange and routing key alone (a route cache)."""
     queues = vhost.route(exchange, msg)
     if not queues:
         return NO_ROUTE
+    if remember is not None and vhost.routes_by_key(exchange, msg):
+        remember(exchange, msg.routing_key, queues)
     if b"BCC" in msg.props:
         msg = without_bcc(msg)
-    accepted = True
-    for queue in queues:
-        accepted = queue.publish(msg) and accepted
-        if flow_to is not None and queue.consumer_count and queue.behind():
-            flow_to.flow(queue)
-    if not accepted:
-        return REFUSED
-    if store is None or store.seq == before:
-        return 0
-    if store.failed is not None:  # B-DUR-8: a nack, never silence
-        return REFUSED
-    if waiter is not None:
-        store.waiters.add(waiter)
-    return store.seq
+    return enqueue(vhost.store, queues, msg, flow_to, waiter)

@@ -41,10 +41,17 @@ def server_named_queue() -> str:
     return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
+# Exchange types whose routing looks at the routing key only.
+KEY_ROUTED = frozenset(("direct", "fanout", "topic"))
+
+
 class VirtualHost:
     def __init__(self, name: str, timers: Timers | None = None) -> None:
         self.name = name
         self.timers = timers or Timers()
+        # Bumped by every change that can change where a message goes (queues, exchanges,
+        # bindings, policies): the channels' route caches (mq._core.publish) check it.
+        self.version = 0
         self.store: Any = None  # set by the broker when it has one: durable changes go there
         self.pager: Any = None  # set by the broker: where queues page out past their budget
         self.queues: dict[str, Queue] = {}
@@ -91,6 +98,7 @@ class VirtualHost:
             raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
         exchange = cls(self.name, name, durable, auto_delete, internal, arguments)
         self.exchanges[name] = exchange
+        self.version += 1
         self._apply_policy(exchange, "exchanges")
         if durable and self.store is not None:
             self.store.declare_exchange(self.name, name, type_, auto_delete, internal, arguments)
@@ -109,6 +117,7 @@ class VirtualHost:
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         del self.exchanges[exchange.name]
+        self.version += 1
         if exchange.durable and self.store is not None:
             self.store.delete_exchange(self.name, exchange.name)
         for binding in list(exchange.bindings.values()):
@@ -157,6 +166,7 @@ class VirtualHost:
             return existing
         queue = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
         self.queues[name] = queue
+        self.version += 1
         self._apply_policy(queue, "queues")
         if durable and not exclusive and self.store is not None:
             queue.store = self.store
@@ -183,9 +193,11 @@ class VirtualHost:
         name = "amq.rabbitmq.reply-to." + server_named_queue()[len("amq.gen-"):]
         queue = Queue(self, name, exclusive_owner=owner, auto_delete=True)
         self.reply_queues[name] = queue
+        self.version += 1
         return queue
 
     def remove_queue(self, queue: Queue) -> int:
+        self.version += 1
         if self.reply_queues.get(queue.name) is queue:
             del self.reply_queues[queue.name]
             return queue.delete()
@@ -216,6 +228,7 @@ class VirtualHost:
         return True
 
     def _apply_policies(self) -> None:
+        self.version += 1
         for queue in list(self.queues.values()):
             self._apply_policy(queue, "queues")
         for exchange in list(self.exchanges.values()):
@@ -259,6 +272,7 @@ class VirtualHost:
              arguments: dict | None = None) -> None:
         _check_not_default(source.name)
         binding = source.bind(destination, routing_key, arguments or {})
+        self.version += 1
         if binding is not None:
             destination.incoming[(id(source),) + binding.key] = binding
             self._store_binding(binding, True)
@@ -267,6 +281,7 @@ class VirtualHost:
                arguments: dict | None = None) -> None:
         _check_not_default(source.name)
         binding = source.unbind(destination, routing_key, arguments or {})
+        self.version += 1
         if binding is not None:
             destination.incoming.pop((id(source),) + binding.key, None)
             self._store_binding(binding, False)
@@ -275,6 +290,7 @@ class VirtualHost:
     def _drop_binding(self, binding: Binding, cascade: bool = True) -> None:
         source = binding.source
         source.unbind(binding.destination, binding.routing_key, binding.arguments)
+        self.version += 1
         binding.destination.incoming.pop((id(source),) + binding.key, None)
         self._store_binding(binding, False)
         if cascade:
@@ -295,6 +311,13 @@ class VirtualHost:
             self._remove_exchange(exchange)
 
     # ---- routing ----------------------------------------------------------------------
+
+    def routes_by_key(self, exchange: Exchange, msg: Message) -> bool:
+        """Where the message goes depends on its exchange and routing key alone (not on its
+        headers, CC/BCC keys or other exchanges), so the route may be cached until the
+        version changes."""
+        return exchange.type in KEY_ROUTED and not exchange.has_exchange_destinations \
+            and exchange.alternate is None and b"CC" not in msg.props and msg.bcc is None
 
     def route(self, exchange: Exchange, msg: Message) -> list[Queue]:
         """Every queue the message reaches, each once: by its routing key and CC/BCC keys,
