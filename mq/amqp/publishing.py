@@ -87,7 +87,7 @@ class Publishing(PublishCore):
         self._pending = None
         self._props = b""
         self._received = 0
-        self._publish_message(exchange_name, routing_key, mandatory, props, body)
+        self.publish_assembled(exchange_name, routing_key, mandatory, props, body)
 
     def _publish_message(self, exchange_name: str, routing_key: str, mandatory: bool,
                          props: bytes, body: bytes) -> None:
