@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import pytest
 
-from pamqp.commands import Basic
-
 from mq._core.message import Message
 from mq.broker.broker import Broker
 from mq.broker.errors import AccessRefused, PreconditionFailed
-from mq.broker.properties import encode as encode_properties
+from mq.broker.properties import build as build_properties
 from mq.broker.publish import (NO_ROUTE, REFUSED, check_exchange, check_message, check_size,
                                route)
 
 
 def message(routing_key: str, **props) -> Message:
-    return Message("", routing_key, encode_properties(Basic.Properties(**props)), b"body")
+    return Message("", routing_key, build_properties(props), b"body")
 
 
 def test_route_outcomes() -> None:

@@ -18,14 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from decimal import Decimal
-from typing import Any, Iterator
+from typing import Iterator
 
 import pika
 import pytest
 from pika.exceptions import ChannelClosedByBroker
 
 import format1_fixture as fixture
+from fieldvalues import same
 from mq._core import records as R
 from mq._core.message import Message
 from mq.store import Store, StoreError
@@ -53,21 +53,6 @@ def no_hook() -> Iterator[None]:
 
 def copy_fixture(data_dir: str) -> None:
     shutil.copytree(FIXTURE, data_dir, dirs_exist_ok=True)
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal with the same types (bytearray read back as bytes; decimals digit for digit)."""
-    if isinstance(a, bytearray):
-        a = bytes(a)
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, Decimal):
-        return a.as_tuple() == b.as_tuple()
-    return a == b
 
 
 def sorted_args(args: dict) -> dict:

@@ -2,9 +2,11 @@
 x-death history exactly as RabbitMQ writes it, and the cycle rule."""
 from __future__ import annotations
 
+import datetime
 import time
 from typing import Any
 
+from mq._core import fieldtable as ft
 from mq._core.message import Message
 from mq.broker import rawprops
 from mq.broker.errors import PreconditionFailed
@@ -26,9 +28,9 @@ def check_routing_headers(msg: Message) -> None:
         return
     for name in ("CC", "BCC"):
         if name in msg.headers and not isinstance(msg.headers[name], list):
-            value = dict(rawprops.split_table(rawprops.split_properties(msg.props)["headers"]))
+            value = dict(ft.split_table(rawprops.split_properties(msg.props)["headers"]))
             raise PreconditionFailed("invalid message: {unacceptable_type_in_header,"
-                                     f'"{name}",{rawprops.type_name(value[name])}}}')
+                                     f'"{name}",{ft.type_name(value[name])}}}')
 
 
 def routing_keys(msg: Message) -> list[str]:
@@ -46,21 +48,36 @@ def without_bcc(msg: Message) -> Message:
     if b"BCC" not in msg.props or not msg.headers or "BCC" not in msg.headers:
         return msg
     fields = rawprops.split_properties(msg.props)
-    fields["headers"] = rawprops.join_table(
-        [e for e in rawprops.split_table(fields["headers"]) if e[0] != "BCC"])
+    fields["headers"] = ft.join_table(
+        [e for e in ft.split_table(fields["headers"]) if e[0] != "BCC"])
     out = msg.with_route(msg.exchange, msg.routing_key, rawprops.join_properties(fields))
     out.bcc = tuple(_header_keys(msg, "BCC")) or None
     return out
 
 
-def _sorted(entries: rawprops.Entries) -> rawprops.Entries:
+def _sorted(entries: ft.Entries) -> ft.Entries:
     """RabbitMQ's sort_field_table: entries by name."""
     return sorted(entries, key=lambda e: e[0])
 
 
-def _queue_and_reason(entries: rawprops.Entries) -> tuple[str | None, str | None]:
-    found = dict(entries)
-    return rawprops.text(found.get("queue")), rawprops.text(found.get("reason"))
+def _field(entries: ft.Entries, name: str) -> Any:
+    """The value of one field of an x-death table (None when absent or undecodable: the
+    history came from a client and is matched, never trusted)."""
+    value = dict(entries).get(name)
+    try:
+        return None if value is None else ft.decode_value(value, errors="surrogateescape")
+    except ft.FieldTableError:
+        return None
+
+
+def _longstr(text: str) -> bytes:
+    return ft.encode_value(text)  # surrogateescape: a name gives back the client's bytes
+
+
+def _queue_and_reason(entries: ft.Entries) -> tuple[str | None, str | None]:
+    queue, reason = _field(entries, "queue"), _field(entries, "reason")
+    return (queue if isinstance(queue, str) else None,
+            reason if isinstance(reason, str) else None)
 
 
 def dead_lettered(msg: Message, queue: str, reason: str, exchange: str,
@@ -70,44 +87,46 @@ def dead_lettered(msg: Message, queue: str, reason: str, exchange: str,
     order with x-first-death-*; later ones sorted, a repeat of queue and reason counted
     and moved to the front. Every other header keeps its exact encoding."""
     fields = rawprops.split_properties(msg.props)
-    headers = rawprops.split_table(fields["headers"]) if "headers" in fields else []
+    headers = ft.split_table(fields["headers"]) if "headers" in fields else []
     keys = [msg.routing_key] + _header_keys(msg, "CC")
-    info: rawprops.Entries = [
-        ("reason", rawprops.longstr(reason)),
-        ("queue", rawprops.longstr(queue)),
-        ("time", rawprops.timestamp(int(time.time()))),
-        ("exchange", rawprops.longstr(msg.exchange)),
-        ("routing-keys", rawprops.array([rawprops.longstr(k) for k in keys])),
+    now = datetime.datetime.fromtimestamp(int(time.time()), datetime.timezone.utc)
+    info: ft.Entries = [
+        ("reason", _longstr(reason)),
+        ("queue", _longstr(queue)),
+        ("time", ft.encode_value(now)),  # whole seconds: a 'T' of seconds, as RabbitMQ's
+        ("exchange", _longstr(msg.exchange)),
+        ("routing-keys", ft.array([_longstr(k) for k in keys])),
     ]
     if "expiration" in fields:
         info.append(("original-expiration",
-                     rawprops.longstr(rawprops.shortstr_text(fields.pop("expiration")))))
+                     _longstr(rawprops.shortstr_text(fields.pop("expiration")))))
     history = dict(headers).get("x-death")
     if history is None or history[:1] != b"A":
         first = {"x-first-death-reason": reason, "x-first-death-queue": queue,
                  "x-first-death-exchange": msg.exchange}
         headers = [e for e in headers if e[0] not in first and e[0] != "x-death"]
-        headers += [(k, rawprops.longstr(v)) for k, v in first.items()]
-        deaths = [rawprops.table([("count", rawprops.long(1))] + info)]
+        headers += [(k, _longstr(v)) for k, v in first.items()]
+        deaths = [ft.table([("count", rawprops.long(1))] + info)]
     else:
-        deaths = rawprops.split_array(history)  # older entries are kept byte for byte
+        deaths = ft.split_array(history)  # older entries are kept byte for byte
         for i, death in enumerate(deaths):
-            entries = rawprops.split_table(death[1:]) if death[:1] == b"F" else []
+            entries = ft.split_table(death[1:]) if death[:1] == b"F" else []
             if _queue_and_reason(entries) == (queue, reason):
-                count = rawprops.integer(dict(entries).get("count", b"")) or 0
+                count = _field(entries, "count")
+                count = count if type(count) is int else 0  # any integer type; not a bool
                 entries = [e for e in entries if e[0] != "count"]
                 entries.append(("count", rawprops.long(count + 1)))
                 del deaths[i]
                 break
         else:
             entries = [("count", rawprops.long(1))] + info
-        deaths.insert(0, rawprops.table(_sorted(entries)))
+        deaths.insert(0, ft.table(_sorted(entries)))
         headers = [e for e in headers if e[0] != "x-death"]
-    headers.append(("x-death", rawprops.array(deaths)))
+    headers.append(("x-death", ft.array(deaths)))
     headers = _sorted(headers)
     if routing_key is not None:  # a dead-letter routing key replaces all original keys
         headers = [e for e in headers if e[0] != "CC"]
-    fields["headers"] = rawprops.join_table(headers)
+    fields["headers"] = ft.join_table(headers)
     out = Message(exchange, msg.routing_key if routing_key is None else routing_key,
                   rawprops.join_properties(fields), msg.body)
     if routing_key is None:

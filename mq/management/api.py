@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import datetime
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
-from pamqp.commands import Basic
 
 from mq._core.message import Message
 from mq.amqp.connection import _is_loopback
@@ -31,8 +29,8 @@ from mq.broker.errors import (AccessRefused, AMQPError, ConnectionForced, NotFou
                               PreconditionFailed)
 from mq.broker.exchange import Exchange
 from mq.broker.policy import InvalidPolicy
+from mq.broker.properties import build as build_properties
 from mq.broker.properties import decode as decode_properties
-from mq.broker.properties import encode as encode_properties
 from mq.broker.publish import (NO_ROUTE, REFUSED, REPLY_TO, check_exchange, check_message,
                                check_permission, check_size, route)
 from mq.broker.queue import Queue
@@ -45,8 +43,6 @@ from mq.management.views import Views, jsonable, properties_key
 log = logging.getLogger("mq.management")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 READ_TAGS = {"administrator", "monitoring", "management"}
-# What RabbitMQ's publish / get bodies call a property, and pamqp's attribute for it.
-PROPERTY_ATTRIBUTES = {"type": "message_type"}
 
 
 class HTTPError(Exception):
@@ -811,25 +807,13 @@ def _bool(body: dict[str, Any], name: str) -> bool:
 
 def _properties_json(raw: bytes) -> dict[str, Any]:
     """Message properties as RabbitMQ's get shows them: only those set, by AMQP name."""
-    props = decode_properties(raw)
-    out = {}
-    for name in ("content_type", "content_encoding", "headers", "delivery_mode", "priority",
-                 "correlation_id", "reply_to", "expiration", "message_id", "timestamp",
-                 "type", "user_id", "app_id", "cluster_id"):
-        value = getattr(props, PROPERTY_ATTRIBUTES.get(name, name), None)
-        if value is not None and not (name == "cluster_id" and value == ""):  # pamqp's default
-            out[name] = jsonable(value)
-    return out
+    return {name: jsonable(value) for name, value in decode_properties(raw).items()}
 
 
 def _properties_bytes(properties: dict[str, Any]) -> bytes:
     """The encoded properties of a message published through the API."""
-    kwargs = {PROPERTY_ATTRIBUTES.get(k, k): v for k, v in properties.items()}
-    if "timestamp" in kwargs and isinstance(kwargs["timestamp"], int):
-        kwargs["timestamp"] = datetime.datetime.fromtimestamp(kwargs["timestamp"],
-                                                              datetime.timezone.utc)
     try:
-        return encode_properties(Basic.Properties(**kwargs))
+        return build_properties(properties)
     except (TypeError, ValueError) as exc:
         raise bad_request(f"invalid properties: {exc}") from None
 
