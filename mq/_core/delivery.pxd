@@ -30,8 +30,8 @@ cdef class Deliveries:
 
     cdef void _put(self, long long tag, Entry entry, QueueCore queue, object consumer) except *
     cdef void _trim(self)
-    cdef list _take(self, long long tag, bint multiple)
-    cdef bint _range(self, long long tag, bint multiple, Py_ssize_t *lo, Py_ssize_t *hi)
+    cdef list _take(self, unsigned long long tag, bint multiple)
+    cdef bint _range(self, unsigned long long tag, bint multiple, Py_ssize_t *lo, Py_ssize_t *hi)
     cdef void _count(self, QueueCore queue, object consumer, int n)
 
 

@@ -140,20 +140,22 @@ cdef class Deliveries:
             head = 0
         self._head = head
 
-    cdef bint _range(self, long long tag, bint multiple, Py_ssize_t *lo, Py_ssize_t *hi):
+    cdef bint _range(self, unsigned long long tag, bint multiple, Py_ssize_t *lo, Py_ssize_t *hi):
         """The slots an ack/nack/reject of (tag, multiple) names; False for an unknown tag
         (a 406 for the caller)."""
         cdef Py_ssize_t n = len(self._entries)
-        cdef Py_ssize_t i = tag - self._base
         if tag == 0 and multiple:  # everything
             lo[0], hi[0] = self._head, n
             return True
+        if tag < <unsigned long long>self._base or tag > <unsigned long long>self.last_tag:
+            return False  # (a tag past 2**63 from the wire too)
+        cdef Py_ssize_t i = <Py_ssize_t>(tag - <unsigned long long>self._base)
         if i < self._head or i >= n or self._entries[i] is None:
             return False
         lo[0], hi[0] = (self._head if multiple else i), i + 1
         return True
 
-    def ack(self, long long tag, bint multiple, dict refill) -> bool:
+    def ack(self, unsigned long long tag, bint multiple, dict refill) -> bool:
         """basic.ack: the deliveries named are settled (their queues told, in runs) and no
         longer counted; each consumer's queue is put in refill (it may deliver again).
         False, with nothing changed, for an unknown tag."""
@@ -186,7 +188,7 @@ cdef class Deliveries:
         self._trim()
         return True
 
-    cdef list _take(self, long long tag, bint multiple):
+    cdef list _take(self, unsigned long long tag, bint multiple):
         cdef Py_ssize_t lo, hi, i
         if not self._range(tag, multiple, &lo, &hi):
             return None
@@ -200,7 +202,7 @@ cdef class Deliveries:
         self._trim()
         return out
 
-    def take(self, long long tag, bint multiple):
+    def take(self, unsigned long long tag, bint multiple):
         """Take out the deliveries an ack/nack/reject names, as (tag, entry, queue,
         consumer), still counted until release(); None for an unknown tag."""
         return self._take(tag, multiple)

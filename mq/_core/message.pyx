@@ -124,8 +124,8 @@ cdef class Message:
     def headers(self):
         """The headers table as a dict (decoded on first use), or None."""
         if self._headers is None and self._hdr_start >= 0:
-            from pamqp.decode import field_table
-            self._headers = field_table(self.props[self._hdr_start:self._hdr_end])[1]
+            from mq._core.fieldtable import decode_table
+            self._headers = decode_table(self.props[self._hdr_start:self._hdr_end])
         return self._headers
 
     def with_route(self, str exchange, str routing_key, bytes props=None) -> Message:

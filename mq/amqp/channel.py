@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pamqp import commands as spec
 
 from mq._core import frames
+from mq._core.channel import ChannelCore
 from mq._core.delivery import Deliveries
 from mq._core.message import Message
 from mq.amqp.consumer import ChannelConsumer, consumer_tag
@@ -32,30 +33,26 @@ M_CHANNEL_CLOSE = 0x00140028
 M_CHANNEL_CLOSE_OK = 0x00140029
 
 
-class Channel(Publishing, Settling):
+class Channel(ChannelCore, Publishing, Settling):
     """One channel of a connection. Errors it raises are closed by the connection."""
 
     def __init__(self, conn: Connection, number: int) -> None:
-        self.conn = conn
-        self.number = number
-        # Deliveries, their tags, the unsettled ones and the counts read from them.
-        self.deliveries = Deliveries(number, conn.out)
+        # Deliveries (their tags, the unsettled ones and the counts read from them), confirm
+        # mode, the unconfirmed publishes, the route cache: ChannelCore's (mq._core.channel).
+        self.start(number, conn, Deliveries(number, conn.out))
         self.state = "open"
-        self.current_method = (0, 0)
         self.store = conn.broker.store  # the durable store (None: in memory), fixed at start
         self.consumers: dict[str, ChannelConsumer] = {}
         self.prefetch = 0          # for consumers created from now on (global=false)
         # consumer tags whose basic.cancel waits for this channel's queue.delete-ok
         self.held_cancels: list[str] | None = None
-        # Confirm mode, the unconfirmed publishes and the route cache: PublishCore's.
-        self.start_publishing(conn.vhost, conn.broker.max_message_size)
         self.reply_queue: Queue | None = None  # direct reply-to pseudo-queue
         self._tx_publishes: list[tuple[Any, Message, bool]] = []
         # Settles named in the transaction, already taken out of the deliveries (still
         # counted): (tag, entry, queue, consumer) records, and requeue (None for an ack).
         self._tx_settles: list[tuple[list[tuple], bool | None]] = []
         # A publish being assembled: method, then header, then body frames (_pending is
-        # PublishCore's: (exchange, routing key, mandatory) from the method frame).
+        # ChannelCore's: (exchange, routing key, mandatory) from the method frame).
         self._props = b""
         self._body_size = 0
         self._body: list[bytes] = []

@@ -13,10 +13,11 @@ from typing import Any, Callable, Protocol
 
 from pamqp import commands as spec
 from pamqp import frame as pamqp_frame
-from pamqp.decode import field_table
 
 import mq
 from mq._core import frames
+from mq._core.fieldtable import decode_table
+from mq._core.connection import ConnectionCore
 from mq._core.delivery import Output
 from mq.amqp.channel import Channel
 from mq.amqp.methods import decode_method
@@ -39,10 +40,6 @@ CLOSE_TIMEOUT = 3.0
 # turn, so that connections which publish to each other's consumers never wait forever.
 FLOW_MAX_PAUSE = 1.0
 FLOW_STATE_INTERVAL = 1.0  # 'flow' is shown this long after it ends (RabbitMQ's interval)
-# Bytes of frames handled per event-loop turn (B-FLOW-4): the rest of a big read waits for
-# the next turn, so one connection's flood delays the others by about this much work.
-READ_SLICE = 64 * 1024
-
 # channel.open-ok with an empty reserved long string, as RabbitMQ sends it (pamqp would send
 # "0", which clients that skip a fixed 4 bytes, like @cloudamqp/amqp-client, misparse).
 CHANNEL_OPEN_OK = b"\x00\x14\x00\x0b\x00\x00\x00\x00"
@@ -72,8 +69,9 @@ class Transport(Protocol):
     def resume_reading(self, reason: str) -> None: ...
 
 
-class Connection:
-    """One client connection. Feed it bytes with `data_received`; call `tick` every second."""
+class Connection(ConnectionCore):
+    """One client connection. Feed it bytes with `data_received`; call `tick` every second.
+    The loop over each slice of frames is ConnectionCore's (mq._core.connection)."""
 
     def __init__(self, broker: Broker, transport: Transport, peer: tuple[str, int] | None = None,
                  clock: Callable[[], float] = time.monotonic,
@@ -152,7 +150,7 @@ class Connection:
         return self.process_more()
 
     def process_more(self) -> bool:
-        """The next slice of what is buffered (at most READ_SLICE bytes of frames, so that
+        """The next slice of what is buffered (at most mq._core.connection.READ_SLICE bytes of frames, so that
         other connections get their turn). Returns True when more remains. Never raises:
         every failure becomes a close."""
         if self.closed:
@@ -189,32 +187,6 @@ class Connection:
             queue.dispatch()
         for ch in list(self.channels.values()):
             ch.flush_confirms()
-
-    def _process(self) -> bool:
-        """Handle one slice of buffered frames; True when frames may remain."""
-        if self.state == "header" and not self._protocol_header():
-            return False
-        events = self._held_events
-        if events is not None:
-            self._held_events = None
-        else:
-            events = self.reader.events(READ_SLICE)
-        for event in events:
-            kind = event[0]
-            if kind == frames.EVENT_PUBLISH or kind == frames.EVENT_ACK:
-                self._hot(event)
-            else:
-                self._frame(*event)
-                if self._disk_wait is not None:  # B-DUR-9: the rest waits for the disk
-                    self._hold_rest(events, event)
-                    return True
-            if self.closed:
-                return False
-            if self.alarms and not self.blocked and (
-                    kind == frames.EVENT_PUBLISH
-                    or (kind == 2 or kind == 3) and self._message_complete(event[1])):
-                self._block()
-        return bool(events) and self.reader.pending() > 0
 
     def _hold_rest(self, events: Any, event: tuple) -> None:
         for i, e in enumerate(events):
@@ -273,25 +245,17 @@ class Connection:
                                                              "the disk"))
             self.abort()
 
-    def _hot(self, event: tuple) -> None:
-        """A publish (with its content) or an ack that the frame reader decoded itself.
-        Anything unusual replays it as frames, so errors come out as they would."""
-        ch = self.channels.get(event[1])
-        if self.state != "open" or ch is None or not ch.ready_for_publish():
-            for frame in frames.unassemble(event):
-                self._frame(*frame)
-            return
-        try:
-            if event[0] == frames.EVENT_ACK:
-                self._current_method = (60, 80)
-                ch.ack_assembled(event[2], event[3])
-            else:
-                self._current_method = (60, 40)
-                ch.publish_assembled(event[2], event[3], event[4], event[5], event[6])
-        except AMQPError as exc:
-            if exc.connection_level:
-                raise
-            self.channel_error(ch, exc)
+    def _replay(self, event: tuple) -> None:
+        """A publish or ack event the core did not take: handled as the frames it was."""
+        for frame in frames.unassemble(event):
+            self._frame(*frame)
+
+    def _hot_failed(self, ch: Channel, exc: Exception) -> None:
+        """An error from a publish or ack the core handled: a channel error closes that
+        channel; anything else goes on up."""
+        if not isinstance(exc, AMQPError) or exc.connection_level:
+            raise exc
+        self.channel_error(ch, exc)
 
     def _protocol_header(self) -> bool:
         header = self.reader.take_raw(8)
@@ -418,7 +382,7 @@ class Connection:
             return parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
         if method.mechanism == "AMQPLAIN":
             try:
-                table = field_table(len(raw).to_bytes(4, "big") + raw)[1]
+                table = decode_table(len(raw).to_bytes(4, "big") + raw)
             except Exception:
                 return None
             login, password = table.get("LOGIN"), table.get("PASSWORD")

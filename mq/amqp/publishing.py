@@ -10,7 +10,6 @@ from pamqp import commands as spec
 
 from mq._core import frames
 from mq._core.message import Message
-from mq._core.publish import PublishCore
 from mq.broker.errors import (FrameError, NotImplemented_, PreconditionFailed, SyntaxError_,
                               UnexpectedFrame)
 from mq.broker.properties import decode as decode_properties
@@ -19,9 +18,9 @@ from mq.broker.publish import (NO_ROUTE, REPLY_TO, check_exchange, check_message
                                check_size, route)
 
 
-class Publishing(PublishCore):
-    """basic.publish (with its content frames) and confirm.select, for Channel; the hot
-    path is PublishCore's (mq._core.publish)."""
+class Publishing:
+    """basic.publish (with its content frames) and confirm.select, for Channel; a publish
+    along a cached route is ChannelCore's (mq._core.channel)."""
 
     def _publish(self, payload: bytes) -> None:
         try:
@@ -43,15 +42,6 @@ class Publishing(PublishCore):
         if class_id != 60:
             raise UnexpectedFrame(f"content header for class {class_id}, expected 60")
         self._accept_header(body_size, props)
-
-    def ready_for_publish(self) -> bool:
-        """Open and not in the middle of assembling another message."""
-        return self.state == "open" and self._pending is None
-
-    def ack_assembled(self, delivery_tag: int, multiple: bool) -> None:
-        """basic.ack, decoded by the frame reader."""
-        self.current_method = (60, 80)
-        self._ack(delivery_tag, multiple)
 
     def _accept_header(self, body_size: int, props: bytes) -> None:
         try:
@@ -92,7 +82,7 @@ class Publishing(PublishCore):
     def _publish_message(self, exchange_name: str, routing_key: str, mandatory: bool,
                          props: bytes, body: bytes) -> None:
         """A whole message from the client: the broker's checks (mq.broker.publish), then
-        routing (or the transaction). The full path: PublishCore.publish_assembled takes a
+        routing (or the transaction). The full path: ChannelCore.publish_assembled takes a
         message along a route this has cached."""
         check_size(len(body), self.max_message_size)
         try:

@@ -8,6 +8,7 @@ from typing import Any
 
 from mq._core.message import Message
 from mq._core.msgqueue import Entry
+from mq._core.publish import Topology
 from mq.broker.args import EXCHANGE_EQUIVALENCE_ARGS, QUEUE_EQUIVALENCE_ARGS, check_equivalent
 from mq.broker.durability import durable_binding
 from mq.broker.errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed, ResourceLocked
@@ -51,7 +52,7 @@ class VirtualHost:
         self.timers = timers or Timers()
         # Bumped by every change that can change where a message goes (queues, exchanges,
         # bindings, policies): the channels' route caches (mq._core.publish) check it.
-        self.version = 0
+        self.topology = Topology()
         self.store: Any = None  # set by the broker when it has one: durable changes go there
         self.pager: Any = None  # set by the broker: where queues page out past their budget
         self.queues: dict[str, Queue] = {}
@@ -98,7 +99,7 @@ class VirtualHost:
             raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
         exchange = cls(self.name, name, durable, auto_delete, internal, arguments)
         self.exchanges[name] = exchange
-        self.version += 1
+        self.topology.version += 1
         self._apply_policy(exchange, "exchanges")
         if durable and self.store is not None:
             self.store.declare_exchange(self.name, name, type_, auto_delete, internal, arguments)
@@ -117,7 +118,7 @@ class VirtualHost:
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         del self.exchanges[exchange.name]
-        self.version += 1
+        self.topology.version += 1
         if exchange.durable and self.store is not None:
             self.store.delete_exchange(self.name, exchange.name)
         for binding in list(exchange.bindings.values()):
@@ -166,7 +167,7 @@ class VirtualHost:
             return existing
         queue = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
         self.queues[name] = queue
-        self.version += 1
+        self.topology.version += 1
         self._apply_policy(queue, "queues")
         if durable and not exclusive and self.store is not None:
             queue.store = self.store
@@ -193,11 +194,11 @@ class VirtualHost:
         name = "amq.rabbitmq.reply-to." + server_named_queue()[len("amq.gen-"):]
         queue = Queue(self, name, exclusive_owner=owner, auto_delete=True)
         self.reply_queues[name] = queue
-        self.version += 1
+        self.topology.version += 1
         return queue
 
     def remove_queue(self, queue: Queue) -> int:
-        self.version += 1
+        self.topology.version += 1
         if self.reply_queues.get(queue.name) is queue:
             del self.reply_queues[queue.name]
             return queue.delete()
@@ -228,7 +229,7 @@ class VirtualHost:
         return True
 
     def _apply_policies(self) -> None:
-        self.version += 1
+        self.topology.version += 1
         for queue in list(self.queues.values()):
             self._apply_policy(queue, "queues")
         for exchange in list(self.exchanges.values()):
@@ -272,7 +273,7 @@ class VirtualHost:
              arguments: dict | None = None) -> None:
         _check_not_default(source.name)
         binding = source.bind(destination, routing_key, arguments or {})
-        self.version += 1
+        self.topology.version += 1
         if binding is not None:
             destination.incoming[(id(source),) + binding.key] = binding
             self._store_binding(binding, True)
@@ -281,7 +282,7 @@ class VirtualHost:
                arguments: dict | None = None) -> None:
         _check_not_default(source.name)
         binding = source.unbind(destination, routing_key, arguments or {})
-        self.version += 1
+        self.topology.version += 1
         if binding is not None:
             destination.incoming.pop((id(source),) + binding.key, None)
             self._store_binding(binding, False)
@@ -290,7 +291,7 @@ class VirtualHost:
     def _drop_binding(self, binding: Binding, cascade: bool = True) -> None:
         source = binding.source
         source.unbind(binding.destination, binding.routing_key, binding.arguments)
-        self.version += 1
+        self.topology.version += 1
         binding.destination.incoming.pop((id(source),) + binding.key, None)
         self._store_binding(binding, False)
         if cascade:

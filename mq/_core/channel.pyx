@@ -1,0 +1,84 @@
+# cython: language_level=3
+"""A channel's hot state and its per-message paths: a publish along a cached route, and
+basic.ack. Everything else, and whatever these paths do not take, is the Python Channel's
+(mq.amqp.channel, a subclass): `_publish_message` (the full publish path), `_ack` (acks in a
+transaction, unknown tags), `resume_deliveries` (global prefetch room)."""
+from collections import deque
+
+from mq._core.delivery cimport Deliveries
+from mq._core.message cimport Message
+from mq._core.publish cimport RouteCache, enqueue
+from mq._core.publish import REPLY_TO
+
+DEF C_REFUSED = -1
+PUBLISH_METHOD = (60, 40)
+ACK_METHOD = (60, 80)
+
+
+cdef class ChannelCore:
+    """Deliveries (what went out and is unsettled), confirm mode with the unconfirmed
+    publishes, the transaction flag, the publish being assembled, and the route cache."""
+
+    def __cinit__(self, *args, **kwargs):
+        self.unconfirmed = deque()
+        self._writable = set()
+        self.current_method = (0, 0)
+
+    def start(self, int number, conn, Deliveries deliveries) -> None:
+        """Set up for this connection (its vhost and broker fixed from now on)."""
+        self.number = number
+        self.conn = conn
+        self.deliveries = deliveries
+        self.max_message_size = conn.broker.max_message_size
+        self._store = conn.vhost.store
+        self._routes = RouteCache(conn.vhost.topology)
+
+    cpdef bint ready_for_publish(self):
+        """Open and not in the middle of assembling another message."""
+        return self.deliveries.open and self._pending is None
+
+    cpdef void publish_assembled(self, str exchange_name, str routing_key, bint mandatory,
+                                 bytes props, object body) except *:
+        """A whole message (basic.publish + header + body): along a cached route it is
+        enqueued here, anything else takes the full path."""
+        self.current_method = PUBLISH_METHOD
+        cdef tuple queues = None
+        cdef Message msg = None
+        if not self.tx and len(body) <= self.max_message_size:
+            queues = self._routes.lookup(exchange_name, routing_key, self.conn)
+        if queues is not None:
+            try:
+                msg = Message(exchange_name, routing_key, props, body)
+            except ValueError:
+                msg = None  # the full path says what is wrong
+            # Only a message the broker has nothing to check in (user-id, expiration, CC,
+            # BCC, direct reply-to) goes on here.
+            if msg is not None and msg.user_id is None and msg.expiration is None \
+                    and msg.reply_to != REPLY_TO and (msg._hdr_start < 0 or b"CC" not in props):
+                self.published += 1
+                self.confirm_outcome(enqueue(self._store, queues, msg, self.conn,
+                                             self if self.confirm else None))
+                return
+        self._publish_message(exchange_name, routing_key, mandatory, props, body)
+
+    def remember_route(self, exchange, str routing_key, list queues) -> None:
+        self._routes.remember(exchange, routing_key, queues)
+
+    cpdef void ack_assembled(self, unsigned long long delivery_tag, bint multiple) except *:
+        """basic.ack: settled here, except in a transaction or for an unknown tag."""
+        self.current_method = ACK_METHOD
+        cdef Deliveries deliveries = self.deliveries
+        if self.tx or not deliveries.ack(delivery_tag, multiple, self.conn.pending_dispatch):
+            self._ack(delivery_tag, multiple)
+        elif deliveries.limit:
+            self.resume_deliveries()
+
+    cpdef void confirm_outcome(self, long long outcome) except *:
+        """Record what a publish earns in confirm mode: an ack, a nack (REFUSED) or a wait
+        for the store (outcome > 0, settled by store_durable)."""
+        if self.confirm:
+            self.publish_seq += 1
+            if outcome > 0:
+                self.unconfirmed.append([self.publish_seq, None, outcome])
+            else:
+                self.unconfirmed.append([self.publish_seq, outcome != C_REFUSED])
