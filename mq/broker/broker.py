@@ -72,7 +72,7 @@ class Broker:
             queue = vhost.queues[rq.name] = Queue(vhost, rq.name, durable=True,
                                                   auto_delete=rq.auto_delete,
                                                   arguments=rq.arguments)
-            queue.store, queue.store_qid = store, rq.store_qid
+            queue.attach_store(store, rq.store_qid)
             queue.recover(rq.stored)
         for vhost_name, source, to_exchange, destination, key, arguments in recovered.bindings:
             vhost = self.add_vhost(vhost_name)

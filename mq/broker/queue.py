@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 __all__ = ["FLOW_READY_BYTES", "FLOW_READY_MESSAGES", "Queue"]
 
+# A durable queue's persistent messages are in the log already: past this much, memory
+# keeps only a read-ahead window of them and pages the rest out as references.
+STORED_WINDOW = 4 * 1024 * 1024
 PAGE_OUT_CHUNK = 10_000  # stored messages paged out at once at recovery (bounds the buffer)
 
 
@@ -317,6 +320,13 @@ class Queue(QueueCore):
         return count
 
     # ---- memory budget and the store ------------------------------------------------------
+
+    def attach_store(self, store: Any, store_qid: int) -> None:
+        """The queue is durable and the broker has a store: its persistent messages are
+        logged under store_qid."""
+        self.store, self.store_qid = store, store_qid
+        if self._budget:
+            self._budget = min(self._budget, STORED_WINDOW)
 
     def recover(self, stored: StoredEntries) -> None:
         """The queue's messages in the store after a restart, in order, as columns (store

@@ -170,8 +170,8 @@ class VirtualHost:
         self.topology.version += 1
         self._apply_policy(queue, "queues")
         if durable and not exclusive and self.store is not None:
-            queue.store = self.store
-            queue.store_qid = self.store.declare_queue(self.name, name, auto_delete, arguments)
+            queue.attach_store(self.store,
+                               self.store.declare_queue(self.name, name, auto_delete, arguments))
         log.info("queue created %s", kv(vhost=self.name, queue=name, durable=durable,
                                           exclusive=exclusive, auto_delete=auto_delete))
         return queue
