@@ -1,6 +1,7 @@
 """Group commit: the event loop appends encoded records to an in-memory batch; one flusher
 thread writes each batch and fsyncs it, so many publishes share one fsync, and then tells the
-loop the highest durable sequence number.
+loop the highest durable sequence number. The loop hands what it appended over to the thread
+once per loop turn (one lock and wake-up per turn, not per record).
 
 A failed write or fsync (disk full, I/O error) is never silent (B-DUR-8). The loop is told at
 once (on_failure(error): the store nacks the publishes that wait, fails the commits and
@@ -30,6 +31,11 @@ class Flusher:
     def __init__(self, log_dir: str) -> None:
         self.log_dir = log_dir
         self.seq = 0           # sequence of the last appended record
+        # Appended on the loop and not handed to the thread yet (no lock: the loop's own),
+        # as [segment, offset in it, bytes]; handed over at the end of the loop turn.
+        self._open: list[list] = []
+        self._handoff_due = False
+        self._handed_seq = 0   # sequence of the last record handed to the thread
         self.failed: BaseException | None = None  # the last attempt's error (None: it worked)
         # [segment, offset in it, bytes]: records submitted and not written yet, in order
         self._chunks: list[list] = []
@@ -50,19 +56,37 @@ class Flusher:
 
     def submit(self, seg: Segment, off: int, data: bytes) -> None:
         """Queue data for seg at offset off, its end (the caller has accounted for its
-        size)."""
+        size). On the loop; the thread gets it at the end of this loop turn."""
+        self.seq += 1
+        seg.last_seq = self.seq
+        chunks = self._open
+        if chunks and chunks[-1][0] is seg:
+            chunks[-1][2] += data
+        else:
+            chunks.append([seg, off, bytearray(data)])
+        if not self._handoff_due and self._thread is not None:
+            self._handoff_due = True
+            self._loop.call_soon(self._handoff)
+
+    def _handoff(self) -> None:
+        """Give the thread what the loop appended (and wake it)."""
+        self._handoff_due = False
+        if not self._open:
+            return
+        opened, self._open = self._open, []
         with self._cond:
-            self.seq += 1
-            seg.last_seq = self.seq
             chunks = self._chunks
-            if chunks and chunks[-1][0] is seg:
-                chunks[-1][2] += data
-            else:
-                chunks.append([seg, off, bytearray(data)])
-                self._cond.notify()
+            for chunk in opened:
+                if chunks and chunks[-1][0] is chunk[0]:
+                    chunks[-1][2] += chunk[2]
+                else:
+                    chunks.append(chunk)
+            self._handed_seq = self.seq
+            self._cond.notify()
 
     def unlink(self, seg: Segment) -> None:
         """Remove seg's file after everything submitted before is durable."""
+        self._handoff()  # those records go first
         with self._cond:
             self._unlinks.append(seg)
             self._cond.notify()
@@ -72,7 +96,7 @@ class Flusher:
         file by now, read it there)."""
         end = off + size
         with self._cond:
-            for chunks in (self._inflight, self._retry_chunks, self._chunks):
+            for chunks in (self._inflight, self._retry_chunks, self._chunks, self._open):
                 for cseg, coff, buf in chunks:
                     if cseg is seg and coff <= off and end <= coff + len(buf):
                         return bytes(buf[off - coff:end - coff])
@@ -93,7 +117,7 @@ class Flusher:
 
     def _take(self) -> tuple[list, list, int]:
         """Everything to write now (what failed last time first), as one batch."""
-        chunks, unlinks, seq = self._chunks, self._unlinks, self.seq
+        chunks, unlinks, seq = self._chunks, self._unlinks, self._handed_seq
         if self._retry_chunks:
             chunks = self._retry_chunks + chunks
         if self._retry_unlinks:
@@ -209,6 +233,7 @@ class Flusher:
         """Write and fsync everything submitted so far in the caller's thread (no thread
         runs); returns the sequence now durable. Raises the error of a failed write (what
         failed is kept for the next call)."""
+        self._handoff()
         with self._cond:
             batch = self._take()
         error = self._attempt(*batch, report=False)
@@ -218,6 +243,7 @@ class Flusher:
 
     def close(self) -> int:
         """Write what is left, stop the thread; returns the last durable sequence."""
+        self._handoff()
         if self._thread is not None:
             with self._cond:
                 self._closing = True
