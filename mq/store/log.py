@@ -46,6 +46,10 @@ COMPACT_RATIO = 0.25  # compact a sealed segment when less than this share of it
 # live ones copied on the loop in slices of about this many seconds, a piece
 # (compaction.PIECE bytes) at a time.
 COMPACT_SLICE = 0.004
+# Compaction starts this long after a segment is found mostly dead: messages still in
+# flight when it was sealed are settled by then, and a segment that became all dead is
+# removed without reading and copying it (under a steady load with acks, every one).
+COMPACT_DELAY = 1.0
 # A removed segment's pins (the tombstones it kept live) are let go this many per loop turn.
 UNPIN_SLICE = 10_000
 
@@ -75,6 +79,7 @@ class Store:
         self._loop: Any = None
         self._compact_queue: deque[Segment] = deque()
         self._compaction: _Compaction | None = None
+        self._compaction_timer: Any = None  # COMPACT_DELAY before the queue is worked on
         self._index = Index()
         self._flusher = Flusher(os.path.join(directory, "log"))
         self._head: Segment | None = None
@@ -341,6 +346,9 @@ class Store:
         """Flush everything, stop the flusher, release the directory."""
         self._compaction = None
         self._compact_queue.clear()
+        if self._compaction_timer is not None:
+            self._compaction_timer.cancel()
+            self._compaction_timer = None
         self.durable_seq = max(self.durable_seq, self._flusher.close())
         for seg in self._index.segments.values():
             seg.close()
@@ -407,7 +415,12 @@ class Store:
     def _compact_later(self, seg: Segment) -> None:
         seg.compacting = True
         self._compact_queue.append(seg)
-        if self._compaction is None:
+        if self._compaction is None and self._compaction_timer is None:
+            self._compaction_timer = self._loop.call_later(COMPACT_DELAY, self._start_compaction)
+
+    def _start_compaction(self) -> None:
+        self._compaction_timer = None
+        if self._compaction is None and self._lock_fd is not None:
             self._next_compaction()
 
     def _next_compaction(self) -> None:
