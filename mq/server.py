@@ -50,10 +50,8 @@ class AMQPProtocol(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
-        self._out: list[bytes] = []
-        self._out_size = 0
-        self._flush_scheduled = False
-        self._in_read = False
+        self._loop = asyncio.get_running_loop()
+        self._out: Any = None  # the connection's Output: gathers what goes out (mq._core.delivery)
         # Why reading is paused: "turn", "flow", "blocked", "disk" (an answer waits for it)
         self._paused: set[str] = set()
         self._slice_scheduled = False
@@ -69,6 +67,8 @@ class AMQPProtocol(asyncio.Protocol):
                                heartbeat=settings.heartbeat,
                                handshake_timeout=settings.handshake_timeout,
                                channel_max=settings.max_channels_per_connection)
+        self._out = self.conn.out
+        self._out.gather(WRITE_GATHER, self._schedule_flush)
         self.conn.set_alarms(self.server.monitor.alarms)
         self.server.connections.add(self.conn)
         log.info("connection accepted %s", kv(peer=self.conn.name))
@@ -88,12 +88,13 @@ class AMQPProtocol(asyncio.Protocol):
         per loop turn (B-FLOW-4): without this, libuv reads up to 32 chunks of 256 KB from
         one socket per turn and a flooding publisher starves every other connection's acks
         and heartbeats. The socket is not read while a slice waits."""
-        self._in_read = True
+        out = self._out
+        out.in_read = True
         try:
             more = step(*args)
         finally:
-            self._in_read = False
-        self._flush()
+            out.in_read = False
+        out.flush()
         if more:
             self.pause_reading("turn")
             self._schedule_slice()
@@ -103,34 +104,22 @@ class AMQPProtocol(asyncio.Protocol):
     def _schedule_slice(self) -> None:
         if not self._slice_scheduled:
             self._slice_scheduled = True
-            asyncio.get_running_loop().call_soon(self._next_slice)
+            self._loop.call_soon(self._next_slice)
 
-    # Transport interface used by Connection.
+    def _schedule_flush(self) -> None:
+        self._loop.call_soon(self._out.flush)
+
+    # Transport interface used by Connection (write: where its Output's gathered bytes go).
     def write(self, data: bytes) -> None:
-        self._out.append(data)
-        self._out_size += len(data)
-        if self._out_size >= WRITE_GATHER:
-            self._flush()
-        elif not self._in_read and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def close(self) -> None:
-        self._flush()
-        if self.transport is not None:
-            self.transport.close()
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        out = self._out
-        if not out:
-            return
-        self._out = []
-        self._out_size = 0
         if self.transport is not None and not self.transport.is_closing():
-            data = out[0] if len(out) == 1 else b"".join(out)
             self.send_oct += len(data)
             self.transport.write(data)
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.flush()
+        if self.transport is not None:
+            self.transport.close()
 
     def pause_reading(self, reason: str) -> None:
         """Stop reading the socket for this reason (others may hold it paused too)."""
@@ -155,8 +144,8 @@ class AMQPProtocol(asyncio.Protocol):
         self.conn.set_writable(True)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._out = []
-        self._out_size = 0
+        if self._out is not None:
+            self._out.discard()
         self.transport = None
         if self.conn is not None:
             self.conn.connection_lost()

@@ -9,9 +9,16 @@ cdef class Output:
     cdef public bint writable
     cdef public int frame_max
     cdef public bint sent
-    cdef object _write
+    cdef public bint in_read
+    cdef object _sink
+    cdef object _schedule
+    cdef list _chunks
+    cdef Py_ssize_t _size
+    cdef Py_ssize_t _limit
+    cdef bint _flush_due
 
     cpdef void write(self, bytes data) except *
+    cpdef void flush(self) except *
 
 
 cdef class Deliveries:

@@ -34,17 +34,57 @@ DEF OVERHEAD = 400
 cdef class Output:
     """A connection's output: where its frames go, whether the peer takes more now
     (socket back-pressure), the negotiated frame_max, and whether anything was sent since
-    the heartbeat timer last looked."""
+    the heartbeat timer last looked.
 
-    def __cinit__(self, write):
-        self._write = write
+    Frames go straight to the sink, or, once gather() is called (the server does), are
+    gathered and written in one piece: at flush() (the end of a read), past `limit` bytes,
+    or, for output made outside a read (`in_read` false: timers, the store's answers), from
+    a flush the `schedule` callback arranges for later in the loop turn."""
+
+    def __cinit__(self, sink):
+        self._sink = sink
         self.writable = True
         self.frame_max = 131072
         self.sent = False
+        self.in_read = False
+        self._schedule = None
+        self._chunks = []
+        self._size = 0
+        self._limit = 0
+        self._flush_due = False
+
+    def gather(self, Py_ssize_t limit, schedule) -> None:
+        """Gather output from now on (see the class)."""
+        self._limit = limit
+        self._schedule = schedule
 
     cpdef void write(self, bytes data) except *:
         self.sent = True
-        self._write(data)
+        if self._schedule is None:
+            self._sink(data)
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size >= self._limit:
+            self.flush()
+        elif not self.in_read and not self._flush_due:
+            self._flush_due = True
+            self._schedule()
+
+    cpdef void flush(self) except *:
+        """Write what was gathered, in one piece."""
+        self._flush_due = False
+        cdef list chunks = self._chunks
+        if not chunks:
+            return
+        self._chunks = []
+        self._size = 0
+        self._sink(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def discard(self) -> None:
+        """The peer is gone: drop what was not written."""
+        self._chunks = []
+        self._size = 0
 
 
 cdef class Deliveries:
