@@ -7,7 +7,7 @@ content frames. Rarer methods go through pamqp in the Python layer.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 from cpython.pyport cimport PY_SSIZE_T_MAX
 
 DEF FRAME_METHOD = 1
@@ -44,11 +44,18 @@ cdef class FrameReader:
     cdef bytearray _buf
     cdef Py_ssize_t _pos
     cdef public unsigned long frame_max
+    # The last publish's exchange, routing key (raw and decoded) and properties: a
+    # publisher usually repeats them, and the next message then shares these objects (an
+    # allocation and ~50-100 B per queued message saved).
+    cdef bytes _ex_raw, _rk_raw, _props
+    cdef str _ex, _rk
 
     def __cinit__(self, unsigned long frame_max=131072):
         self._buf = bytearray()
         self._pos = 0
         self.frame_max = frame_max
+        self._ex_raw = self._rk_raw = self._props = b""
+        self._ex = self._rk = ""
 
     def feed(self, data) -> None:
         if self._pos:
@@ -176,15 +183,24 @@ cdef class FrameReader:
         rlen = p[off + 1 + elen]
         if 6 + 1 + elen + 1 + rlen + 1 > msize or p[off + 2 + elen + rlen] & 2:
             return None  # truncated, or immediate=true: the ordinary path answers
-        exchange = (<const char *>p)[off + 1:off + 1 + elen].decode("utf-8", "surrogateescape")
-        routing_key = (<const char *>p)[off + 2 + elen:off + 2 + elen + rlen].decode(
-            "utf-8", "surrogateescape")
+        if not _same(self._ex_raw, p + off + 1, elen):
+            self._ex_raw = PyBytes_FromStringAndSize(<const char *>p + off + 1, elen)
+            self._ex = self._ex_raw.decode("utf-8", "surrogateescape")
+        if not _same(self._rk_raw, p + off + 2 + elen, rlen):
+            self._rk_raw = PyBytes_FromStringAndSize(<const char *>p + off + 2 + elen, rlen)
+            self._rk = self._rk_raw.decode("utf-8", "surrogateescape")
         mandatory = bool(p[off + 2 + elen + rlen] & 1)
-        props = PyBytes_FromStringAndSize(<const char *>p + hpos + 19, hsize - 12)
+        if not _same(self._props, p + hpos + 19, hsize - 12):
+            self._props = PyBytes_FromStringAndSize(<const char *>p + hpos + 19, hsize - 12)
         body = PyBytes_FromStringAndSize(<const char *>p + bpos + 7, body_size) \
             if body_size else b""
         self._pos = end
-        return (0, channel, exchange, routing_key, mandatory, props, body)
+        return (0, channel, self._ex, self._rk, mandatory, self._props, body)
+
+
+cdef inline bint _same(bytes known, const unsigned char *p, Py_ssize_t n):
+    """p[:n] holds the same bytes as known."""
+    return len(known) == n and memcmp(PyBytes_AS_STRING(known), p, n) == 0
 
 
 EVENT_PUBLISH = 0
