@@ -3,7 +3,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 CORE_MODULES = ["frames", "message", "msgqueue", "topic", "headers", "hashring", "records",
-                "paged", "replay", "delivery", "publish", "channel", "connection", "idmap"]
+                "paged", "replay", "delivery", "publish", "channel", "connection", "idmap",
+                "storecore"]
 LIBRARIES = {"replay": ["z"]}  # zlib's crc32, called from C per record
 
 extensions = [

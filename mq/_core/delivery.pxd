@@ -79,3 +79,5 @@ cdef class QueueCore:
     cpdef bint behind(self)
     cdef bint _backlog_above(self, int share)
     cpdef bint _over_budget(self)
+    cpdef void _unstore(self, entries) except *
+    cpdef void _handed_out(self, Entry entry, bint no_ack) except *

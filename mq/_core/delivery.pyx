@@ -16,6 +16,7 @@ from time import time as _now
 from mq._core.frames import encode_deliver
 from mq._core.message cimport Message
 from mq._core.msgqueue cimport Entry, MessageQueue
+from mq._core.storecore cimport LogCore
 
 # Credit flow (B-FLOW-1): a queue with consumers is behind when more than this many messages
 # (or bytes) wait; the connections publishing into it are not read until it is back under
@@ -403,4 +404,20 @@ cdef class QueueCore:
             self.acked += len(entries)
             if self.store_qid:
                 self._unstore(entries)
+
+    cpdef void _unstore(self, entries) except *:
+        """Messages left the queue for good: their store entries go."""
+        cdef Entry entry
+        cdef LogCore store = self.store
+        if self.store_qid:
+            for entry in entries:
+                if entry.msg.store_id:
+                    store.ack(self.store_qid, entry.msg.store_id)
+
+    cpdef void _handed_out(self, Entry entry, bint no_ack) except *:
+        """A stored message went to a client: gone (no_ack), or redelivered after a crash."""
+        if no_ack:
+            (<LogCore>self.store).ack(self.store_qid, entry.msg.store_id)
+        else:
+            (<LogCore>self.store).delivered(self.store_qid, entry.msg.store_id)
 

@@ -393,20 +393,6 @@ class Queue(QueueCore):
         self.host.dead_letter(self, entries, reason)
         self._unstore(entries)
 
-    def _unstore(self, entries: Iterable[Entry]) -> None:
-        if self.store_qid:
-            store, qid = self.store, self.store_qid
-            for entry in entries:
-                if entry.msg.store_id:
-                    store.ack(qid, entry.msg.store_id)
-
-    def _handed_out(self, entry: Entry, no_ack: bool) -> None:
-        """A stored message went to a client: gone (no_ack), or redelivered after a crash."""
-        if no_ack:
-            self.store.ack(self.store_qid, entry.msg.store_id)
-        else:
-            self.store.delivered(self.store_qid, entry.msg.store_id)
-
     # ---- consumers --------------------------------------------------------------------
 
     @property

@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from mq._core.storecore import FlusherCore
 from mq.store.segments import Segment, check_faults, datasync, sync_dir, truncate, write_all
 
 log = logging.getLogger("mq.store")
@@ -27,7 +28,9 @@ log = logging.getLogger("mq.store")
 RETRY_DELAY = 0.5  # seconds between attempts while writes fail
 
 
-class Flusher:
+class Flusher(FlusherCore):
+    """The flusher thread and its batches (submit, the loop's side, is FlusherCore's)."""
+
     def __init__(self, log_dir: str) -> None:
         self.log_dir = log_dir
         self.seq = 0           # sequence of the last appended record
@@ -53,20 +56,6 @@ class Flusher:
         self._loop: Any = None
         self._on_flushed: Callable[[int], None] | None = None
         self._on_failure: Callable[[BaseException | None], None] | None = None
-
-    def submit(self, seg: Segment, off: int, data: bytes) -> None:
-        """Queue data for seg at offset off, its end (the caller has accounted for its
-        size). On the loop; the thread gets it at the end of this loop turn."""
-        self.seq += 1
-        seg.last_seq = self.seq
-        chunks = self._open
-        if chunks and chunks[-1][0] is seg:
-            chunks[-1][2] += data
-        else:
-            chunks.append([seg, off, bytearray(data)])
-        if not self._handoff_due and self._thread is not None:
-            self._handoff_due = True
-            self._loop.call_soon(self._handoff)
 
     def _handoff(self) -> None:
         """Give the thread what the loop appended (and wake it)."""

@@ -7,16 +7,16 @@ in an older segment: that segment "pins" it.
 """
 from __future__ import annotations
 
-from mq._core import records as R
 from mq._core.idmap import IdMap
-from mq.store.segments import Segment, Tomb, loc
+from mq._core.storecore import ENQ_SIZE, REF_SIZE, IndexCore
+from mq.store.segments import Segment, loc
 
-# Framed sizes of the fixed-size records.
-ENQ_SIZE = R.HEADER_SIZE + 25
-REF_SIZE = R.HEADER_SIZE + 17   # DLV, ACK
+__all__ = ["ENQ_SIZE", "REF_SIZE", "Index"]
 
 
-class Index:
+class Index(IndexCore):
+    """The tables and counts (live, dead, pin and drop_entry are IndexCore's, in C)."""
+
     def __init__(self) -> None:
         self.segments: dict[int, Segment] = {}
         # The tables with an entry per message are IdMaps (C hash tables, 16-20 bytes an
@@ -31,44 +31,10 @@ class Index:
         self.ids: dict[tuple, int] = {}    # topology key -> object id
         self.dirty: set[Segment] = set()   # segments whose live share fell: look at them
 
-    def live(self, seg: Segment, size: int) -> None:
-        seg.live_count += 1
-        seg.live_bytes += size
-
-    def dead(self, location: int, size: int) -> None:
-        seg = self.segments[location >> 32]
-        seg.live_count -= 1
-        seg.live_bytes -= size
-        self.dirty.add(seg)
-
     def put_topo(self, obj_id: int, key: tuple, seg: Segment, off: int, size: int) -> None:
         self.topo[obj_id] = (loc(seg, off), size, key)
         self.ids[key] = obj_id
         self.live(seg, size)
-
-    def pin(self, seg: Segment, off: int, size: int, target: Segment) -> None:
-        """The tombstone at seg/off cancels a record in target: live while target exists."""
-        if seg is not target:
-            tomb = Tomb(seg, off)
-            seg.tombs[off] = (size, tomb)
-            self.live(seg, size)
-            target.pins.append(tomb)
-
-    def drop_entry(self, qid: int, mid: int, location: int) -> None:
-        """Queue qid's entry for mid (its ENQ at location) is gone: its records are dead, and
-        the message too when no other queue holds it."""
-        self.dead(location, ENQ_SIZE)
-        delivered = self.dlvs.get(qid)
-        if delivered:
-            dloc = delivered.pop(mid, None)
-            if dloc is not None:
-                self.dead(dloc, REF_SIZE)
-        holders = self.shared.pop(mid, 1)
-        if holders > 2:
-            self.shared[mid] = holders - 1
-        elif holders == 1:
-            m = self.msgs.pop(mid)
-            self.dead(m >> 32, m & 0xFFFFFFFF)
 
     def unpin(self, seg: Segment) -> None:
         """seg is gone: the tombstones it pinned are dead now."""

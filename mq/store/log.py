@@ -21,13 +21,14 @@ from typing import Any, Callable
 from mq._core import records as R
 from mq._core.idmap import IdMap
 from mq._core.message import Message
+from mq._core.storecore import LogCore
 from mq.store.arguments import encode_arguments
 from mq.store.compaction import compact, copy_live, scan_piece
 from mq.store.flusher import Flusher
 from mq.store.format import StoreError, check_format
-from mq.store.index import ENQ_SIZE, REF_SIZE, Index
+from mq.store.index import Index
 from mq.store.recovery import Recovered, replay
-from mq.store.segments import Segment, loc, segment_path
+from mq.store.segments import Segment, segment_path
 from mq.store.shutdown import leave_clean_marker, take_clean_marker
 
 log = logging.getLogger("mq.store")
@@ -54,7 +55,7 @@ COMPACT_DELAY = 1.0
 UNPIN_SLICE = 10_000
 
 
-class Store:
+class Store(LogCore):
     """The log in `directory`. Call open() (returns what was recovered), then start(loop)
     for the background flusher, or sync() to flush synchronously (tests, tools).
 
@@ -85,11 +86,6 @@ class Store:
         self._head: Segment | None = None
         self._next_id = 1
         self._lock_fd: int | None = None
-
-    @property
-    def seq(self) -> int:
-        """Sequence of the last appended record."""
-        return self._flusher.seq
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -129,65 +125,7 @@ class Store:
 
     # ---- appending ----------------------------------------------------------------------
 
-    def _append(self, data: bytes) -> tuple[Segment, int]:
-        seg = self._head
-        if seg.size and seg.size + len(data) > self.segment_size:
-            seg = self._head = self._new_segment(seg.number + 1)
-        off = seg.size
-        seg.size += len(data)
-        self._flusher.submit(seg, off, data)
-        return seg, off
-
-    def _tombstone(self, data: bytes, target_loc: int) -> None:
-        """Append a record cancelling a dead record at target_loc; it stays live while that
-        record's segment exists."""
-        seg, off = self._append(data)
-        self._index.pin(seg, off, len(data), self._index.segments[target_loc >> 32])
-
-    def _new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id - 1
-
-    # ---- messages -----------------------------------------------------------------------
-
-    def enqueue(self, qid: int, msg: Message, expires_at: float = 0.0) -> None:
-        """A persistent message entered durable queue `qid`. The message itself is written
-        once, however many queues it enters."""
-        index = self._index
-        mid = msg.store_id
-        if mid and mid in index.msgs:
-            index.shared[mid] = index.shared.get(mid, 1) + 1
-        else:
-            mid = msg.store_id = self._new_id()
-            data = R.message_record(mid, msg.exchange, msg.routing_key, msg.props, msg.body)
-            seg, off = self._append(data)
-            index.live(seg, len(data))
-            index.msgs[mid] = loc(seg, off) << 32 | len(data)
-        seg, off = self._append(R.enqueue_record(qid, mid, expires_at))
-        index.live(seg, ENQ_SIZE)
-        index.queues[qid][mid] = loc(seg, off)
-
-    def delivered(self, qid: int, mid: int) -> None:
-        """Handed to a consumer that must ack: after a crash it comes back redelivered."""
-        index = self._index
-        if mid not in index.queues.get(qid, ()):
-            return
-        delivered = index.dlvs.get(qid)
-        if delivered is None:
-            delivered = index.dlvs[qid] = IdMap()
-        if mid not in delivered:
-            seg, off = self._append(R.ref_record(R.DLV, qid, mid))
-            index.live(seg, REF_SIZE)
-            delivered[mid] = loc(seg, off)
-
-    def ack(self, qid: int, mid: int) -> None:
-        """The message left queue `qid` (acked, expired, dropped, dead-lettered)."""
-        entries = self._index.queues.get(qid)
-        location = entries.pop(mid, None) if entries is not None else None
-        if location is None:
-            return
-        self._index.drop_entry(qid, mid, location)
-        self._tombstone(R.ref_record(R.ACK, qid, mid), location)
+    # ---- messages (enqueue, delivered, ack: LogCore's) ---------------------------------
 
     def read_message(self, mid: int) -> Message:
         """A stored message, with its body, read back from the log (for a queue that kept

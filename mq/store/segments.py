@@ -18,6 +18,11 @@ import errno
 import os
 import time
 
+from mq._core.storecore import Tomb
+
+__all__ = ["Segment", "Tomb", "check_faults", "datasync", "fsync_file", "loc", "segment_path",
+           "sync_dir", "truncate", "write_all"]
+
 FAULT_FILE_ENV = "MQ_TEST_FAULT_FILE"
 _FAULTS = {"eio": errno.EIO, "enospc": errno.ENOSPC}
 _fault_file = os.environ.get(FAULT_FILE_ENV) or None
@@ -62,16 +67,6 @@ class Segment:
         if self.rfd >= 0:
             os.close(self.rfd)
             self.rfd = -1
-
-
-class Tomb:
-    """A live tombstone (ACK or DELETE record) and where it currently is."""
-
-    __slots__ = ("seg", "off")
-
-    def __init__(self, seg: Segment, off: int) -> None:
-        self.seg: Segment | None = seg
-        self.off = off
 
 
 def loc(seg: Segment, off: int) -> int:
