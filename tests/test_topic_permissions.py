@@ -221,3 +221,21 @@ def test_ctl_set_list_clear(broker: BrokerProcess, api: ApiClient, uid: str) -> 
     run("clear-topic-permissions", user)
     assert user not in {p["user"] for p in json.loads(run("--json", "list-topic-permissions"))}
     _channel(broker, user).basic_publish("tp.free", "x", b"x")
+
+
+def test_permission_set_after_publishing_applies_on_the_same_channel(
+        broker: BrokerProcess, api: ApiClient, uid: str) -> None:
+    """B-AUTH-1: a topic permission set while a channel keeps publishing with one routing key
+    (a route the channel has cached) applies to that channel's next publish."""
+    user = f"late-{uid}"
+    _new_user(api, user)
+    watch, queue = _bound_queue(broker, "tp.free", "#")
+    ch = _channel(broker, user)
+    for i in range(3):
+        ch.basic_publish("tp.free", "other", b"%d" % i)
+    assert [body for _, body in _drain(watch, queue)] == [b"0", b"1", b"2"]
+    api.call("PUT", f"/api/topic-permissions/%2F/{user}",
+             {"exchange": "tp.free", "write": "^free$", "read": ""})
+    assert _refused(lambda: ch.basic_publish("tp.free", "other", b"3")) == (
+        403, _text("other", user, "tp.free"))
+    assert _drain(watch, queue) == []
