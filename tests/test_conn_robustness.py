@@ -92,6 +92,27 @@ def test_server_sends_heartbeats_while_idle(mq_broker):
     client.close()
 
 
+def test_server_is_never_silent_for_a_whole_interval(mq_broker):
+    """B-CONN-6: with heartbeat=1 the server sends a frame at least every interval (strict
+    clients such as @cloudamqp/amqp-client drop a connection silent for one interval)."""
+    client = RawClient(mq_broker.port)
+    client.handshake(heartbeat=1)
+    last = time.monotonic()
+    gaps = []
+    deadline = last + 4.0
+    while time.monotonic() < deadline:
+        client.send(HEARTBEAT_FRAME)
+        try:
+            client.recv_frame(timeout=0.2)
+        except TimeoutError:
+            continue
+        now = time.monotonic()
+        gaps.append(now - last)
+        last = now
+    assert len(gaps) >= 4 and max(gaps) < 0.95, gaps
+    client.close()
+
+
 def test_silent_client_is_closed_after_two_intervals(mq_broker, connection, channel, uid):
     """B-CONN-6: a client that sends nothing for two heartbeat intervals is disconnected, the
     log says so, and its channels are cleaned up: its unacked message goes to another

@@ -103,6 +103,7 @@ class Connection(ConnectionCore):
         self.closed = False
         self._opened_at = clock()
         self._last_recv = self._last_sent = self._closing_since = self._opened_at
+        self._last_tick = self._opened_at
         self.name = f"{self.peer[0]}:{self.peer[1]}"
         self._current_method = (0, 0)  # class and method id of the last method frame
         # Resource alarms (B-CONN-10), as RabbitMQ: while an alarm is on the connection is
@@ -498,6 +499,7 @@ class Connection(ConnectionCore):
 
     def _tick(self) -> None:
         now = self.clock()
+        previous_tick, self._last_tick = self._last_tick, now
         if self.state == "closing":
             if now - self._closing_since > CLOSE_TIMEOUT:
                 self.close_transport()
@@ -519,11 +521,16 @@ class Connection(ConnectionCore):
                     reason=f"missed heartbeats from client, timeout: {self.heartbeat}s"))
                 self.close_transport()
                 return
-            if self.out.sent:  # something went out since the last tick
+            if self.out.sent:
+                # Something went out since the last tick: count it as sent then (the
+                # earliest it may have been), so that silence never outlasts heartbeat / 2
+                # by more than the tick.
+                self.out.sent = False
+                self._last_sent = previous_tick
+            if now - self._last_sent >= self.heartbeat / 2:
+                self.write(frames.HEARTBEAT_FRAME)
                 self.out.sent = False
                 self._last_sent = now
-            elif now - self._last_sent >= self.heartbeat / 2:
-                self.write(frames.HEARTBEAT_FRAME)
 
     def set_alarms(self, alarms: tuple[str, ...]) -> None:
         """The broker's resource alarms changed (B-CONN-10). A blocked connection is told
