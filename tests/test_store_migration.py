@@ -27,7 +27,6 @@ from pika.exceptions import ChannelClosedByBroker
 import format1_fixture as fixture
 from fieldvalues import same
 from mq._core import records as R
-from mq._core.message import Message
 from mq.store import Store, StoreError
 from mq.store import migration
 from mq.store.arguments import decode_arguments
