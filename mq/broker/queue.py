@@ -377,7 +377,7 @@ class Queue(QueueCore):
                     return
             else:
                 top = paged.top_level()
-            stored = self.store.read_message if self.store_qid else None
+            stored = self.store.read_messages if self.store_qid else None
             for msg, expires_at, redelivered in paged.take(top, stored):
                 ready.push(msg, expires_at).redelivered = redelivered
             if ready.count:

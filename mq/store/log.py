@@ -51,6 +51,10 @@ COMPACT_SLICE = 0.004
 # flight when it was sealed are settled by then, and a segment that became all dead is
 # removed without reading and copying it (under a steady load with acks, every one).
 COMPACT_DELAY = 1.0
+# Paged-out messages are read back with one pread per run of records this long at most,
+# skipping over at most READ_GAP bytes of other records between two of them.
+READ_RUN = 1024 * 1024
+READ_GAP = 64 * 1024
 # A removed segment's pins (the tombstones it kept live) are let go this many per loop turn.
 UNPIN_SLICE = 10_000
 
@@ -130,16 +134,45 @@ class Store(LogCore):
     def read_message(self, mid: int) -> Message:
         """A stored message, with its body, read back from the log (for a queue that kept
         only its id in memory)."""
-        m = self._index.msgs[mid]
-        location, size = m >> 32, m & 0xFFFFFFFF
-        seg, off = self._index.segments[location >> 32], location & 0xFFFFFFFF
-        data = None
-        if off + size > seg.flushed:  # rare: paged out and wanted before it was fsynced
-            data = self._flusher.pending(seg, off, size)
-        f = R.scan(data or seg.read(size, off))[0][0][2]
-        full = Message(f[2], f[3], f[4], f[5])
-        full.store_id = mid
-        return full
+        return self.read_messages([mid])[0]
+
+    def read_messages(self, mids: list[int]) -> list[Message]:
+        """Stored messages read back from the log, in the order asked. Records that lie
+        close together in one segment (a backlog's, written in turn) are read with one
+        pread per run of up to READ_RUN bytes, not one per message."""
+        msgs = self._index.msgs
+        places = []
+        for mid in mids:
+            m = msgs[mid]
+            places.append((m >> 32, m & 0xFFFFFFFF, mid))
+        out: dict[int, Message] = {}
+        order = sorted(places)
+        i = 0
+        while i < len(order):
+            location, size, _ = order[i]
+            seg_no, start = location >> 32, location & 0xFFFFFFFF
+            end, j = start + size, i + 1
+            while j < len(order) and order[j][0] >> 32 == seg_no:
+                off = order[j][0] & 0xFFFFFFFF
+                if off + order[j][1] - start > READ_RUN or off - end > READ_GAP:
+                    break
+                end = max(end, off + order[j][1])
+                j += 1
+            seg = self._index.segments[seg_no]
+            # (rare: wanted before it was fsynced: each record from the flusher's memory)
+            data = seg.read(end - start, start) if end <= seg.flushed else None
+            for location, size, mid in order[i:j]:
+                off = location & 0xFFFFFFFF
+                if data is None:
+                    record = self._flusher.pending(seg, off, size) or seg.read(size, off)
+                else:
+                    record = data[off - start:off - start + size]
+                f = R.scan(record)[0][0][2]
+                full = Message(f[2], f[3], f[4], f[5])
+                full.store_id = mid
+                out[mid] = full
+            i = j
+        return [out[mid] for mid in mids]
 
     # ---- topology -----------------------------------------------------------------------
 

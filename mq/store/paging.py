@@ -201,20 +201,24 @@ class PagedMessages:
         return lvl
 
     def take(self, level: int,
-             read_stored: Callable[[int], Message] | None) -> list[PagedEntry]:
+             read_stored: Callable[[list[int]], list[Message]] | None) -> list[PagedEntry]:
         """The oldest of one level's messages (at most TAKE_MAX), removed from here.
-        References are read back from the log with read_stored(store_id)."""
+        References are read back from the log, all at once, with read_stored(store_ids)."""
         lvl = self.levels[level]
         decoded = lvl.decoded
         if not decoded:
             decoded.extend(lvl.read())
         out = []
+        refs = []  # (place in out, store id)
         for _ in range(min(TAKE_MAX, len(decoded))):
             msg, store_id, expires_at, redelivered, body_size = decoded.popleft()
             if msg is None:
-                msg = read_stored(store_id)
+                refs.append((len(out), store_id))
             out.append((msg, expires_at, redelivered))
             self.bytes -= body_size
+        if refs:
+            for (i, _), msg in zip(refs, read_stored([mid for _, mid in refs])):
+                out[i] = (msg,) + out[i][1:]
         lvl.count -= len(out)
         self.count -= len(out)
         if not lvl.count:
