@@ -78,10 +78,12 @@ class SlowConsumer(threading.Thread):
 
 
 def publish_frames(routing_key: str, body: bytes, count: int, exchange: str = "",
-                   frame_max: int = 131072) -> bytes:
+                   frame_max: int = 131072,
+                   properties: spec.Basic.Properties | None = None) -> bytes:
     """count basic.publish + header + body frame sets on channel 1, encoded once."""
     one = pamqp_frame.marshal(spec.Basic.Publish(exchange=exchange, routing_key=routing_key), 1)
-    one += pamqp_frame.marshal(ContentHeader(0, len(body), spec.Basic.Properties()), 1)
+    one += pamqp_frame.marshal(ContentHeader(0, len(body), properties or spec.Basic.Properties()),
+                               1)
     step = frame_max - 8
     for i in range(0, len(body), step):
         one += pamqp_frame.marshal(ContentBody(body[i:i + step]), 1)

@@ -13,6 +13,7 @@ from typing import Iterator
 
 import pika
 import pytest
+from pamqp import commands as spec
 
 from flood import Flood, RssSampler, SlowConsumer, publish_frames, round_trips, rss_of
 from mq.testing import BrokerProcess
@@ -277,3 +278,37 @@ def test_flood_delays_other_connections_by_a_bounded_slice(broker):
     assert written > 20, "the flood did not flood"
     assert len(times) > 100
     assert max(times) < FAIR_SLICE, max(times)
+
+
+def test_persistent_publisher_waits_for_a_slow_disk(fault_file, broker):
+    """B-FLOW-1, B-DUR-9: persistent messages published faster than the disk syncs them
+    (every fdatasync takes 0.5 s here) hold the publishing connection in state 'flow'
+    instead of piling up in the broker's memory, and everything accepted is kept."""
+    with open(fault_file, "w") as fh:
+        fh.write("slow")
+    url, queue = broker.url, "slow-disk"
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    conn.channel().queue_declare(queue, durable=True)
+    conn.close()
+    base = rss_of(broker.proc.pid)
+    sampler = RssSampler(broker.proc.pid)
+    sampler.start()
+    chunk = publish_frames(queue, b"x" * 1024, 200,
+                           properties=spec.Basic.Properties(delivery_mode=2))
+    flood = Flood(broker.port, chunk)
+    flood.start()
+    states: set[str] = set()
+    end = time.monotonic() + 4.0
+    while time.monotonic() < end:
+        states.update(c["state"] for c in api_connections(broker))
+        time.sleep(0.25)
+    flood.close()
+    peak = sampler.finish()
+    assert flood.error is None or isinstance(flood.error, OSError), flood.error
+    assert "flow" in states, states
+    # Held at 16 MiB waiting for the disk (plus a batch being written), not the ~100 MB a
+    # second the publisher would write.
+    assert peak - base < 96 * 1024 * 1024, (peak - base) / 1e6
+    with open(fault_file, "w") as fh:
+        fh.write("")
+    assert message_count(url, queue) > 0

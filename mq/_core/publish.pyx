@@ -11,6 +11,7 @@ routing key alone are cached (VirtualHost.routes_by_key).
 
 from mq._core.delivery cimport QueueCore
 from mq._core.message cimport Message
+from mq._core.storecore cimport LogCore
 
 NO_ROUTE = -2   # no queue matched (mandatory: return it); confirm now
 REFUSED = -1    # a queue refused it (x-overflow) or the store cannot write: nack
@@ -38,6 +39,8 @@ cpdef long long enqueue(object store, object queues, Message msg, object flow_to
         return C_REFUSED
     if not persistent:
         return 0
+    if flow_to is not None and (<LogCore>store).behind():
+        flow_to.flow(store)  # the disk is behind: this publisher waits for it
     cdef long long seq = store.seq
     if seq == before:
         return 0

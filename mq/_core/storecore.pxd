@@ -10,6 +10,7 @@ cdef class Tomb:
 cdef class FlusherCore:
     cdef public unsigned long long seq
     cdef public unsigned long long _handed_seq
+    cdef public long long unwritten
     cdef public list _open
     cdef public bint _handoff_due
     cdef public object _thread
@@ -39,9 +40,11 @@ cdef class LogCore:
     cdef public unsigned long long _next_id
     cdef public IndexCore _index
     cdef public FlusherCore _flusher
+    cdef public set flow_publishers
 
     cdef object _put(self, bytes data, long long *off)
     cpdef void _tombstone(self, bytes data, long long target_loc) except *
     cpdef void enqueue(self, unsigned long long qid, Message msg, double expires_at=*) except *
     cpdef void delivered(self, unsigned long long qid, unsigned long long mid) except *
     cpdef void ack(self, unsigned long long qid, unsigned long long mid) except *
+    cpdef bint behind(self)

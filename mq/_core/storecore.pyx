@@ -16,6 +16,11 @@ ENQ_SIZE = _HEADER_SIZE + 25
 REF_SIZE = _HEADER_SIZE + 17   # DLV, ACK
 cdef long long C_ENQ_SIZE = ENQ_SIZE
 cdef long long C_REF_SIZE = REF_SIZE
+# Credit flow towards the disk (B-FLOW-1): past this many bytes appended and not yet written
+# and fsynced, the connections publishing persistent messages are not read until the flusher
+# is back under half of it, so memory stays bounded when the disk is slower than the clients.
+STORE_BEHIND_BYTES = 16 * 1024 * 1024
+cdef long long C_BEHIND = STORE_BEHIND_BYTES
 
 
 cdef inline long long _loc(object seg, long long off) except? -1:
@@ -41,6 +46,7 @@ cdef class FlusherCore:
         """Queue data for seg at offset off, its end (the caller has accounted for its
         size). On the loop; the thread gets it at the end of this loop turn."""
         self.seq += 1
+        self.unwritten += len(data)
         seg.last_seq = self.seq
         cdef list chunks = self._open
         cdef Py_ssize_t n = len(chunks)
@@ -94,6 +100,24 @@ cdef class IndexCore:
 
 cdef class LogCore:
     """Appends and the per-message records of the store (mq.store.log.Store)."""
+
+    def __cinit__(self, *args, **kwargs):
+        self.flow_publishers = set()
+
+    cpdef bint behind(self):
+        """More is waiting for the disk than STORE_BEHIND_BYTES: persistent publishers wait."""
+        return self._flusher.unwritten > C_BEHIND
+
+    def consumed_by(self, owner) -> bool:
+        """(As a queue answers credit flow: the store never is.)"""
+        return False
+
+    def caught_up(self) -> None:
+        """After a flush: let held publishers go once the disk is back under half."""
+        if self.flow_publishers and self._flusher.unwritten <= C_BEHIND // 2:
+            publishers, self.flow_publishers = self.flow_publishers, set()
+            for publisher in publishers:
+                publisher.flow_off(self)
 
     @property
     def seq(self) -> int:

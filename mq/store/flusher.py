@@ -154,6 +154,7 @@ class Flusher(FlusherCore):
             self._written_seq = max(self._written_seq, seq)
             self._inflight = []
             self._dirty_tails = False
+            self.unwritten -= sum(len(chunk[2]) for chunk in chunks)
         if report and chunks:
             self._report(self._on_flushed, seq)
         try:

@@ -289,6 +289,7 @@ class Store(LogCore):
             _call(heapq.heappop(waits)[2], None)
         if self.seq == self.durable_seq and self._head is not None:
             self._index.dirty.add(self._head)  # idle: a mostly dead head may be sealed now
+        self.caught_up()
         self._maintain()
 
     def _failure(self, exc: BaseException | None) -> None:
