@@ -1,7 +1,9 @@
 """Publishing on a channel: content assembly, and the AMQP side of publisher confirms and
 basic.return. The checks, routing and the question of when a publish may be confirmed are
-the broker's (mq.broker.publish), shared with the HTTP API's publish. Mixed into Channel,
-whose state it uses."""
+the broker's (mq.broker.publish), shared with the HTTP API's publish. Mixed into Channel:
+the state it works on is declared, typed, in ChannelCore (mq/_core/channel.pxd: confirm,
+tx, publish_seq, published, unconfirmed, _writable, _pending, max_message_size); its own is
+the content being assembled (_props, _body, _body_size, _received, set by Channel)."""
 from __future__ import annotations
 
 from typing import Any

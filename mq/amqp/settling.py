@@ -1,5 +1,7 @@
 """Settling deliveries on a channel: ack, nack, reject, recover, and transactions (which
-defer publishes and settles to commit). Mixed into Channel, whose state it uses."""
+defer publishes and settles to commit). Mixed into Channel: what is unsettled is the
+channel's Deliveries and the transaction flag ChannelCore's (mq/_core/channel.pxd); its own
+state is the transaction's deferred work (_tx_publishes, _tx_settles, set by Channel)."""
 from __future__ import annotations
 
 from typing import Any, Iterable
