@@ -8,9 +8,9 @@ from collections import deque
 from mq._core.delivery cimport Deliveries
 from mq._core.message cimport Message
 from mq._core.publish cimport RouteCache, enqueue
-from mq._core.publish import REPLY_TO
+from mq._core.publish import REFUSED, REPLY_TO
 
-DEF C_REFUSED = -1
+cdef long long C_REFUSED = REFUSED
 PUBLISH_METHOD = (60, 40)
 ACK_METHOD = (60, 80)
 

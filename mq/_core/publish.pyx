@@ -15,9 +15,8 @@ from mq._core.storecore cimport LogCore
 
 NO_ROUTE = -2   # no queue matched (mandatory: return it); confirm now
 REFUSED = -1    # a queue refused it (x-overflow) or the store cannot write: nack
-DEF C_NO_ROUTE = -2
-DEF C_REFUSED = -1
-DEF CACHED_KEYS = 1024  # routing keys cached per exchange (then the cache starts over)
+cdef long long C_REFUSED = REFUSED
+cdef Py_ssize_t CACHED_KEYS = 1024  # routing keys cached per exchange (then it starts over)
 REPLY_TO = "amq.rabbitmq.reply-to"  # direct reply-to
 
 
