@@ -15,8 +15,8 @@ cdef class ChannelCore:
     cdef public set _writable
     cdef public object _pending
     cdef public long long max_message_size
+    cdef public object store
     cdef RouteCache _routes
-    cdef object _store
 
     cpdef bint ready_for_publish(self)
     cpdef void publish_assembled(self, str exchange_name, str routing_key, bint mandatory,

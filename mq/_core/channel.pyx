@@ -30,7 +30,7 @@ cdef class ChannelCore:
         self.conn = conn
         self.deliveries = deliveries
         self.max_message_size = conn.broker.max_message_size
-        self._store = conn.vhost.store
+        self.store = conn.vhost.store  # the durable store (None: in memory), fixed at start
         self._routes = RouteCache(conn.vhost.topology)
 
     cpdef bint ready_for_publish(self):
@@ -56,7 +56,7 @@ cdef class ChannelCore:
             if msg is not None and msg.user_id is None and msg.expiration is None \
                     and msg.reply_to != REPLY_TO and (msg._hdr_start < 0 or b"CC" not in props):
                 self.published += 1
-                self.confirm_outcome(enqueue(self._store, queues, msg, self.conn,
+                self.confirm_outcome(enqueue(self.store, queues, msg, self.conn,
                                              self if self.confirm else None))
                 return
         self._publish_message(exchange_name, routing_key, mandatory, props, body)
@@ -65,7 +65,8 @@ cdef class ChannelCore:
         self._routes.remember(exchange, routing_key, queues)
 
     cpdef void ack_assembled(self, unsigned long long delivery_tag, bint multiple) except *:
-        """basic.ack: settled here, except in a transaction or for an unknown tag."""
+        """basic.ack: settled here, except in a transaction or for an unknown tag (the
+        channel's _ack)."""
         self.current_method = ACK_METHOD
         cdef Deliveries deliveries = self.deliveries
         if self.tx or not deliveries.ack(delivery_tag, multiple, self.conn.pending_dispatch):

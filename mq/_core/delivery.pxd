@@ -36,6 +36,7 @@ cdef class Deliveries:
     cdef long long _base
 
     cdef void _put(self, long long tag, Entry entry, QueueCore queue, object consumer) except *
+    cdef void _add(self, long long tag, Entry entry, QueueCore queue, object consumer) except *
     cdef void _trim(self)
     cdef list _take(self, unsigned long long tag, bint multiple)
     cdef bint _range(self, unsigned long long tag, bint multiple, Py_ssize_t *lo, Py_ssize_t *hi)
@@ -77,7 +78,8 @@ cdef class QueueCore:
     cpdef void dispatch(self, double now=*) except *
     cdef ConsumerCore _pick_consumer(self)
     cpdef bint behind(self)
-    cdef bint _backlog_above(self, int share)
+    cpdef bint backlog_above(self, int share)
+    cpdef Py_ssize_t _in_memory(self)
     cpdef bint _over_budget(self)
     cpdef void _unstore(self, entries) except *
     cpdef void _handed_out(self, Entry entry, bint no_ack) except *

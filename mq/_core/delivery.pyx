@@ -121,6 +121,9 @@ cdef class Deliveries:
 
     def add(self, long long tag, Entry entry, QueueCore queue, object consumer) -> None:
         """Keep a delivery until settled (consumer None: a basic.get)."""
+        self._add(tag, entry, queue, consumer)
+
+    cdef void _add(self, long long tag, Entry entry, QueueCore queue, object consumer) except *:
         self._put(tag, entry, queue, consumer)
         self._count(queue, consumer, 1)
 
@@ -285,8 +288,7 @@ cdef class ConsumerCore:
         d.last_tag += 1
         cdef long long tag = d.last_tag
         if not self.no_ack:
-            d._put(tag, entry, queue, self)
-            d._count(queue, self, 1)
+            d._add(tag, entry, queue, self)
         cdef Message msg = entry.msg
         props = queue.delivery_props(entry) if queue.counts_deliveries else msg.props
         d.out.write(encode_deliver(d.number, self.tag, tag, entry.redelivered, msg.exchange,
@@ -327,25 +329,26 @@ cdef class QueueCore:
             self.dispatch(0.0)
         return True
 
+    cpdef Py_ssize_t _in_memory(self):
+        """What the ready messages in memory cost, as counted against the budget."""
+        return self.ready.bytes + self.ready.count * OVERHEAD
+
     cpdef bint _over_budget(self):
         """Memory is full: newer messages wait on disk (B-FLOW-3)."""
-        cdef MessageQueue ready = self.ready
-        return self._budget > 0 and ready.bytes + ready.count * OVERHEAD > self._budget
+        return self._budget > 0 and self._in_memory() > self._budget
 
     cpdef bint behind(self):
         """More is waiting than the consumers take: publishers into it should wait."""
-        return self.consumer_count > 0 and self._backlog_above(1)
+        return self.consumer_count > 0 and self.backlog_above(1)
 
-    cdef bint _backlog_above(self, int share):
+    cpdef bint backlog_above(self, int share):
+        """More than 1/share of what makes a queue with consumers behind is waiting."""
         cdef Py_ssize_t count = self.ready.count, size = self.ready.bytes
         paged = self.paged
         if paged is not None:
             count += paged.count
             size += paged.bytes
         return count > READY_MESSAGES // share or size > READY_BYTES // share
-
-    def backlog_above(self, int share) -> bool:
-        return self._backlog_above(share)
 
     cpdef void dispatch(self, double now=0.0) except *:
         """Hand ready messages to consumers with room, round-robin within a priority."""
@@ -403,8 +406,7 @@ cdef class QueueCore:
         """Delivered messages acknowledged: they are gone."""
         if not self.deleted:
             self.acked += len(entries)
-            if self.store_qid:
-                self._unstore(entries)
+            self._unstore(entries)
 
     cpdef void _unstore(self, entries) except *:
         """Messages left the queue for good: their store entries go."""

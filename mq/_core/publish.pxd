@@ -15,3 +15,4 @@ cdef class RouteCache:
     cdef dict _routes
 
     cdef tuple lookup(self, str exchange_name, str routing_key, object conn)
+    cdef bint _current(self)

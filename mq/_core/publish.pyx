@@ -71,9 +71,7 @@ cdef class RouteCache:
         """The cached queues, or None: not cached, the topology changed, or a topic exchange
         on which the connection's user has topic permissions (checked per publish by the
         full path)."""
-        if self._version != self._topology.version:
-            self._routes.clear()
-            self._version = self._topology.version
+        if not self._current():
             return None
         by_key = self._routes.get(exchange_name)
         if by_key is None:
@@ -85,11 +83,17 @@ cdef class RouteCache:
             return None
         return (<tuple>route)[0]
 
+    cdef bint _current(self):
+        """Whether the cache is of the current topology; if not, it is emptied (and is)."""
+        if self._version == self._topology.version:
+            return True
+        self._routes.clear()
+        self._version = self._topology.version
+        return False
+
     def remember(self, exchange, str routing_key, list queues) -> None:
         """The full path routed a message by exchange and key alone: cache its queues."""
-        if self._version != self._topology.version:
-            self._routes.clear()
-            self._version = self._topology.version
+        self._current()
         by_key = self._routes.get(exchange.name)
         if by_key is None or len(by_key) >= CACHED_KEYS:
             by_key = self._routes[exchange.name] = {}

@@ -29,6 +29,7 @@ cdef class IndexCore:
 
     cpdef void live(self, object seg, long long size) except *
     cpdef void dead(self, long long location, long long size) except *
+    cpdef void dead_in(self, object seg, long long size) except *
     cpdef void pin(self, object seg, long long off, long long size, object target) except *
     cpdef void drop_entry(self, unsigned long long qid, unsigned long long mid,
                           long long location) except *
@@ -43,6 +44,7 @@ cdef class LogCore:
     cdef public set flow_publishers
 
     cdef object _put(self, bytes data, long long *off)
+    cdef unsigned long long _take_id(self)
     cpdef void _tombstone(self, bytes data, long long target_loc) except *
     cpdef void enqueue(self, unsigned long long qid, Message msg, double expires_at=*) except *
     cpdef void delivered(self, unsigned long long qid, unsigned long long mid) except *

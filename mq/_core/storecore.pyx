@@ -67,7 +67,10 @@ cdef class IndexCore:
         seg.live_bytes += size
 
     cpdef void dead(self, long long location, long long size) except *:
-        seg = self.segments[location >> 32]
+        self.dead_in(self.segments[location >> 32], size)
+
+    cpdef void dead_in(self, object seg, long long size) except *:
+        """A record of seg is dead: the segment is looked at for removal or compaction."""
         seg.live_count -= 1
         seg.live_bytes -= size
         self.dirty.add(seg)
@@ -150,6 +153,9 @@ cdef class LogCore:
         self._index.pin(seg, off, len(data), self._index.segments[target_loc >> 32])
 
     def _new_id(self) -> int:
+        return self._take_id()
+
+    cdef unsigned long long _take_id(self):
         self._next_id += 1
         return self._next_id - 1
 
@@ -162,8 +168,7 @@ cdef class LogCore:
         if mid and mid in index.msgs:
             index.shared[mid] = index.shared.get(mid, 1) + 1
         else:
-            mid = msg.store_id = self._next_id
-            self._next_id += 1
+            mid = msg.store_id = self._take_id()
             data = message_record(mid, msg.exchange, msg.routing_key, msg.props, msg.body)
             seg = self._put(data, &off)
             index.live(seg, len(data))

@@ -41,7 +41,6 @@ class Channel(ChannelCore, Publishing, Settling):
         # mode, the unconfirmed publishes, the route cache: ChannelCore's (mq._core.channel).
         self.start(number, conn, Deliveries(number, conn.out))
         self.state = "open"
-        self.store = conn.broker.store  # the durable store (None: in memory), fixed at start
         self.consumers: dict[str, ChannelConsumer] = {}
         self.prefetch = 0          # for consumers created from now on (global=false)
         # consumer tags whose basic.cancel waits for this channel's queue.delete-ok
@@ -115,7 +114,7 @@ class Channel(ChannelCore, Publishing, Settling):
                     tag, multiple = frames.decode_ack(payload)
                 except ValueError as exc:  # RabbitMQ: 501 "cannot decode"
                     raise FrameError(f"cannot decode basic.ack: {exc}") from None
-                self._ack(tag, multiple)
+                self.ack_assembled(tag, multiple)
             else:
                 method = decode_method(payload)
                 handler = self._handlers.get(method.name)

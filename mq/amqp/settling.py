@@ -32,14 +32,11 @@ class Settling:
         return taken
 
     def _ack(self, tag: int, multiple: bool) -> None:
-        if self.tx:
-            self._tx_defer(tag, multiple, None)
-            return
-        refill = self.conn.pending_dispatch
-        if not self.deliveries.ack(tag, multiple, refill):
+        """What ChannelCore.ack_assembled (every basic.ack) leaves: an ack in a
+        transaction, or one naming an unknown tag (406)."""
+        if not self.tx:
             raise PreconditionFailed(f"unknown delivery tag {tag}")
-        if self.deliveries.limit:
-            self.resume_deliveries()
+        self._tx_defer(tag, multiple, None)
 
     def _reject(self, m: Any) -> None:
         if self.tx:

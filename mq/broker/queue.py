@@ -6,7 +6,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
-from mq._core.delivery import ENTRY_OVERHEAD, FLOW_READY_BYTES, FLOW_READY_MESSAGES, QueueCore
+from mq._core.delivery import QueueCore
 from mq._core.message import Message
 from mq._core.msgqueue import Entry, MessageQueue
 from mq.broker.policy import Policy, merge_queue_settings
@@ -18,8 +18,6 @@ from mq.store.paging import PagedMessages, Pager, StoredEntries
 if TYPE_CHECKING:
     from mq.broker.consumer import Consumer
 
-
-__all__ = ["FLOW_READY_BYTES", "FLOW_READY_MESSAGES", "Queue"]
 
 # A durable queue's persistent messages are in the log already: past this much, memory
 # keeps only a read-ahead window of them and pages the rest out as references.
@@ -348,11 +346,6 @@ class Queue(QueueCore):
                 for level in levels:
                     paged.put_refs(level, stored, start, stop, top)
         self._arm_expiry()
-
-    def _in_memory(self) -> int:
-        """What the ready messages in memory cost, as counted against the budget."""
-        ready = self.ready
-        return ready.bytes + ready.count * ENTRY_OVERHEAD
 
     def _page_out(self, msg: Message, expires_at: float, redelivered: bool = False) -> None:
         paged = self.paged

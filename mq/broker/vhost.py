@@ -46,6 +46,13 @@ def server_named_queue() -> str:
 KEY_ROUTED = frozenset(("direct", "fanout", "topic"))
 
 
+def _by_one_exchange(exchange: Exchange, msg: Message) -> bool:
+    """The message is routed by this exchange alone, by its own routing key: no bindings
+    to other exchanges, no alternate exchange, no CC/BCC keys."""
+    return not exchange.has_exchange_destinations and exchange.alternate is None \
+        and b"CC" not in msg.props and msg.bcc is None
+
+
 class VirtualHost:
     def __init__(self, name: str, timers: Timers | None = None) -> None:
         self.name = name
@@ -317,14 +324,12 @@ class VirtualHost:
         """Where the message goes depends on its exchange and routing key alone (not on its
         headers, CC/BCC keys or other exchanges), so the route may be cached until the
         version changes."""
-        return exchange.type in KEY_ROUTED and not exchange.has_exchange_destinations \
-            and exchange.alternate is None and b"CC" not in msg.props and msg.bcc is None
+        return exchange.type in KEY_ROUTED and _by_one_exchange(exchange, msg)
 
     def route(self, exchange: Exchange, msg: Message) -> list[Queue]:
         """Every queue the message reaches, each once: by its routing key and CC/BCC keys,
         through exchange-to-exchange bindings and alternate exchanges."""
-        if not exchange.has_exchange_destinations and exchange.alternate is None \
-                and b"CC" not in msg.props and msg.bcc is None:
+        if _by_one_exchange(exchange, msg):
             return list(exchange.route(msg, msg.routing_key))
         keys = routing_keys(msg)
         queues: dict[Queue, None] = {}

@@ -41,9 +41,6 @@ class Index(IndexCore):
         for tomb in seg.pins:
             holder = tomb.seg
             if holder is not None and self.segments.get(holder.number) is holder:
-                size = holder.tombs.pop(tomb.off)[0]
-                holder.live_count -= 1
-                holder.live_bytes -= size
-                self.dirty.add(holder)
+                self.dead_in(holder, holder.tombs.pop(tomb.off)[0])
             tomb.seg = None
         seg.pins = []
