@@ -60,3 +60,11 @@ def fault_file(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv(segments.FAULT_FILE_ENV, path)
     yield path
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[str]:
+    """An empty directory for a store of the test's own."""
+    path = tempfile.mkdtemp(prefix="mq-store-test-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -21,6 +21,7 @@ import pika
 import pytest
 from pamqp import commands as spec
 from pika.exceptions import ChannelClosedByBroker, NackError
+from exqutil import drain
 from rawamqp import RawClient
 
 from mq._core.message import Message
@@ -101,10 +102,7 @@ def numbers_in(broker: BrokerProcess, queue: str, size: int) -> set[int]:
     conn = connect(broker)
     ch = conn.channel()
     found = set()
-    while True:
-        method, _, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            break
+    for body in drain(ch, queue):
         number = struct.unpack(">I", body[:4])[0]
         assert body == body_of(number, size)
         found.add(number)
@@ -286,12 +284,7 @@ def test_write_faults_fail_commits_declares_and_confirms_then_resume(
         conn = connect(broker)
         ch = conn.channel()
         ch.queue_declare("declared-after", durable=True, passive=True)
-        bodies = []
-        while True:
-            method, _, body = ch.basic_get("safe", auto_ack=True)
-            if method is None:
-                break
-            bodies.append(body)
+        bodies = drain(ch, "safe")
         must = [f"ok{i}".encode() for i in range(10)] + [b"after", b"committed", b"last"]
         firsts = [b for i, b in enumerate(bodies) if b in must and b not in bodies[:i]]
         assert firsts == must  # in order (a nacked copy of "last" may come first)
@@ -391,12 +384,7 @@ def test_paging_on_a_full_disk_keeps_messages_in_memory(small_disk: str) -> None
         count = 1000  # 10 MB: more than the disk has left
         for n in range(count):
             ch.basic_publish("", "paged", body_of(n, size))
-        got = []
-        while True:
-            method, _, body = ch.basic_get("paged", auto_ack=True)
-            if method is None:
-                break
-            got.append(body)
+        got = drain(ch, "paged")
         conn.close()
         assert got == [body_of(n, size) for n in range(count)]
         with open(broker.log_path) as fh:

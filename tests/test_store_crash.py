@@ -114,77 +114,23 @@ class Model:
         self.unconfirmed = 0                          # publishes in flight at the kill
 
 
-class Publisher(threading.Thread):
-    """Persistent messages to one durable queue with confirms, one at a time, until the
-    broker goes away. A message is in the model's must_have once its confirm came."""
+class Client(threading.Thread):
+    """A pika client of the broker under test, on a connection of its own, until the broker
+    goes away; another failure is kept in `error` (reported by crash_rounds). `ready` is set
+    once it is subscribed or publishing (or has failed)."""
 
-    def __init__(self, url: str, queue: str, pub_id: str, model: Model, seed: float) -> None:
-        super().__init__(daemon=True, name=f"publisher {pub_id}")
-        self.url, self.queue, self.pub_id, self.model = url, queue, pub_id, model
-        self.rng = random.Random(seed)
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        model, seq, conn = self.model, 0, None
-        with model.lock:
-            model.queue_of[self.pub_id] = self.queue
-        try:
-            conn = pika.BlockingConnection(pika.URLParameters(self.url))
-            ch = conn.channel()
-            ch.confirm_delivery()
-            self.ready.set()
-            while True:
-                mid = (self.pub_id, seq)
-                with model.lock:
-                    model.published += 1
-                    model.unconfirmed += 1
-                ch.basic_publish("", self.queue, body_of(mid, self.rng), PERSISTENT)
-                with model.lock:
-                    model.unconfirmed -= 1
-                    model.confirmed += 1
-                    if mid not in model.acked:  # a consumer may have had it (and acked it) first
-                        model.must_have[self.queue].add(mid)
-                seq += 1
-        except GONE:
-            pass
-        except Exception as exc:  # noqa: BLE001 - reported by crash_rounds
-            self.error = exc
-        finally:
-            self.ready.set()
-            _drop(conn)
-
-
-class Consumer(threading.Thread):
-    """Consumes one queue (prefetch PREFETCH), acks most deliveries at once and holds a few
-    unacked (HOLD), until the broker goes away."""
-
-    def __init__(self, url: str, queue: str, model: Model, seed: float,
-                 start_after: float = 0.0) -> None:
-        super().__init__(daemon=True, name=f"consumer {queue}")
+    def __init__(self, name: str, url: str, queue: str, model: Model, seed: float) -> None:
+        super().__init__(daemon=True, name=name)
         self.url, self.queue, self.model = url, queue, model
         self.rng = random.Random(seed)
         self.ready = threading.Event()
-        self.start_after = start_after
-        self.held: list[tuple[int, Mid]] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
         conn = None
         try:
             conn = pika.BlockingConnection(pika.URLParameters(self.url))
-            ch = conn.channel()
-            ch.basic_qos(prefetch_count=PREFETCH)
-            self.ready.set()
-            # Starting late and pausing now and then, it leaves a backlog that is on disk
-            # before it is delivered (a delivery of a message just published shares the
-            # flusher's batch with the message itself, so it tells less).
-            time.sleep(self.start_after)
-            ch.basic_consume(self.queue, self.on_message)
-            while True:
-                conn.process_data_events(time_limit=0.05)
-                if self.rng.random() < PAUSE:
-                    time.sleep(self.rng.uniform(0.05, 0.3))
+            self.work(conn.channel())
         except GONE:
             pass
         except Exception as exc:  # noqa: BLE001 - reported by crash_rounds
@@ -192,6 +138,61 @@ class Consumer(threading.Thread):
         finally:
             self.ready.set()
             _drop(conn)
+
+    def work(self, ch: Any) -> None:
+        raise NotImplementedError
+
+
+class Publisher(Client):
+    """Persistent messages to one durable queue with confirms, one at a time, until the
+    broker goes away. A message is in the model's must_have once its confirm came."""
+
+    def __init__(self, url: str, queue: str, pub_id: str, model: Model, seed: float) -> None:
+        super().__init__(f"publisher {pub_id}", url, queue, model, seed)
+        self.pub_id = pub_id
+
+    def work(self, ch: Any) -> None:
+        model, seq = self.model, 0
+        with model.lock:
+            model.queue_of[self.pub_id] = self.queue
+        ch.confirm_delivery()
+        self.ready.set()
+        while True:
+            mid = (self.pub_id, seq)
+            with model.lock:
+                model.published += 1
+                model.unconfirmed += 1
+            ch.basic_publish("", self.queue, body_of(mid, self.rng), PERSISTENT)
+            with model.lock:
+                model.unconfirmed -= 1
+                model.confirmed += 1
+                if mid not in model.acked:  # a consumer may have had it (and acked it) first
+                    model.must_have[self.queue].add(mid)
+            seq += 1
+
+
+class Consumer(Client):
+    """Consumes one queue (prefetch PREFETCH), acks most deliveries at once and holds a few
+    unacked (HOLD), until the broker goes away."""
+
+    def __init__(self, url: str, queue: str, model: Model, seed: float,
+                 start_after: float = 0.0) -> None:
+        super().__init__(f"consumer {queue}", url, queue, model, seed)
+        self.start_after = start_after
+        self.held: list[tuple[int, Mid]] = []
+
+    def work(self, ch: Any) -> None:
+        ch.basic_qos(prefetch_count=PREFETCH)
+        self.ready.set()
+        # Starting late and pausing now and then, it leaves a backlog that is on disk
+        # before it is delivered (a delivery of a message just published shares the
+        # flusher's batch with the message itself, so it tells less).
+        time.sleep(self.start_after)
+        ch.basic_consume(self.queue, self.on_message)
+        while True:
+            ch.connection.process_data_events(time_limit=0.05)
+            if self.rng.random() < PAUSE:
+                time.sleep(self.rng.uniform(0.05, 0.3))
 
     def on_message(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
         mid, model = mid_of(body), self.model

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from typing import Iterator
 
 import pika
@@ -24,13 +22,6 @@ from mq.store import recovery
 from mq.testing import run_broker
 
 PROPS = b"\x10\x00\x02"   # delivery_mode=2
-
-
-@pytest.fixture
-def data_dir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="mq-store-damage-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -280,17 +271,23 @@ def test_arguments_that_do_not_decode_are_refused(data_dir: str) -> None:
         Store(data_dir).open()
 
 
+def _filled(data_dir: str, segment_size: int, count: int) -> tuple[Store, int, list[Message]]:
+    """An open store with count persistent messages in queue 'q', on disk."""
+    store = Store(data_dir, segment_size=segment_size)
+    store.open()
+    q = store.declare_queue("/", "q", False, {})
+    msgs = [Message("", "q", PROPS, body(i)) for i in range(count)]
+    for m in msgs:
+        store.enqueue(q, m)
+    store.sync()
+    return store, q, msgs
+
+
 def test_compaction_reads_across_a_damaged_range(data_dir: str, store_log) -> None:
     """B-DUR-7 while running: when a sealed segment damaged after the start is compacted,
     the scanner reads past the damage, so the live records after it are copied forward and
     survive the segment's removal."""
-    store = Store(data_dir, segment_size=64 * 1024)
-    store.open()
-    q = store.declare_queue("/", "q", False, {})
-    msgs = [Message("", "q", PROPS, body(i)) for i in range(300)]
-    for m in msgs:
-        store.enqueue(q, m)
-    store.sync()
+    store, q, msgs = _filled(data_dir, 64 * 1024, 300)
     first = segments(data_dir)[0]
     in_first = [r for r in records_of(first) if r[2][0] == R.MSG]
     victim, keep = in_first[3], in_first[-5:]
@@ -363,13 +360,7 @@ def test_compaction_keeps_a_segment_damaged_after_it_was_written(data_dir: str, 
     """B-DUR-7: a live record damaged on disk while the broker runs is not found when its
     segment is compacted; the segment is then kept (not removed with the record the index
     still points at), and the next start repairs it, losing only that record."""
-    store = Store(data_dir, segment_size=32768)
-    store.open()
-    q = store.declare_queue("/", "q", False, {})
-    msgs = [Message("", "q", PROPS, body(i)) for i in range(70)]
-    for m in msgs:
-        store.enqueue(q, m)
-    store.sync()
+    store, q, msgs = _filled(data_dir, 32768, 70)
     first = os.path.join(data_dir, "log", "00000001.seg")
     keep = msgs[1:3]  # in the first segment, kept live
     with open(first, "r+b") as fh:  # flip a byte in the body of a live message

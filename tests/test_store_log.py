@@ -6,7 +6,6 @@ import asyncio
 import os
 import shutil
 import tempfile
-from typing import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -23,13 +22,6 @@ def persistent(body: bytes, priority: int | None = None, rk: str = "rk") -> Mess
     else:
         props = b"\x18\x00\x02" + bytes((priority,))
     return Message("ex", rk, props, body)
-
-
-@pytest.fixture
-def data_dir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="mq-store-test-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def reopen(store: Store, **kw) -> tuple[Store, object]:
@@ -133,6 +125,14 @@ def test_redeclared_names_get_the_latest_definition(data_dir: str) -> None:
     store.close()
 
 
+def _damage_point(data_dir: str, count: int, where: float) -> tuple[list, str, int]:
+    """_write_numbered's records, the segment's path, and an offset in it at `where` (0..1)."""
+    records = _write_numbered(data_dir, count)
+    path = os.path.join(data_dir, "log", "00000001.seg")
+    size = os.path.getsize(path)
+    return records, path, min(int(where * size), size - 1)
+
+
 def _write_numbered(data_dir: str, count: int) -> list[tuple[int, int, int]]:
     """count messages in queue 'q', in one segment; returns its records as (offset, size,
     number of the message it belongs to: -1 for the queue record)."""
@@ -161,10 +161,7 @@ def test_torn_tail_keeps_everything_before_the_damage(count: int, where: float) 
     cuts the tail at the damage and keeps every message whose records lie before it."""
     data_dir = tempfile.mkdtemp(prefix="mq-store-torn-")
     try:
-        records = _write_numbered(data_dir, count)
-        path = os.path.join(data_dir, "log", "00000001.seg")
-        size = os.path.getsize(path)
-        damage = min(int(where * size), size - 1)
+        records, path, damage = _damage_point(data_dir, count, where)
         os.truncate(path, damage)
         store = Store(data_dir)
         rec = store.open()
@@ -197,10 +194,8 @@ def test_a_flipped_bit_loses_only_its_record(count: int, where: float, bit: int)
     again without it; the next start finds it clean."""
     data_dir = tempfile.mkdtemp(prefix="mq-store-flip-")
     try:
-        records = _write_numbered(data_dir, count)
-        path = os.path.join(data_dir, "log", "00000001.seg")
+        records, path, damage = _damage_point(data_dir, count, where)
         size = os.path.getsize(path)
-        damage = min(int(where * size), size - 1)
         with open(path, "r+b") as fh:
             fh.seek(damage)
             byte = fh.read(1)[0]

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Iterator
 
@@ -35,13 +34,6 @@ from mq.testing import run_broker
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "fixtures", "format1")
 ROOT = os.path.dirname(HERE)
-
-
-@pytest.fixture
-def data_dir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="mq-store-migration-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
