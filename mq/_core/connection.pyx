@@ -9,8 +9,6 @@ from mq._core.frames import EVENT_ACK as _EVENT_ACK, EVENT_PUBLISH as _EVENT_PUB
 
 cdef int EVENT_PUBLISH = _EVENT_PUBLISH
 cdef int EVENT_ACK = _EVENT_ACK
-PUBLISH_METHOD = (60, 40)
-ACK_METHOD = (60, 80)
 # Bytes of frames handled per event-loop turn (B-FLOW-4): the rest of a big read waits for
 # the next turn, so one connection's flood delays the others by about this much work.
 READ_SLICE = 64 * 1024
@@ -58,12 +56,10 @@ cdef class ConnectionCore:
         if self.state != "open" or ch is None or not (<ChannelCore>ch).ready_for_publish():
             self._replay(event)
             return
-        try:
+        try:  # (the channel notes the method; _hot_failed takes it from there)
             if event[0] == EVENT_ACK:
-                self._current_method = ACK_METHOD
                 (<ChannelCore>ch).ack_assembled(event[2], event[3])
             else:
-                self._current_method = PUBLISH_METHOD
                 (<ChannelCore>ch).publish_assembled(event[2], event[3], event[4], event[5],
                                                     event[6])
         except Exception as exc:

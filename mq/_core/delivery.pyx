@@ -210,7 +210,7 @@ cdef class Deliveries:
         cdef list entries = self._entries, queues = self._queues, consumers = self._consumers
         cdef list run = None
         cdef QueueCore current = None, queue
-        cdef object entry, consumer
+        cdef object entry, consumer, refilled = None
         for i in range(lo, hi):
             entry = entries[i]
             if entry is None:
@@ -220,8 +220,9 @@ cdef class Deliveries:
             entries[i] = queues[i] = consumers[i] = None
             self.count -= 1
             self._count(queue, consumer, -1)
-            if consumer is not None:
+            if consumer is not None and consumer is not refilled:
                 refill[(<ConsumerCore>consumer).queue] = None
+                refilled = consumer
             if queue is not current:
                 if run is not None:
                     current.settle(run)

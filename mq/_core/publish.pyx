@@ -27,7 +27,8 @@ cpdef long long enqueue(object store, object queues, Message msg, object flow_to
     (nothing to wait for) or the store sequence that must be on disk before the confirm;
     with a waiter, it is registered for that sequence (mq.broker.publish)."""
     cdef bint persistent = store is not None and msg.delivery_mode == 2
-    cdef long long before = store.seq if persistent else 0
+    cdef LogCore log = store
+    cdef long long before = log._flusher.seq if persistent else 0
     cdef bint accepted = True
     cdef QueueCore queue
     for queue in queues:
@@ -38,9 +39,9 @@ cpdef long long enqueue(object store, object queues, Message msg, object flow_to
         return C_REFUSED
     if not persistent:
         return 0
-    if flow_to is not None and (<LogCore>store).behind():
+    if flow_to is not None and log.behind():
         flow_to.flow(store)  # the disk is behind: this publisher waits for it
-    cdef long long seq = store.seq
+    cdef long long seq = log._flusher.seq
     if seq == before:
         return 0
     if store.failed is not None:  # B-DUR-8: a nack, never silence

@@ -253,7 +253,8 @@ class Connection(ConnectionCore):
 
     def _hot_failed(self, ch: Channel, exc: Exception) -> None:
         """An error from a publish or ack the core handled: a channel error closes that
-        channel; anything else goes on up."""
+        channel; anything else goes on up, as an error of that method."""
+        self._current_method = ch.current_method
         if not isinstance(exc, AMQPError) or exc.connection_level:
             raise exc
         self.channel_error(ch, exc)
