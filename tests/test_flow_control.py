@@ -306,7 +306,7 @@ def test_persistent_publisher_waits_for_a_slow_disk(fault_file, broker):
     peak = sampler.finish()
     assert flood.error is None or isinstance(flood.error, OSError), flood.error
     assert "flow" in states, states
-    # Held at 16 MiB waiting for the disk (plus a batch being written), not the ~100 MB a
+    # Held at 8 MiB waiting for the disk (plus a batch being written), not the ~100 MB a
     # second the publisher would write.
     assert peak - base < 96 * 1024 * 1024, (peak - base) / 1e6
     with open(fault_file, "w") as fh:

@@ -19,7 +19,7 @@ cdef long long C_REF_SIZE = REF_SIZE
 # Credit flow towards the disk (B-FLOW-1): past this many bytes appended and not yet written
 # and fsynced, the connections publishing persistent messages are not read until the flusher
 # is back under half of it, so memory stays bounded when the disk is slower than the clients.
-STORE_BEHIND_BYTES = 16 * 1024 * 1024
+STORE_BEHIND_BYTES = 8 * 1024 * 1024
 cdef long long C_BEHIND = STORE_BEHIND_BYTES
 
 
