@@ -233,6 +233,19 @@ def test_unknown_tag_never_delivered_is_406(channel):
     assert_channel_closed(info, 406, "PRECONDITION_FAILED - unknown delivery tag 42")
 
 
+@pytest.mark.parametrize("settle", ["ack", "reject", "nack"])
+def test_tag_past_2_63_is_an_unknown_tag(connection, settle):
+    """B-CON-6: a delivery tag past 2**63 (tags are unsigned 64-bit) is an unknown tag: 406
+    naming it as sent, for basic.ack, basic.reject and basic.nack alike."""
+    channel = connection.channel()
+    tag = 2**63
+    {"ack": channel.basic_ack, "reject": channel.basic_reject,
+     "nack": channel.basic_nack}[settle](tag)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+        channel.queue_declare("", exclusive=True)
+    assert_channel_closed(info, 406, f"PRECONDITION_FAILED - unknown delivery tag {tag}")
+
+
 # ---- B-CON-7: requeue -----------------------------------------------------------------------
 
 def test_nack_and_reject_requeue_keep_order(connection, channel, uid):

@@ -21,6 +21,7 @@ class Settling:
     def _taken(self, tag: int, multiple: bool) -> list[tuple]:
         """Take out the (tag, entry, queue, consumer) records an ack/nack/reject names
         (still counted against prefetch); 406 if the tag is unknown."""
+        tag &= 0xFFFFFFFFFFFFFFFF  # pamqp reads the tag as signed: a tag past 2**63 < 0
         taken = self.deliveries.take(tag, multiple)
         if taken is None:
             raise PreconditionFailed(f"unknown delivery tag {tag}")
