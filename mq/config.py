@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -42,10 +43,18 @@ class Settings:
     max_queues: int = 0
     queue_memory_budget: int = 32 * 1024 * 1024
     store_segment_size: int = 32 * 1024 * 1024
+    cluster_etcd: str = ""
+    cluster_name: str = "mq"
+    node_name: str = ""
+    replication_port: int = 5679
+    advertise_host: str = ""
+    cluster_lease_ttl: int = 10
 
     def __post_init__(self) -> None:
         if not self.data_dir:
             self.data_dir = default_data_dir()
+        if not self.node_name:
+            self.node_name = socket.gethostname()
 
 
 HELP = {
@@ -77,6 +86,13 @@ HELP = {
                            "(0: no limit)",
     "store_segment_size": "bytes per segment file of the message store (smaller: disk is "
                           "reclaimed in smaller steps, more files)",
+    "cluster_etcd": "etcd endpoints (http://host:port, comma-separated): turns clustering on",
+    "cluster_name": "the cluster's name: its keys in etcd are under /mq/<name>/",
+    "node_name": "this node's name in the cluster (default: the host name)",
+    "replication_port": "port the leader streams its data to followers on (0 picks a free one)",
+    "advertise_host": "address other nodes and proxied clients use to reach this node "
+                      "(default: --host, or the host name when --host is 0.0.0.0)",
+    "cluster_lease_ttl": "seconds of the etcd lease: a leader silent this long is replaced",
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -141,6 +157,10 @@ def _check(settings: Settings) -> None:
     if not 64 * 1024 <= settings.store_segment_size <= 1 << 31:
         raise ConfigError("store_segment_size must be 64KB..2GB, not "
                           f"{settings.store_segment_size}")
+    if settings.cluster_lease_ttl < 2:
+        raise ConfigError(f"cluster_lease_ttl must be at least 2 s, not {settings.cluster_lease_ttl}")
+    if not 0 <= settings.replication_port <= 65535:
+        raise ConfigError(f"replication_port must be 0..65535, not {settings.replication_port}")
     for name, parse in (("memory_high_watermark", memory_limit), ("disk_free_limit", parse_size)):
         try:
             parse(getattr(settings, name))
