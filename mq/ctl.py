@@ -35,6 +35,9 @@ COLUMNS = {
     "topic-permissions": ("user", "vhost", "exchange", "write", "read"),
     "policies": ctl_policies.COLUMNS,
 }
+# `cluster-status`: column, and the /api/nodes field it shows (B-CLUSTER-8).
+CLUSTER_COLUMNS = (("name", "name"), ("role", "cluster_role"), ("in_sync", "in_sync"),
+                   ("lag", "lag"), ("running", "running"), ("amqp_address", "amqp_address"))
 VHOST_SCOPED = ("queues", "exchanges", "bindings", "consumers", "policies")
 
 
@@ -106,6 +109,12 @@ def format_table(rows: list[dict], columns: tuple[str, ...]) -> str:
                      for row in cells)
 
 
+def cluster_table(nodes: list[dict]) -> str:
+    """`cluster-status`: one row per node (a field a broker does not give is blank)."""
+    rows = [{column: node.get(field) for column, field in CLUSTER_COLUMNS} for node in nodes]
+    return format_table(rows, tuple(column for column, _ in CLUSTER_COLUMNS))
+
+
 def _arguments(pairs: list[str]) -> dict[str, Any]:
     """--arg k=v, the value read as JSON when it is (numbers, true), else as a string."""
     out: dict[str, Any] = {}
@@ -142,6 +151,8 @@ def parser() -> argparse.ArgumentParser:
         return c
 
     cmd("overview", "broker totals and message rates", vhost=False)
+    cmd("cluster-status", "the cluster's nodes: role, in sync, replication lag (bytes)",
+        vhost=False)
     c = cmd("list", "list objects", vhost=False)
     c.add_argument("what", choices=sorted(COLUMNS))
     c.add_argument("--vhost", help="only this vhost (queues, exchanges, bindings, consumers, "
@@ -235,6 +246,8 @@ def run(args: argparse.Namespace, client: ApiClient) -> Any:
     vhost = quote(getattr(args, "vhost", None) or "/")
     if command == "overview":
         return client.get("/api/overview")
+    if command == "cluster-status":
+        return client.get("/api/nodes")
     if ctl_policies.is_policy_command(command):
         return ctl_policies.run(args, client, vhost)
     if command == "list":
@@ -346,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(result, indent=2) if not isinstance(result, str)
               else json.dumps({"result": result}))
+    elif args.command == "cluster-status":
+        print(cluster_table(result))
     elif args.command in ("list", "list-topic-permissions"):
         print(format_table(result, COLUMNS[args.what]))
     elif ctl_policies.is_policy_command(args.command) and isinstance(result, list):

@@ -166,3 +166,18 @@ def test_errors_are_readable(broker: BrokerProcess) -> None:
                              "list", "queues"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert result.stderr.startswith("mq ctl: cannot reach http://127.0.0.1:9")
+
+
+def test_cluster_status_on_a_single_node(broker: BrokerProcess) -> None:
+    """B-CLUSTER-8: `ctl cluster-status` prints the nodes of /api/nodes as a table: a single
+    node leads, in sync, lag 0, running, with its AMQP address; --json gives the nodes."""
+    result = ctl(broker, "cluster-status")
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["name", "role", "in_sync", "lag", "running", "amqp_address"]
+    [row] = table(result.stdout)
+    assert row["name"].startswith("mq@")
+    assert (row["role"], row["in_sync"], row["lag"], row["running"]) == \
+        ("leader", "True", "0", "True")
+    assert row["amqp_address"].endswith(f":{broker.port}")
+    [node] = json.loads(ctl(broker, "--json", "cluster-status").stdout)
+    assert (node["name"], node["cluster_role"]) == (row["name"], "leader")

@@ -246,12 +246,15 @@ class Api:
                                  status=200 if ok else 503)
 
     async def nodes(self, request: web.Request) -> web.Response:
-        return web.json_response([self.views.node()])
+        """Every node of the cluster (one when not clustered), B-CLUSTER-8."""
+        return web.json_response(self.views.nodes())
 
     async def get_node(self, request: web.Request) -> web.Response:
-        if request.match_info["node"] != self.views.node()["name"]:
-            raise not_found()
-        return web.json_response(self.views.node())
+        name = request.match_info["node"]
+        for node in self.views.nodes():
+            if node["name"] == name:
+                return web.json_response(node)
+        raise not_found()
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=render_metrics(self.views),

@@ -284,6 +284,31 @@ class Views:
                 "mem_used": _rss(), "fd_used": _open_files(), "processors": os.cpu_count(),
                 "uptime": int((time.time() - self.started) * 1000), "partitions": []}
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """/api/nodes (B-CLUSTER-8): every node with its cluster role, whether it is in
+        sync and its replication lag (bytes of the stream it has not acknowledged). A single
+        node leads itself. In a cluster (`server.cluster`, set by mq.cluster) the local node
+        (the leader: followers relay the API to it) has node()'s fields as well; the others
+        have their cluster fields and what RabbitMQ's clients of the API expect."""
+        settings = self.server.settings
+        cluster = getattr(self.server, "cluster", None)
+        if cluster is None:
+            return [{**self.node(), "cluster_role": "leader", "in_sync": True, "lag": 0,
+                     "amqp_address": f"{settings.host}:{self.server.port}",
+                     "management_address":
+                         f"{settings.management_host or settings.host}:"
+                         f"{self.server.management_port}"}]
+        entries = [dict(e) for e in cluster.nodes()]
+        local = next((e for e in entries if e.get("name") == settings.node_name), None) \
+            or next((e for e in entries if e.get("cluster_role") == "leader"), None)
+        out = []
+        for entry in entries:
+            if entry is local:
+                out.append({**self.node(), **entry})
+            else:
+                out.append({"type": "disc", **entry})
+        return out
+
     def overview(self, names: set[str] | None) -> dict[str, Any]:
         counters, levels = self.global_counts()
         rates = self.sampler.named_rates("overview")
