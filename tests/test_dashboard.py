@@ -142,6 +142,26 @@ def test_dashboard_shows_queue_and_its_count_change(broker: BrokerProcess, brows
     wait(browser, lambda d: queue_cell(d, key, "ready") is None, "deleted queue still listed")
 
 
+def test_dashboard_lists_the_nodes(broker: BrokerProcess, browser: Any) -> None:
+    """B-CLUSTER-8: the Nodes section lists /api/nodes: a single node is there, leading,
+    in sync, no lag, running, with its AMQP address."""
+    log_in(browser, broker, "guest", "guest")
+
+    def node_rows(d: Any) -> list[dict[str, str]]:
+        return d.execute_script("""
+            return [...document.querySelectorAll('#nodes tbody tr')].map((r) =>
+                Object.fromEntries([...r.cells].map((c) => [
+                    [...c.classList].find((k) => k !== 'num'), c.textContent])));""")
+    rows = wait(browser, node_rows, "the Nodes section stays empty")
+    [row] = rows
+    assert row["name"].startswith("mq@")
+    assert (row["role"], row["in-sync"], row["lag"], row["running"]) == \
+        ("leader", "yes", "0 B", "yes")
+    assert row["amqp"].endswith(f":{broker.port}")
+    assert browser.execute_script(
+        "return document.querySelector('#nodes tbody tr').classList.contains('leader')")
+
+
 def test_dashboard_refuses_a_wrong_password(broker: BrokerProcess, browser: Any) -> None:
     """B-MGMT-1: a wrong password keeps the login form up with the API's reason."""
     from selenium.webdriver.common.by import By

@@ -49,7 +49,16 @@ function fill(tableId, items, columns, keyOf) {
   }
 }
 
-function render(overview, queues, connections, channels, exchanges) {
+function formatBytes(value) {
+  if (!value) return "0 B";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  const i = Math.min(units.length - 1, Math.floor(Math.log(value) / Math.log(1024)));
+  return (i ? (value / Math.pow(1024, i)).toFixed(1) : String(value)) + " " + units[i];
+}
+
+const yesNo = (value) => value === undefined || value === null ? "" : value ? "yes" : "no";
+
+function render(overview, nodes, queues, connections, channels, exchanges) {
   $("node").textContent = overview.node + " · mq " + overview.product_version;
   const totals = overview.object_totals, queued = overview.queue_totals;
   $("total-connections").textContent = totals.connections;
@@ -64,6 +73,18 @@ function render(overview, queues, connections, channels, exchanges) {
   if (history.length > HISTORY) history.shift();
   drawChart();
 
+  // B-CLUSTER-8: every node, its role, whether it is in sync and its replication lag.
+  fill("nodes", nodes, (n) => [
+    ["name", n.name], ["role", n.cluster_role], ["in-sync", yesNo(n.in_sync)],
+    ["lag", n.lag === undefined ? "" : formatBytes(n.lag), true],
+    ["running", yesNo(n.running)], ["amqp", n.amqp_address],
+    ["management", n.management_address], ["replication", n.replication_address],
+  ], (n) => n.name);
+  for (const row of $("nodes").tBodies[0].rows) {
+    const node = nodes.find((n) => n.name === row.dataset.key) || {};
+    row.classList.toggle("leader", node.cluster_role === "leader");
+    row.classList.toggle("warn", node.running === false || node.in_sync === false);
+  }
   fill("queues", queues, (q) => [
     ["vhost", q.vhost], ["name", q.name], ["state", q.state],
     ["ready", q.messages_ready, true], ["unacked", q.messages_unacknowledged, true],
@@ -141,10 +162,10 @@ function formatRate(value) {
 
 async function poll() {
   try {
-    const [overview, queues, connections, channels, exchanges] = await Promise.all(
-      ["/api/overview", "/api/queues", "/api/connections", "/api/channels", "/api/exchanges"]
-        .map(api));
-    render(overview, queues, connections, channels, exchanges);
+    const [overview, nodes, queues, connections, channels, exchanges] = await Promise.all(
+      ["/api/overview", "/api/nodes", "/api/queues", "/api/connections", "/api/channels",
+       "/api/exchanges"].map(api));
+    render(overview, nodes, queues, connections, channels, exchanges);
   } catch (error) {
     if (error.unauthorized) return showLogin(error.message);
     $("status").textContent = "Error: " + error.message;
