@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
+import json
 import os
 import socket
 import threading
@@ -16,7 +18,7 @@ import pika
 import pytest
 
 from mq.cluster.proxy import Proxy
-from mq.testing import BrokerProcess
+from mq.testing import BrokerProcess, run_broker
 
 LOOPS = ["asyncio"]
 try:
@@ -330,3 +332,40 @@ def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
         if value or time.monotonic() > deadline:
             return value
         time.sleep(0.05)
+
+
+def test_management_http_through_the_proxy(lt: LoopThread) -> None:
+    """B-CLUSTER-2: HTTP connections are relayed too: the management API answers through
+    the proxy (several requests on one kept-alive connection, and a large body)."""
+    with run_broker(args=("--management-port", "0")) as broker:
+        p = Proxy("http", wait=0.5)
+        port = lt.run(p.start("127.0.0.1", 0))
+        try:
+            mgmt_port = int(broker.management_url.rsplit(":", 1)[1])
+            lt.call(p.set_target, ("127.0.0.1", mgmt_port))
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            auth = {"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q=", "Content-Type":
+                    "application/json"}
+            for _ in range(3):
+                conn.request("GET", "/api/overview", headers=auth)
+                response = conn.getresponse()
+                assert response.status == 200
+                assert json.loads(response.read())["product_name"] == "mq"
+            payload = "x" * 200_000
+            conn.request("PUT", "/api/queues/%2F/proxied-http", body=json.dumps(
+                {"durable": False}), headers=auth)
+            assert conn.getresponse().read() == b""
+            conn.request("POST", "/api/exchanges/%2F/amq.default/publish", headers=auth,
+                         body=json.dumps({"properties": {}, "routing_key": "proxied-http",
+                                          "payload": payload, "payload_encoding": "string"}))
+            assert json.loads(conn.getresponse().read()) == {"routed": True}
+            conn.request("POST", "/api/queues/%2F/proxied-http/get", headers=auth,
+                         body=json.dumps({"count": 1, "ackmode": "ack_requeue_false",
+                                          "encoding": "auto"}))
+            [message] = json.loads(conn.getresponse().read())
+            assert message["payload"] == payload
+            conn.request("DELETE", "/api/queues/%2F/proxied-http", headers=auth)
+            conn.getresponse().read()
+            conn.close()
+        finally:
+            lt.run(p.close())
