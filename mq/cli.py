@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+from functools import partial
 
 import anyio
 
@@ -21,16 +22,21 @@ def _setup_logging(level: str) -> None:
 
 
 def run_server(settings: Settings) -> None:
-    from mq.server import Server
-
-    server = Server(settings)
     try:
         import uvloop  # noqa: F401  (faster loop where installed)
         backend_options = {"use_uvloop": True}
     except ImportError:
         backend_options = {}
+    if settings.cluster_etcd:  # B-CLUSTER: the node follows or leads; it serves when it leads
+        from mq.cluster.node import run_node
+
+        main = partial(run_node, settings)
+    else:
+        from mq.server import Server
+
+        main = Server(settings).serve
     try:
-        anyio.run(server.serve, backend="asyncio", backend_options=backend_options)
+        anyio.run(main, backend="asyncio", backend_options=backend_options)
     except KeyboardInterrupt:
         pass
 

@@ -155,8 +155,10 @@ class AMQPProtocol(asyncio.Protocol):
 class Server:
     """The broker process: listener, timers, signals."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, cluster: Any = None) -> None:
         self.settings = settings
+        # In a cluster: the leader's part (mq.cluster.node.Leading), None on a single node.
+        self.cluster = cluster
         self.broker = Broker(max_message_size=settings.max_message_size,
                              loopback_users=tuple(u for u in settings.loopback_users.split(",") if u),
                              max_connections=settings.max_connections,
@@ -212,6 +214,8 @@ class Server:
                     from None
             log.info("definitions loaded %s", kv(path=self.settings.definitions))
         store.on_failure = self.monitor.store_failed  # B-DUR-8: the disk alarm at once
+        if self.cluster is not None:
+            self.cluster.attach(store)  # before the flusher starts: every write is streamed
         store.start(loop)
         self.broker.timers.attach(loop)
         listener = await loop.create_server(lambda: AMQPProtocol(self), self.settings.host,
@@ -231,6 +235,8 @@ class Server:
                 if management is not None:
                     tg.start_soon(management.run)  # rate sampling; closes the HTTP side at the end
                 tg.start_soon(self._signals, tg.cancel_scope)
+                if self.cluster is not None:
+                    tg.start_soon(self.cluster.run)
         finally:
             listener.close()
             if tls_listener is not None:

@@ -20,7 +20,7 @@ from aiohttp import web
 from mq._core.message import Message
 from mq.amqp.connection import _is_loopback
 from mq.broker.auth import Permission, User, hash_password
-from mq.broker.definitions import (HASHING, access_content, export_definitions,
+from mq.broker.definitions import (ACCESS_FILE, HASHING, access_content, export_definitions,
                                    import_definitions, topic_permission_from_json,
                                    topic_permission_json, write_access)
 from mq.broker.durability import (DiskWriteFailed, disk_error, durable_binding,
@@ -137,6 +137,11 @@ class Api:
             await asyncio.shield(write)
         except OSError as exc:
             raise disk_error(exc) from None
+        # In a cluster: answered once the in-sync followers have it too (B-CLUSTER-3).
+        replicated = asyncio.get_running_loop().create_future()
+        self.broker.store.file_written(ACCESS_FILE, data, lambda: replicated.done()
+                                       or replicated.set_result(None))
+        await replicated
         return web.Response(status=status)
 
     # ---- durable changes: answered once on disk (B-DUR-8, B-DUR-9) ----------------------

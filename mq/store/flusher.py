@@ -56,6 +56,9 @@ class Flusher(FlusherCore):
         self._loop: Any = None
         self._on_flushed: Callable[[int], None] | None = None
         self._on_failure: Callable[[BaseException | None], None] | None = None
+        # In a cluster's leader: told (on the loop) of every write, before its fsync, so
+        # that the followers' fsyncs run alongside ours, and of every segment removed.
+        self.replica: Any = None
 
     def _handoff(self) -> None:
         """Give the thread what the loop appended (and wake it)."""
@@ -143,7 +146,7 @@ class Flusher(FlusherCore):
         check_faults()
         try:
             if chunks:
-                self._write(chunks, self._dirty_tails)
+                self._write(chunks, self._dirty_tails, seq)
         except Exception as exc:
             with self._cond:
                 self._retry_chunks, self._retry_unlinks = chunks, unlinks
@@ -182,13 +185,13 @@ class Flusher(FlusherCore):
             self._report(self._on_failure, exc)
         return exc
 
-    def _report(self, callback: Any, arg: Any) -> None:
+    def _report(self, callback: Any, *args: Any) -> None:
         try:
-            self._loop.call_soon_threadsafe(callback, arg)
+            self._loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # the loop is closed: the broker is going away
             pass
 
-    def _write(self, chunks: list, retrying: bool) -> None:
+    def _write(self, chunks: list, retrying: bool, seq: int) -> None:
         touched: dict[int, Segment] = {}
         for seg, _, buf in chunks:
             if seg.number not in touched:
@@ -196,6 +199,9 @@ class Flusher(FlusherCore):
                 if retrying:  # drop what a failed attempt may have left past the last fsync
                     truncate(seg.fd, seg.flushed)
             write_all(seg.fd, buf)
+        if self.replica is not None and self._loop is not None:
+            self._report(self.replica.written,
+                         [(seg.path, off, buf) for seg, off, buf in chunks], seq)
         for seg in touched.values():
             datasync(seg.fd)
         new = [seg for seg in touched.values() if not seg.dir_synced]
@@ -218,6 +224,8 @@ class Flusher(FlusherCore):
                 pass
             sync_dir(self.log_dir)
             unlinks.pop(0)
+            if self.replica is not None and self._loop is not None:
+                self._report(self.replica.deleted, seg.path)
 
     def sync(self) -> int:
         """Write and fsync everything submitted so far in the caller's thread (no thread

@@ -72,7 +72,11 @@ class Store(LogCore):
     def __init__(self, directory: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
         self.directory = directory
         self.segment_size = segment_size
-        self.durable_seq = 0   # every record up to this one is on disk (fsynced)
+        self.durable_seq = 0   # every record up to this one may be confirmed
+        self.local_seq = 0     # every record up to this one is on this disk (fsynced)
+        # In a cluster's leader (mq.cluster.leader.Replicator): the stream to the followers,
+        # and how far they have fsynced; a record is durable once it is here and there.
+        self.replication: Any = None
         # Objects with store_durable(seq) -> still waiting, and store_failed(error).
         self.waiters: set[Any] = set()
         self.topo_seq = 0      # sequence of the last topology record (declare, bind, delete)
@@ -248,6 +252,7 @@ class Store(LogCore):
     def start(self, loop: Any) -> None:
         """Run the flusher thread; completions and failures are reported on `loop`."""
         self._loop = loop
+        self._flusher.replica = self.replication
         self._flusher.start(loop, self._flushed, self._failure)
 
     def when_durable(self, callback: Callable[[BaseException | None], None],
@@ -278,19 +283,39 @@ class Store(LogCore):
         self._flushed(self._flusher.sync())
 
     def _flushed(self, seq: int) -> None:
-        """On the loop: records up to seq are durable. Tell waiters, then tidy segments."""
-        if seq > self.durable_seq:
-            self.durable_seq = seq
+        """On the loop: records up to seq are on disk. Tell waiters, then tidy segments."""
+        if seq > self.local_seq:
+            self.local_seq = seq
+        self.release()
+        if self.seq == self.local_seq and self._head is not None:
+            self._index.dirty.add(self._head)  # idle: a mostly dead head may be sealed now
+        self.caught_up()
+        self._maintain()
+
+    def release(self) -> None:
+        """Tell those waiting what is durable now: on this disk, and in a cluster on every
+        in-sync follower's too (the replication calls this when they ack)."""
+        seq = self.local_seq
+        if self.replication is not None:
+            seq = self.replication.confirmable(seq)
+        if seq <= self.durable_seq:
+            return
+        self.durable_seq = seq
         for waiter in list(self.waiters):
             if not waiter.store_durable(seq):
                 self.waiters.discard(waiter)
         waits = self._durable_waits
-        while waits and waits[0][0] <= self.durable_seq:
+        while waits and waits[0][0] <= seq:
             _call(heapq.heappop(waits)[2], None)
-        if self.seq == self.durable_seq and self._head is not None:
-            self._index.dirty.add(self._head)  # idle: a mostly dead head may be sealed now
-        self.caught_up()
-        self._maintain()
+
+    def file_written(self, relpath: str, data: bytes, callback: Callable[[], None]) -> None:
+        """A small file of the data directory (access.json) was written anew: callback()
+        once it is durable, here (already) and on the in-sync followers."""
+        if self.replication is None:
+            callback()
+        else:
+            self.replication.when_replicated(self.replication.replaced(relpath, data),
+                                             callback)
 
     def _failure(self, exc: BaseException | None) -> None:
         """On the loop: a write failed (B-DUR-8; the flusher keeps the records and retries),
@@ -321,7 +346,9 @@ class Store(LogCore):
         if self._compaction_timer is not None:
             self._compaction_timer.cancel()
             self._compaction_timer = None
-        self.durable_seq = max(self.durable_seq, self._flusher.close())
+        self.local_seq = max(self.local_seq, self._flusher.close())
+        if self.replication is None:
+            self.durable_seq = self.local_seq
         for seg in self._index.segments.values():
             seg.close()
         self._index.segments.clear()
@@ -341,11 +368,11 @@ class Store(LogCore):
             seg = index.dirty.pop()
             if index.segments.get(seg.number) is not seg or seg.compacting:
                 continue
-            if seg.last_seq > self.durable_seq:
+            if seg.last_seq > self.local_seq:
                 waiting.append(seg)  # not all on disk yet: look again after the next flush
                 continue
             if seg is self._head:
-                limit = ROLL_HEAD_IDLE if self.seq == self.durable_seq else ROLL_HEAD_BUSY
+                limit = ROLL_HEAD_IDLE if self.seq == self.local_seq else ROLL_HEAD_BUSY
                 if seg.size < limit or seg.live_bytes > seg.size * ROLL_HEAD_RATIO:
                     continue
                 self._head = self._new_segment(seg.number + 1)

@@ -1,0 +1,321 @@
+"""The leader's side of replication: followers connect to the replication port; each gets a
+full sync of the data directory (by CRC-32 of what it has), then the stream of actions: the
+store's writes (as the flusher writes them, before its fsync, so that the follower's fsync
+runs alongside), segment deletions and access.json replacements.
+
+What may be confirmed (B-CLUSTER-3): a record is confirmed once the leader has fsynced it
+and every follower in the gate has acked it, and only while the lease surely holds. The gate
+is the in-sync set as far as confirms go: a follower joins it as soon as it has caught up
+(before etcd records it: waiting for one more is always safe), and leaves it only after
+etcd records it gone. A follower silent for SILENCE seconds, or whose connection dropped, is
+removed.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import logging
+import os
+import time
+from collections import deque
+from typing import Any, Callable
+
+from mq.cluster import protocol as P
+from mq.cluster.membership import Membership
+
+log = logging.getLogger("mq.cluster")
+
+SILENCE = 2.0               # seconds without an ack before a follower is dropped from the gate
+MAX_BUFFERED = 256 << 20    # a follower this far behind in unsent stream is disconnected
+MONITOR_INTERVAL = 0.2
+
+
+class FollowerSession:
+    """One connected follower, as the leader sees it."""
+
+    def __init__(self, name: str, writer: asyncio.StreamWriter, registered: int) -> None:
+        self.name = name
+        self.writer = writer
+        self.acked = registered      # last action it applied and fsynced
+        self.synced = False          # its full sync is on its disk
+        self.heard = time.monotonic()
+        # (action, cumulative stream bytes, monotonic time sent) of unacked actions
+        self.sent: deque[tuple[int, int, float]] = deque()
+        self.acked_bytes = 0
+        self.plan: list[tuple[str, int, int]] = []  # full sync: (file, from, to)
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+
+class Replicator:
+    def __init__(self, data_dir: str, membership: Membership) -> None:
+        self.data_dir = data_dir
+        self.membership = membership
+        self.name = membership.me.name
+        self.sessions: dict[str, FollowerSession] = {}
+        self.gate: set[str] = set()     # followers whose acks confirms wait for
+        self.members: list[str] = []    # the in-sync set as etcd has it
+        self.action = 0                 # number of the last action sent
+        self.stream_bytes = 0           # bytes of actions sent so far
+        self._seq_by_action: deque[tuple[int, int]] = deque()  # (action, store seq) of writes
+        self.replicated_seq = 0         # every record up to it is on every gate follower
+        self._floor = 0                 # last action every gate follower acked
+        self._action_waits: list[tuple[int, int, Callable[[], None]]] = []
+        self._wait_ids = itertools.count()
+        self.release: Callable[[], None] = lambda: None  # the store re-checks what is durable
+        self.lead_start = time.monotonic()
+        self._writing_isr = False
+        self.server: asyncio.AbstractServer | None = None
+        self.loop: Any = None
+
+    # ---- what the store asks --------------------------------------------------------------
+
+    def confirmable(self, local_seq: int) -> int:
+        """How far confirms may go: what is fsynced here and on every gate follower, while
+        the lease holds (else nothing more)."""
+        if not self.membership.valid():
+            return 0
+        return min(local_seq, self.replicated_seq)
+
+    def when_replicated(self, action: int, callback: Callable[[], None]) -> None:
+        if action <= self._floor and self.membership.valid():
+            callback()
+        else:
+            heapq.heappush(self._action_waits, (action, next(self._wait_ids), callback))
+
+    # ---- actions (called on the loop) -------------------------------------------------------
+
+    def written(self, chunks: list[tuple[str, int, Any]], seq: int) -> None:
+        """The flusher wrote these (path, offset, bytes) of segments; seq is the store
+        sequence they complete."""
+        last = len(chunks) - 1
+        for i, (path, off, data) in enumerate(chunks):
+            rel = os.path.relpath(path, self.data_dir)
+            self._emit(P.WRITE, rel, off, P.WRITE_HEAD.pack(seq if i == last else 0, off)
+                       + bytes(data))
+        self._seq_by_action.append((self.action, seq))
+        self.advance()
+
+    def deleted(self, path: str) -> None:
+        self._emit(P.DELETE, os.path.relpath(path, self.data_dir), 0, b"")
+
+    def replaced(self, relpath: str, data: bytes) -> int:
+        """A small file written anew (access.json); returns its action number."""
+        self._emit(P.REPLACE, relpath, 0, data)
+        self.advance()
+        return self.action
+
+    def _emit(self, kind: int, rel: str, off: int, payload: bytes) -> None:
+        self.action += 1
+        frame = P.encode(kind, self.action, rel, payload)
+        self.stream_bytes += len(frame)
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            session.sent.append((self.action, self.stream_bytes, now))
+            session.send(frame)
+            if session.writer.transport.get_write_buffer_size() > MAX_BUFFERED:
+                log.warning("cluster: follower %s is too far behind; disconnecting it",
+                            session.name)
+                session.writer.close()
+
+    # ---- the gate -------------------------------------------------------------------------
+
+    def advance(self) -> None:
+        """Recompute what every gate follower has; wake what waits on it."""
+        floor = self.action
+        for name in self.gate:
+            session = self.sessions.get(name)
+            if session is None or not session.synced:
+                floor = min(floor, 0)
+            else:
+                floor = min(floor, session.acked)
+        queue = self._seq_by_action
+        while queue and queue[0][0] <= floor:
+            self.replicated_seq = max(self.replicated_seq, queue.popleft()[1])
+        self._floor = max(self._floor, floor)
+        if not self.membership.valid():
+            return
+        waits = self._action_waits
+        while waits and waits[0][0] <= self._floor:
+            heapq.heappop(waits)[2]()
+        self.release()
+
+    # ---- followers' connections ---------------------------------------------------------------
+
+    async def serve(self, host: str, port: int) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.server = await asyncio.start_server(self._follower, host, port,
+                                                 reuse_address=True)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _follower(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        name = "?"
+        try:
+            kind, _, _, payload = await P.read_message(reader)
+            if kind != P.HELLO:
+                raise P.ProtocolError("expected HELLO")
+            hello = json.loads(payload)
+            name = hello["node"]
+            if hello.get("epoch") != self.membership.epoch:
+                log.warning("cluster: %s expects epoch %s, this leader's is %d; refused",
+                            name, hello.get("epoch"), self.membership.epoch)
+                return
+            writer.write(P.encode_json(P.WELCOME, {"leader": self.name,
+                                                   "epoch": self.membership.epoch}))
+            theirs = hello.get("files", {})
+            prefixes = await asyncio.to_thread(self._matching_prefixes, theirs)
+            session = self._register(name, writer, theirs, prefixes)
+            sync = asyncio.ensure_future(self._transfer(session))
+            try:
+                await self._read_acks(session, reader)
+            finally:
+                sync.cancel()
+        except (OSError, asyncio.IncompleteReadError, P.ProtocolError, ValueError,
+                KeyError) as exc:
+            log.info("cluster: replication link to %s ended: %s", name, exc or type(exc).__name__)
+        finally:
+            session_now = self.sessions.get(name)
+            if session_now is not None and session_now.writer is writer:
+                del self.sessions[name]
+            writer.close()
+
+    def _matching_prefixes(self, theirs: dict) -> dict[str, int]:
+        """For each segment the follower has: the length of it that equals ours (0: none).
+        A segment's written bytes never change, so this holds while it grows."""
+        out = {}
+        for rel, (size, crc) in theirs.items():
+            if not rel.startswith("log/") or not P.replicated(rel):
+                continue
+            if P.crc_prefix(os.path.join(self.data_dir, rel), size) == crc:
+                out[rel] = size
+        return out
+
+    def _register(self, name: str, writer: asyncio.StreamWriter, theirs: dict,
+                  prefixes: dict[str, int]) -> FollowerSession:
+        """From now on the follower gets every action; the full sync plan goes first: what
+        to delete, and where each of our files starts to differ from its copy."""
+        old = self.sessions.pop(name, None)
+        if old is not None:
+            old.writer.close()
+        session = FollowerSession(name, writer, self.action)
+        session.acked_bytes = self.stream_bytes
+        ours = P.data_files(self.data_dir)
+        for rel in theirs:
+            if rel not in ours and P.replicated(rel):
+                writer.write(P.encode(P.DELETE, 0, rel))
+        for rel in ours:
+            try:
+                size = os.path.getsize(os.path.join(self.data_dir, rel))
+            except FileNotFoundError:
+                continue
+            start = prefixes.get(rel, 0)
+            if start != theirs.get(rel, [-1])[0]:
+                writer.write(P.encode(P.TRUNCATE, start, rel))
+            session.plan.append((rel, start, size))
+        self.sessions[name] = session
+        log.info("cluster: follower %s connected; syncing %d files", name, len(session.plan))
+        return session
+
+    async def _transfer(self, session: FollowerSession) -> None:
+        """Send what the follower lacks of each file as it was at registration (what was
+        written later comes as actions), then SYNC_DONE."""
+        writer = session.writer
+        for rel, start, end in session.plan:
+            path = os.path.join(self.data_dir, rel)
+            pos = start
+            while pos < end:
+                size = min(P.SYNC_CHUNK, end - pos)
+                try:
+                    data = await asyncio.to_thread(_pread, path, size, pos)
+                except FileNotFoundError:
+                    break  # deleted meanwhile: its DELETE is in the stream
+                if not data:
+                    break
+                writer.write(P.encode(P.SYNC_DATA, pos, rel, data))
+                pos += len(data)
+                await writer.drain()
+        writer.write(P.encode(P.SYNC_DONE, self.action))
+        await writer.drain()
+
+    async def _read_acks(self, session: FollowerSession, reader: asyncio.StreamReader) -> None:
+        while True:
+            kind, number, path, _ = await P.read_message(reader)
+            if kind != P.ACK:
+                raise P.ProtocolError(f"unexpected message {kind}")
+            session.heard = time.monotonic()
+            if number > session.acked:
+                session.acked = number
+            while session.sent and session.sent[0][0] <= session.acked:
+                session.acked_bytes = session.sent.popleft()[1]
+            if path == "synced" and not session.synced:
+                session.synced = True
+                log.info("cluster: follower %s has the full sync", session.name)
+            self.advance()
+
+    # ---- keeping the in-sync set --------------------------------------------------------
+
+    async def monitor(self, on_deposed: Callable[[], None]) -> None:
+        """Add caught-up followers to the gate and the in-sync set; remove silent ones
+        (etcd first). on_deposed() when etcd says we no longer lead."""
+        while True:
+            await asyncio.sleep(MONITOR_INTERVAL)
+            now = time.monotonic()
+            drop = [name for name in self.gate if self._silent(name, now)]
+            add = [s.name for s in self.sessions.values()
+                   if s.name not in self.gate and s.synced and s.acked >= self.action]
+            for name in add:
+                self.gate.add(name)
+            members = [self.name] + sorted(self.gate - set(drop))
+            if members != self.members:
+                try:
+                    ok = await self.membership.write_in_sync(members)
+                except Exception as exc:  # etcd unreachable: confirms wait meanwhile
+                    log.warning("cluster: cannot record the in-sync set: %s", exc)
+                    continue
+                if not ok:
+                    log.warning("cluster: the leader key is no longer ours")
+                    on_deposed()
+                    return
+                for name in set(members) - set(self.members) - {self.name}:
+                    log.info("cluster: %s is in sync", name)
+                for name in set(self.members) - set(members):
+                    log.warning("cluster: %s dropped from the in-sync set", name)
+                self.members = members
+                self.gate -= set(drop)
+                self.advance()
+
+    def _silent(self, name: str, now: float) -> bool:
+        session = self.sessions.get(name)
+        if session is None:  # gone, or not back since we lead
+            return now - self.lead_start > SILENCE
+        if now - session.heard > SILENCE:
+            return True
+        return bool(session.sent) and now - session.sent[0][2] > SILENCE
+
+    def nodes(self) -> dict[str, dict]:
+        """Each connected follower: in sync or joining, and its lag in stream bytes."""
+        out = {}
+        for name, s in self.sessions.items():
+            out[name] = {"cluster_role": "follower" if name in self.gate else "joining",
+                         "in_sync": name in self.members,
+                         "lag": max(0, self.stream_bytes - s.acked_bytes)
+                         if s.sent else 0}
+        return out
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for session in self.sessions.values():
+            session.writer.close()
+
+
+def _pread(path: str, size: int, off: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, size, off)
+    finally:
+        os.close(fd)

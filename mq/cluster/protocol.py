@@ -1,0 +1,138 @@
+"""The replication stream's messages, both ways over one TCP connection per follower.
+
+Every message is a header (kind, payload length, path length, offset or number) followed by
+the path (UTF-8) and the payload. Writes name their file and offset, so applying one twice,
+or a write and a full-sync transfer of the same range in either order, leaves the same
+bytes: a follower can take the stream while its full sync is still arriving.
+
+Follower -> leader: HELLO (JSON: node name, the epoch it read from etcd, its files with size
+and CRC-32), then ACK (number of the last action applied and fsynced; `path` "synced" once
+the full sync is on its disk too), at least every ACK_INTERVAL.
+
+Leader -> follower: WELCOME (JSON: leader name and epoch), the full sync (TRUNCATE, DELETE,
+SYNC_DATA, SYNC_DONE), and from the moment the follower was registered the actions, each
+numbered by the leader (the number field): WRITE (bytes at an offset: the payload starts
+with the store sequence the write completes, 0 if none, and the offset), REPLACE (a whole
+small file, written atomically), DELETE. In the full sync the number field is the size
+(TRUNCATE) or the offset (SYNC_DATA).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+import zlib
+from typing import Any
+
+HEADER = struct.Struct("!BIHQ")  # kind, payload length, path length, offset/number
+WRITE_HEAD = struct.Struct("!QQ")  # a WRITE's store sequence (0: none) and file offset
+
+HELLO, WELCOME, ACK = 1, 2, 3
+TRUNCATE, SYNC_DATA, SYNC_DONE = 10, 11, 12
+WRITE, REPLACE, DELETE = 20, 21, 22
+PING = 30
+
+ACK_INTERVAL = 0.5     # a follower acks at least this often (it is alive)
+SYNC_CHUNK = 1 << 20   # full-sync transfers are read and sent this much at a time
+MAX_PAYLOAD = 1 << 30
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a replication message."""
+
+
+def encode(kind: int, number: int = 0, path: str = "", payload: bytes | memoryview = b"") -> bytes:
+    raw = path.encode()
+    return b"".join((HEADER.pack(kind, len(payload), len(raw), number), raw, payload))
+
+
+def encode_json(kind: int, body: Any) -> bytes:
+    return encode(kind, payload=json.dumps(body).encode())
+
+
+def decode_all(buf: bytearray) -> list[tuple[int, int, str, bytes]]:
+    """Cut every whole message out of buf (what remains is an unfinished one)."""
+    out = []
+    pos, end = 0, len(buf)
+    while end - pos >= HEADER.size:
+        kind, size, plen, number = HEADER.unpack_from(buf, pos)
+        if size > MAX_PAYLOAD:
+            raise ProtocolError(f"message of {size} bytes")
+        stop = pos + HEADER.size + plen + size
+        if stop > end:
+            break
+        start = pos + HEADER.size
+        out.append((kind, number, bytes(buf[start:start + plen]).decode(),
+                    bytes(buf[start + plen:stop])))
+        pos = stop
+    del buf[:pos]
+    return out
+
+
+# Which files of a data directory are replicated: the log's segments, the users, vhosts,
+# permissions and policies (access.json) and the directory's format. Not the lock, the
+# clean-shutdown marker (a follower's copy is never a clean close), paging scratch or logs.
+TOP_FILES = ("format", "access.json")
+
+
+def replicated(relpath: str) -> bool:
+    if relpath in TOP_FILES:
+        return True
+    head, _, name = relpath.partition("/")
+    return head == "log" and "/" not in name and name.endswith(".seg") and name[:-4].isdigit()
+
+
+def data_files(data_dir: str) -> list[str]:
+    """The replicated files in data_dir, relative paths."""
+    files = [name for name in TOP_FILES if os.path.isfile(os.path.join(data_dir, name))]
+    log_dir = os.path.join(data_dir, "log")
+    if os.path.isdir(log_dir):
+        files += sorted("log/" + n for n in os.listdir(log_dir) if replicated("log/" + n))
+    return files
+
+
+def safe_path(data_dir: str, relpath: str) -> str:
+    """The absolute path of a replicated file; ProtocolError for anything else."""
+    if not replicated(relpath):
+        raise ProtocolError(f"not a replicated file: {relpath!r}")
+    return os.path.join(data_dir, relpath)
+
+
+def crc_prefix(path: str, size: int) -> int:
+    """CRC-32 of a file's first size bytes (-1: it has fewer, or is gone)."""
+    crc, left = 0, size
+    try:
+        with open(path, "rb") as fh:
+            while left > 0:
+                chunk = fh.read(min(left, SYNC_CHUNK))
+                if not chunk:
+                    return -1
+                crc = zlib.crc32(chunk, crc)
+                left -= len(chunk)
+    except FileNotFoundError:
+        return -1
+    return crc
+
+
+def manifest(data_dir: str) -> dict[str, list[int]]:
+    """Each replicated file of data_dir: [size, CRC-32] (what a follower has)."""
+    out = {}
+    for rel in data_files(data_dir):
+        path = os.path.join(data_dir, rel)
+        try:
+            size = os.path.getsize(path)
+        except FileNotFoundError:
+            continue
+        out[rel] = [size, crc_prefix(path, size)]
+    return out
+
+
+async def read_message(reader: asyncio.StreamReader) -> tuple[int, int, str, bytes]:
+    """One whole message from a stream: (kind, number, path, payload)."""
+    head = await reader.readexactly(HEADER.size)
+    kind, size, plen, number = HEADER.unpack(head)
+    if size > MAX_PAYLOAD:
+        raise ProtocolError(f"message of {size} bytes")
+    body = await reader.readexactly(plen + size)
+    return kind, number, body[:plen].decode(), body[plen:]
