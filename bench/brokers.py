@@ -1,6 +1,7 @@
 """The brokers under test: mq started here, a local RabbitMQ started here, or one already running."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Broker logs outlive the brokers' temp dirs, so a failure can be looked into afterwards.
 LOG_DIR = Path(tempfile.gettempdir()) / "mq-bench-logs"
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # the Debian wrapper would su to rabbitmq
+RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 
 
 class BrokerError(RuntimeError):
@@ -34,6 +36,7 @@ class Broker:
     pid: int | None  # the process that listens (beam.smp for RabbitMQ); RSS and CPU are read from it
     exited: Callable[[], str | None] = lambda: None  # why it stopped, if it did; None while alive
     node: Node | None = None  # the process, when we run it: R1 restarts it on the same data
+    also: tuple[int, ...] = ()  # a cluster's other nodes: their CPU and RSS count with pid's
 
 
 def reset_logs() -> None:
@@ -154,33 +157,104 @@ def mq() -> Iterator[Broker]:
 
 
 @contextmanager
-def rabbitmq() -> Iterator[Broker]:
-    """Start a private RabbitMQ node (own name, ports, data and config) next to any running one."""
+def mq_cluster(nodes: int = 3) -> Iterator[Broker]:
+    """A private etcd and an mq cluster of `nodes` nodes (mq.testing.cluster), every node in
+    sync; the broker is the leader (its URL), with the followers' CPU and RSS counted too."""
+    from mq.testing.cluster import Cluster, etcd_available
+
+    name = f"mq {nodes}-node"
+    if not etcd_available():
+        raise BrokerError(f"{name}: etcd is not installed (apt-get install etcd-server)")
+    cluster = Cluster(n=nodes, lease_ttl=10, startup_timeout=60)
+    try:
+        try:
+            cluster.start()
+            cluster.wait_in_sync(nodes, timeout=60)
+            leader = cluster.leader()
+        except (RuntimeError, OSError) as exc:  # TimeoutError is an OSError
+            raise BrokerError(f"{name}: {exc}\n{cluster.logs(tail=1500)}") from None
+
+        def exited() -> str | None:
+            gone = [n for n in cluster.nodes if not n.running]
+            return "; ".join(f"node {n.name} exited (log {LOG_DIR}/cluster-{n.name}.log):\n"
+                             f"{n.log()[-2000:]}" for n in gone) or None
+
+        yield Broker(name, leader.url, leader.pid, exited,
+                     also=tuple(n.pid for n in cluster.nodes if n is not leader))
+    finally:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        for n in cluster.nodes:  # the logs outlive the cluster's temp dir
+            if os.path.exists(n.log_path):
+                shutil.copyfile(n.log_path, LOG_DIR / f"cluster-{n.name}.log")
+        cluster.cleanup()
+
+
+@contextmanager
+def rabbitmq(nodes: int = 1) -> Iterator[Broker]:
+    """Start a private RabbitMQ node (own name, ports, data and config) next to any running one.
+    With nodes > 1: that many nodes on this machine forming one cluster (classic peer
+    discovery, one Erlang cookie); the broker is the first node, with the others' CPU and RSS
+    counted too."""
     if not Path(RABBITMQ_SERVER).exists():
         raise BrokerError(f"RabbitMQ is not installed ({RABBITMQ_SERVER} missing)")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="bench-rabbitmq-") as tmp:
+    ports = [free_port() for _ in range(nodes)]
+    names = [f"bench{port}@localhost" for port in ports]
+    with tempfile.TemporaryDirectory(prefix="bench-rabbitmq-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
-        (workdir / "rabbitmq.conf").write_text("")
+        conf = "" if nodes == 1 else "cluster_formation.peer_discovery_backend = classic_config\n"
+        conf += "".join(f"cluster_formation.classic_config.nodes.{i} = {name}\n"
+                        for i, name in enumerate(names, 1) if nodes > 1)
+        (workdir / "rabbitmq.conf").write_text(conf)
         (workdir / "enabled_plugins").write_text("[].\n")
         (workdir / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq's
-        env = dict(
-            os.environ,
-            HOME=str(workdir),  # its own Erlang cookie
-            RABBITMQ_NODENAME=f"bench{port}@localhost",
-            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
-            RABBITMQ_NODE_PORT=str(port),
-            RABBITMQ_DIST_PORT=str(free_port()),
-            RABBITMQ_MNESIA_BASE=str(workdir / "mnesia"),
-            RABBITMQ_LOG_BASE=str(LOG_DIR / f"rabbitmq-{port}"),
-            RABBITMQ_CONFIG_FILE=str(workdir / "rabbitmq.conf"),
-            RABBITMQ_ADVANCED_CONFIG_FILE=str(workdir / "advanced.config"),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(workdir / "enabled_plugins"),
-            RABBITMQ_CONF_ENV_FILE=str(workdir / "rabbitmq-env.conf"),
-            RABBITMQ_PID_FILE=str(workdir / "rabbitmq.pid"),
-        )
-        with _spawned("RabbitMQ", [RABBITMQ_SERVER], env, port, start_timeout=90) as broker:
-            yield broker
+        cookie = workdir / ".erlang.cookie"  # the nodes' common one ($HOME)
+        cookie.write_text(os.urandom(16).hex())
+        cookie.chmod(0o400)
+        started = []
+        for port, name in zip(ports, names):
+            env = dict(
+                os.environ,
+                HOME=str(workdir),  # its own Erlang cookie
+                RABBITMQ_NODENAME=name,
+                RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+                RABBITMQ_NODE_PORT=str(port),
+                RABBITMQ_DIST_PORT=str(free_port()),
+                RABBITMQ_MNESIA_BASE=str(workdir / "mnesia"),
+                RABBITMQ_LOG_BASE=str(LOG_DIR / f"rabbitmq-{port}"),
+                RABBITMQ_CONFIG_FILE=str(workdir / "rabbitmq.conf"),
+                RABBITMQ_ADVANCED_CONFIG_FILE=str(workdir / "advanced.config"),
+                RABBITMQ_ENABLED_PLUGINS_FILE=str(workdir / "enabled_plugins"),
+                RABBITMQ_CONF_ENV_FILE=str(workdir / "rabbitmq-env.conf"),
+                RABBITMQ_PID_FILE=str(workdir / f"rabbitmq-{port}.pid"),
+            )
+            started.append(stack.enter_context(
+                _spawned("RabbitMQ", [RABBITMQ_SERVER], env, port, start_timeout=90)))
+        if nodes == 1:
+            yield started[0]
+            return
+        _wait_clustered(names[0], env, nodes)
+
+        def exited() -> str | None:
+            return next((why for why in (b.exited() for b in started) if why), None)
+
+        yield Broker(f"RabbitMQ {nodes}-node", started[0].url, started[0].pid, exited,
+                     also=tuple(b.pid for b in started[1:]))
+
+
+def _wait_clustered(node: str, env: dict[str, str], nodes: int, timeout: float = 90) -> None:
+    """Wait until `nodes` RabbitMQ nodes run in node's cluster (rabbitmqctl cluster_status)."""
+    deadline = time.monotonic() + timeout
+    running: list = []
+    while time.monotonic() < deadline:
+        proc = subprocess.run([RABBITMQCTL, "-n", node, "cluster_status", "--formatter", "json"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        if proc.returncode == 0:
+            running = json.loads(proc.stdout).get("running_nodes", [])
+            if len(running) >= nodes:
+                return
+        time.sleep(1)
+    raise BrokerError(f"RabbitMQ: {len(running)} of {nodes} nodes running in one cluster after "
+                      f"{timeout:.0f} s ({running}); logs in {LOG_DIR}")
 
 
 @contextmanager
@@ -202,6 +276,7 @@ class Managed:
     name: str
     factory: Callable[[], AbstractContextManager[Broker]]
     restartable: bool
+    cluster: bool = False  # runs only the scenarios marked cluster=True
     broker: Broker | None = None
     _stack: ExitStack = field(default_factory=ExitStack)
 

@@ -11,7 +11,7 @@ from bench import brokers, loadgen, report, restart
 from bench.brokers import BrokerError, Managed
 from bench.procinfo import raise_fd_limit
 from bench.progress import Progress
-from bench.runner import measure
+from bench.runner import Measurement, measure
 from bench.scenarios import Scenario, Settings, moved_messages, select
 
 SMOKE = Settings(duration=1.0, warmup=0.25, backlog=2000, connections=50, idle=0.5)
@@ -52,12 +52,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     repeat=max(1, args.repeat))
 
 
-def chosen_brokers(args: argparse.Namespace) -> list[Managed]:
-    """The brokers to compare, mq first."""
+def chosen_brokers(args: argparse.Namespace, scenarios: list[Scenario]) -> list[Managed]:
+    """The brokers to compare, mq first (then a 3-node mq cluster when a scenario wants one)."""
     if args.mq_url:
         found = [Managed("mq", lambda: brokers.running("mq", args.mq_url), restartable=False)]
     else:
         found = [Managed("mq", brokers.mq, restartable=True)]
+    cluster = any(sc.cluster for sc in scenarios)
+    if cluster:
+        found.append(Managed("mq 3-node", brokers.mq_cluster, restartable=True, cluster=True))
     if args.smoke or args.no_rabbitmq:
         return found
     if args.against:
@@ -65,6 +68,9 @@ def chosen_brokers(args: argparse.Namespace) -> list[Managed]:
                              restartable=False))
     elif args.rabbitmq or Path(brokers.RABBITMQ_SERVER).exists():
         found.append(Managed("RabbitMQ", brokers.rabbitmq, restartable=True))
+        if cluster:
+            found.append(Managed("RabbitMQ 3-node", lambda: brokers.rabbitmq(3),
+                                 restartable=True, cluster=True))
     return found
 
 
@@ -72,21 +78,32 @@ def run_all(args: argparse.Namespace, settings: Settings, scenarios: list[Scenar
             binary: Path) -> tuple[list[str], report.Results]:
     """Start the brokers, run every scenario on each, stop them; raises BrokerError."""
     results: report.Results = {}
-    managed = chosen_brokers(args)
+    managed = chosen_brokers(args, scenarios)
     brokers.reset_logs()
     try:
         for m in managed:
-            m.start()
-        progress = Progress(len(scenarios) * len(managed) * settings.repeat)
+            if not m.cluster:  # the cluster starts for the first scenario that wants it
+                m.start()
+        runs = sum(len([m for m in managed if sc.cluster or not m.cluster]) for sc in scenarios)
+        progress = Progress(runs * settings.repeat)
         # Scenario by scenario, each broker in turn, so both see the same machine load.
         for sc in scenarios:
             for rep in range(settings.repeat):
                 of = f" (run {rep + 1}/{settings.repeat})" if settings.repeat > 1 else ""
                 for m in managed:
-                    broker = m.ready(fresh=sc.fresh_broker)
+                    if m.cluster and not sc.cluster:
+                        continue
                     with progress.step(f"{sc.id} on {m.name}{of}", sc.expected_seconds(settings)):
-                        run = (restart.measure if sc.mode == "restart" else measure)(
-                            binary, broker, sc, settings)
+                        try:
+                            broker = m.ready(fresh=sc.fresh_broker)
+                        except BrokerError as exc:
+                            if not m.cluster:
+                                raise
+                            # A cluster that cannot start fails its scenario, not the run.
+                            run = Measurement({"error": str(exc)}, 0.0, None)
+                        else:
+                            run = (restart.measure if sc.mode == "restart" else measure)(
+                                binary, broker, sc, settings)
                     results.setdefault(sc.id, {}).setdefault(m.name, []).append(run)
         progress.finish()
     finally:
@@ -117,6 +134,9 @@ def write_outputs(args: argparse.Namespace, settings: Settings, scenarios: list[
                   "confirms, else written); backlog: messages ready when publishing stopped; "
                   "CPU: the broker's, over the window, per delivered message.\n")
             print(rates)
+            for sc in scenarios:
+                if sc.cluster:  # what its brokers are: the table's lines say only the names
+                    print(f"\n{sc.id}: {sc.title}.")
         others = report.table(rows, names)
         if others:
             print(("\n" if rates else "") + f"Other scenarios ({of}):\n")
@@ -131,7 +151,7 @@ def write_outputs(args: argparse.Namespace, settings: Settings, scenarios: list[
         from bench.plot import plot  # matplotlib only when asked for
 
         args.plot.parent.mkdir(parents=True, exist_ok=True)
-        plot(rows, names, args.plot, "mq vs RabbitMQ" if len(names) == 2 else "mq")
+        plot(rows, names, args.plot, " vs ".join(names))
 
 
 def failures(results: report.Results) -> list[str]:

@@ -8,6 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")  # the unit of utime and stime in /proc/PID/stat
 
@@ -112,10 +113,12 @@ class Mark:
 @dataclass
 class Sampler:
     """Reads a process's VmRSS every `interval` seconds in a thread, keeping the maximum, and
-    records its CPU time and RSS at each mark. Used as a context manager around one run."""
+    records its CPU time and RSS at each mark. Used as a context manager around one run.
+    With `also` (the other nodes of a cluster), CPU and RSS are the sums over all of them."""
 
     pid: int
     interval: float = 0.1
+    also: tuple[int, ...] = ()
     marks: list[Mark] = field(default_factory=list)
     rss_max_kb: int | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -134,9 +137,13 @@ class Sampler:
             self._thread.join()
         self.mark("stop")
 
+    def _sum(self, read: Callable[[int], int | None]) -> int | None:
+        values = [read(pid) for pid in (self.pid, *self.also)]
+        return None if None in values else sum(values)
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self._record(rss_kb(self.pid))
+            self._record(self._sum(rss_kb))
 
     def _record(self, rss: int | None) -> None:
         if rss is None:
@@ -149,7 +156,7 @@ class Sampler:
 
     def mark(self, name: str) -> None:
         """A phase begins now: read CPU and RSS at once (thread-safe)."""
-        ticks, rss = cpu_ticks(self.pid), rss_kb(self.pid)
+        ticks, rss = self._sum(cpu_ticks), self._sum(rss_kb)
         # The reading closes the phase before this mark as well as opening the next.
         self._record(rss)
         with self._lock:

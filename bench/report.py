@@ -15,7 +15,8 @@ class Row:
     scenario: Scenario
     metric: Metric
     values: dict[str, float | None]  # by broker name (medians of the runs)
-    ratio: float | None  # first broker / second broker
+    ratio: float | None  # first broker / second broker (when the scenario ran on two)
+    ran: list[str]  # the brokers the scenario ran on (a cluster runs only C1)
 
 
 def summary(results: Results, sid: str, broker: str) -> Measurement | None:
@@ -28,15 +29,16 @@ def rows(scenarios: list[Scenario], results: Results, brokers: list[str]) -> lis
     out = []
     for sc in scenarios:
         medians = {b: summary(results, sc.id, b) for b in brokers}
+        ran = [b for b in brokers if medians[b] is not None]
         for metric in sc.metrics:
             values = {}
             for b, m in medians.items():
                 values[b] = None if m is None or m.result.get("error") else metric.value(m.result)
             ratio = None
-            if len(brokers) == 2:
-                a, b = values[brokers[0]], values[brokers[1]]
+            if len(ran) == 2:
+                a, b = values[ran[0]], values[ran[1]]
                 ratio = a / b if a is not None and b else None
-            out.append(Row(sc, metric, values, ratio))
+            out.append(Row(sc, metric, values, ratio, ran))
     return out
 
 
@@ -71,7 +73,8 @@ def rates_table(rows_: list[Row], brokers: list[str]) -> str:
     head = ["scenario", "broker", *(f"{m.label}, {m.unit}" for m in RATE_METRICS)]
     body = []
     for sid, metrics in by_scenario.items():
-        for i, b in enumerate(brokers):
+        ran = next(iter(metrics.values())).ran
+        for i, b in enumerate(b for b in brokers if b in ran or not ran):
             body.append([sid if i == 0 else "", b,
                          *(_fmt(metrics[m.key].values[b], m.unit) for m in RATE_METRICS)])
     return _grid(head, body, 2)
@@ -82,6 +85,7 @@ def table(rows_: list[Row], brokers: list[str]) -> str:
     rest = [r for r in rows_ if not r.scenario.rates]
     if not rest:
         return ""
+    brokers = [b for b in brokers if any(b in r.ran for r in rest)] or brokers
     ratio_head = f"{brokers[0]}/{brokers[1]}" if len(brokers) == 2 else ""
     head = ["scenario", "metric", *brokers] + ([ratio_head] if ratio_head else [])
     body = []

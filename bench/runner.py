@@ -29,7 +29,7 @@ def measure(binary: Path, broker: Broker, scenario: Scenario, settings: Settings
         return Measurement({"error": refusal}, 0.0, None)
     flags, timeout = scenario.loadgen_flags(settings), scenario.timeout(settings)
     if broker.pid:
-        with Sampler(broker.pid) as sampler:
+        with Sampler(broker.pid, also=broker.also) as sampler:
             run = loadgen.run(binary, broker.url, flags, broker.pid, timeout, sampler.mark)
         run.result.update(_broker_figures(sampler, run.result))
         used = sampler.cpu_between("start", "stop")

@@ -44,6 +44,8 @@ class Scenario:
     # A throughput row: accepted/s, delivered/s, backlog, RSS max and CPU per message, printed
     # in the throughput table rather than as one line per metric.
     rates: bool = False
+    # Also run on a 3-node mq cluster (bench.brokers.mq_cluster), as a broker of its own.
+    cluster: bool = False
 
     def loadgen_flags(self, s: Settings) -> list[str]:
         common = ["-mode", self.mode, *self.flags]
@@ -92,15 +94,16 @@ _ACK = ("-ack", "-prefetch", "100")
 PACED_MAX_QUEUED = 10_000
 
 
-def _rates(sid: str, title: str, flags: tuple[str, ...]) -> Scenario:
-    return Scenario(sid, title, "throughput", flags, RATE_METRICS, rates=True)
+def _rates(sid: str, title: str, flags: tuple[str, ...], cluster: bool = False) -> Scenario:
+    return Scenario(sid, title, "throughput", flags, RATE_METRICS, rates=True, cluster=cluster)
 
 
+_CONFIRMED = ("-size", "1024", "-persistent", "-confirms", "100", *_ACK)
 _THROUGHPUT: tuple[Scenario, ...] = (
     _rates("S1", "1 producer / 1 consumer, 16 B, no-ack", ("-size", "16")),
     _rates("S2", "1/1, 1 KB, manual ack, prefetch 100", ("-size", "1024", *_ACK)),
     _rates("S3", "1/1, 1 KB persistent, durable queue, confirms (100 in flight), manual ack",
-           ("-size", "1024", "-persistent", "-confirms", "100", *_ACK)),
+           _CONFIRMED),
     _rates("S4", "4 producers / 4 consumers, one queue, 1 KB, no-ack",
            ("-size", "1024", "-producers", "4", "-consumers", "4")),
     _rates("S5", "x-max-priority 10, random priorities, 1 KB, manual ack",
@@ -153,8 +156,17 @@ SCENARIOS: tuple[Scenario, ...] = (
              "(crash recovery)", "restart", ("-size", "100", "-persistent"),
              (*_recovery("term", "SIGTERM"), *_recovery("kill", "SIGKILL"))),
 )
-# Not run unless named: the throughput scenarios with the publishers held back.
-EXTRAS: tuple[Scenario, ...] = tuple(_paced(sc) for sc in _THROUGHPUT)
+# Not run unless named: the throughput scenarios with the publishers held back, and C1, the
+# write cost of replication (it starts etcd and three more mq processes).
+EXTRAS: tuple[Scenario, ...] = (
+    *(_paced(sc) for sc in _THROUGHPUT),
+    _rates("C1", "cluster write cost: S3 on a quorum queue (x-queue-type: quorum): 1/1, 1 KB "
+           "persistent, confirms (100 in flight), manual ack; on one node, and on a 3-node "
+           "cluster on this machine (mq: etcd on loopback, clients on the leader; RabbitMQ: "
+           "clients on the first node, the queue's 3 replicas spread over the nodes), whose "
+           "CPU and RSS are the sums over its three nodes (etcd's not counted)",
+           (*_CONFIRMED, "-queue-type", "quorum"), cluster=True),
+)
 
 BY_ID = {s.id.upper(): s for s in (*SCENARIOS, *EXTRAS)}
 

@@ -96,9 +96,12 @@ func declare(cfg Config) (*topology, error) {
 	}
 	t := &topology{conn: conn, bc: bc, ch: ch}
 	prefix := fmt.Sprintf("bench.%d.%d", os.Getpid(), time.Now().UnixNano())
-	var args amqp.Table
+	args := amqp.Table{}
 	if cfg.MaxPriority > 0 {
-		args = amqp.Table{"x-max-priority": int32(cfg.MaxPriority)}
+		args["x-max-priority"] = int32(cfg.MaxPriority)
+	}
+	if cfg.QueueType != "" {
+		args["x-queue-type"] = cfg.QueueType
 	}
 	nq := 1
 	if cfg.Fanout > 0 {

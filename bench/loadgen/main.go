@@ -37,6 +37,7 @@ type Config struct {
 	Persistent  bool
 	Confirms    int
 	MaxPriority int
+	QueueType   string
 	Fanout      int
 	Rate        int
 	Backlog     int
@@ -94,6 +95,7 @@ func parseFlags() Config {
 	flag.BoolVar(&c.Persistent, "persistent", false, "durable queue, persistent messages")
 	flag.IntVar(&c.Confirms, "confirms", 0, "publisher confirms with this many in flight (0: off)")
 	flag.IntVar(&c.MaxPriority, "max-priority", 0, "x-max-priority; messages get random priorities")
+	flag.StringVar(&c.QueueType, "queue-type", "", "x-queue-type of the queues (quorum: needs -persistent)")
 	flag.IntVar(&c.Fanout, "fanout", 0, "publish to a fanout exchange bound to this many queues")
 	flag.IntVar(&c.Rate, "rate", 0, "total publish rate in msg/s (0: as fast as possible)")
 	flag.IntVar(&c.Backlog, "backlog", 1000000, "messages in the backlog (backlog mode)")

@@ -1,5 +1,6 @@
-"""pytest plugin: the `mq_broker` fixture (a real broker process for the test session) and
-`mq_url`. Installed with mq through the `pytest11` entry point."""
+"""pytest plugin: the `mq_broker` fixture (a real broker process for the test session),
+`mq_url`, `mq_fresh_broker` and `mq_cluster` (a private etcd and three cluster nodes).
+Installed with mq through the `pytest11` entry point."""
 from __future__ import annotations
 
 import os
@@ -29,3 +30,26 @@ def mq_fresh_broker() -> Iterator[BrokerProcess]:
     """A broker of the test's own, for tests that restart, kill or exhaust it."""
     with run_broker() as broker:
         yield broker
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "mq_cluster(n=3, lease_ttl=3, args=()): the mq_cluster fixture's size, "
+        "lease TTL (seconds) and extra node flags")
+
+
+@pytest.fixture
+def mq_cluster(request: pytest.FixtureRequest):
+    """A cluster of the test's own (mq.testing.cluster.Cluster): a private etcd and three
+    nodes (or as the `mq_cluster` marker says), started with a leader elected; everything is
+    killed and removed afterwards. Skips when etcd is not installed."""
+    from mq.testing.cluster import Cluster, etcd_available  # only tests that use it pay
+
+    if not etcd_available():
+        pytest.skip("etcd is not installed (/usr/bin/etcd): apt-get install etcd-server")
+    marker = request.node.get_closest_marker("mq_cluster")
+    cluster = Cluster(**(marker.kwargs if marker else {}))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.cleanup()
