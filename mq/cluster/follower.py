@@ -32,6 +32,7 @@ class Files:
         self.data_dir = data_dir
         self.fds: dict[str, int] = {}
         self.superseded: set[str] = set()  # deleted or replaced since the sync began
+        self.doomed: set[str] = set()      # ours, not the leader's: deleted at SYNC_DONE
         self.touched: set[int] = set()
         self.dirs_changed = False
 
@@ -61,6 +62,9 @@ class Files:
             if kind == P.WRITE:
                 _, off = P.WRITE_HEAD.unpack_from(payload)
                 fd = self._fd(rel)
+                if rel in self.doomed:  # a new file of the leader's: our old one goes
+                    self.doomed.discard(rel)
+                    os.ftruncate(fd, 0)
                 _pwrite(fd, memoryview(payload)[P.WRITE_HEAD.size:], off)
                 self.touched.add(fd)
                 last = number
@@ -74,19 +78,18 @@ class Files:
                 os.ftruncate(fd, number)
                 self.touched.add(fd)
             elif kind == P.DELETE:
-                path = P.safe_path(self.data_dir, rel)
-                self._sync_touched()  # what compaction copied is on disk before the original goes
-                self._forget(rel)
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                last = number or last
+                self._delete(rel)
+                last = number
             elif kind == P.REPLACE:
                 self._forget(rel)
                 _replace(P.safe_path(self.data_dir, rel), payload)
-                last = number
+                last = number or last
+            elif kind == P.DOOMED:
+                self.doomed = {rel for rel in json.loads(payload) if P.replicated(rel)}
             elif kind == P.SYNC_DONE:
+                for doomed in sorted(self.doomed):
+                    self._delete(doomed)
+                self.doomed.clear()
                 done = True
             elif kind != P.PING:
                 raise P.ProtocolError(f"unexpected message {kind}")
@@ -97,6 +100,16 @@ class Files:
                     sync_dir(path)
             self.dirs_changed = False
         return last, done
+
+    def _delete(self, rel: str) -> None:
+        path = P.safe_path(self.data_dir, rel)
+        self._sync_touched()  # what compaction copied is on disk before the original goes
+        self._forget(rel)
+        self.doomed.discard(rel)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
     def _sync_touched(self) -> None:
         for fd in self.touched:

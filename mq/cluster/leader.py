@@ -184,44 +184,51 @@ class Replicator:
             writer.close()
 
     def _matching_prefixes(self, theirs: dict) -> dict[str, int]:
-        """For each segment the follower has: the length of it that equals ours (0: none).
-        A segment's written bytes never change, so this holds while it grows."""
+        """For each segment the follower has: how much of it, in whole blocks, equals ours
+        (a segment's written bytes never change, so this holds while it grows)."""
         out = {}
-        for rel, (size, crc) in theirs.items():
+        for rel, (size, crcs) in theirs.items():
             if not rel.startswith("log/") or not P.replicated(rel):
                 continue
-            if P.crc_prefix(os.path.join(self.data_dir, rel), size) == crc:
-                out[rel] = size
+            ours = P.block_crcs(os.path.join(self.data_dir, rel), size)
+            same = 0
+            while same < len(crcs) and same < len(ours) and crcs[same] == ours[same]:
+                same += 1
+            out[rel] = min(size, same * P.SYNC_CHUNK)
         return out
 
     def _register(self, name: str, writer: asyncio.StreamWriter, theirs: dict,
                   prefixes: dict[str, int]) -> FollowerSession:
-        """From now on the follower gets every action; the full sync plan goes first: what
-        to delete, and where each of our files starts to differ from its copy."""
+        """From now on the follower gets every action. The full sync's plan goes first
+        (see protocol.py for why it is safe while the follower is in sync): its files we
+        lack, what to cut, the small files whole; the segments' data follows (_transfer)."""
         old = self.sessions.pop(name, None)
         if old is not None:
             old.writer.close()
         session = FollowerSession(name, writer, self.action)
         session.acked_bytes = self.stream_bytes
         ours = P.data_files(self.data_dir)
-        for rel in theirs:
-            if rel not in ours and P.replicated(rel):
-                writer.write(P.encode(P.DELETE, 0, rel))
+        doomed = [rel for rel in theirs if rel not in ours and P.replicated(rel)]
+        writer.write(P.encode_json(P.DOOMED, doomed))
         for rel in ours:
+            path = os.path.join(self.data_dir, rel)
             try:
-                size = os.path.getsize(os.path.join(self.data_dir, rel))
+                if not rel.startswith("log/"):
+                    with open(path, "rb") as fh:
+                        writer.write(P.encode(P.REPLACE, 0, rel, fh.read()))
+                    continue
+                size = os.path.getsize(path)
             except FileNotFoundError:
                 continue
-            start = prefixes.get(rel, 0)
-            if start != theirs.get(rel, [-1])[0]:
-                writer.write(P.encode(P.TRUNCATE, start, rel))
-            session.plan.append((rel, start, size))
+            if theirs.get(rel, [0])[0] > size:
+                writer.write(P.encode(P.TRUNCATE, size, rel))
+            session.plan.append((rel, min(prefixes.get(rel, 0), size), size))
         self.sessions[name] = session
         log.info("cluster: follower %s connected; syncing %d files", name, len(session.plan))
         return session
 
     async def _transfer(self, session: FollowerSession) -> None:
-        """Send what the follower lacks of each file as it was at registration (what was
+        """Send what the follower lacks of each segment as it was at registration (what was
         written later comes as actions), then SYNC_DONE."""
         writer = session.writer
         for rel, start, end in session.plan:

@@ -6,15 +6,25 @@ or a write and a full-sync transfer of the same range in either order, leaves th
 bytes: a follower can take the stream while its full sync is still arriving.
 
 Follower -> leader: HELLO (JSON: node name, the epoch it read from etcd, its files with size
-and CRC-32), then ACK (number of the last action applied and fsynced; `path` "synced" once
+and the CRC-32 of each SYNC_CHUNK block), then ACK (number of the last action applied and fsynced; `path` "synced" once
 the full sync is on its disk too), at least every ACK_INTERVAL.
 
-Leader -> follower: WELCOME (JSON: leader name and epoch), the full sync (TRUNCATE, DELETE,
-SYNC_DATA, SYNC_DONE), and from the moment the follower was registered the actions, each
+Leader -> follower: WELCOME (JSON: leader name and epoch), the full sync (DOOMED, TRUNCATE,
+REPLACE, SYNC_DATA, SYNC_DONE), and from the moment the follower was registered the actions, each
 numbered by the leader (the number field): WRITE (bytes at an offset: the payload starts
 with the store sequence the write completes, 0 if none, and the offset), REPLACE (a whole
 small file, written atomically), DELETE. In the full sync the number field is the size
 (TRUNCATE) or the offset (SYNC_DATA).
+
+The full sync never takes a confirmed byte away from the follower, which may be in the
+in-sync set (and so may have to lead) while it runs. Every confirmed byte is on the leader
+at the same offset of the same file, so: a segment is overwritten in place from its first
+differing block (the bytes before the divergence get their own value again); only what lies
+past the leader's end of the file is cut (TRUNCATE), and that was never confirmed; the
+follower's files that the leader lacks (DOOMED: their live records, if any, were copied
+forward into files the sync sends) are deleted only at SYNC_DONE, or emptied when the
+leader starts writing a new file of the same name; small files come whole and atomically
+(REPLACE with number 0).
 """
 from __future__ import annotations
 
@@ -29,7 +39,7 @@ HEADER = struct.Struct("!BIHQ")  # kind, payload length, path length, offset/num
 WRITE_HEAD = struct.Struct("!QQ")  # a WRITE's store sequence (0: none) and file offset
 
 HELLO, WELCOME, ACK = 1, 2, 3
-TRUNCATE, SYNC_DATA, SYNC_DONE = 10, 11, 12
+TRUNCATE, SYNC_DATA, SYNC_DONE, DOOMED = 10, 11, 12, 13
 WRITE, REPLACE, DELETE = 20, 21, 22
 PING = 30
 
@@ -99,24 +109,26 @@ def safe_path(data_dir: str, relpath: str) -> str:
     return os.path.join(data_dir, relpath)
 
 
-def crc_prefix(path: str, size: int) -> int:
-    """CRC-32 of a file's first size bytes (-1: it has fewer, or is gone)."""
-    crc, left = 0, size
+def block_crcs(path: str, size: int) -> list[int]:
+    """CRC-32 of each SYNC_CHUNK block of a file's first size bytes (the last one may be
+    short); fewer blocks if the file is shorter or gone."""
+    out: list[int] = []
     try:
         with open(path, "rb") as fh:
+            left = size
             while left > 0:
                 chunk = fh.read(min(left, SYNC_CHUNK))
                 if not chunk:
-                    return -1
-                crc = zlib.crc32(chunk, crc)
+                    break
+                out.append(zlib.crc32(chunk))
                 left -= len(chunk)
     except FileNotFoundError:
-        return -1
-    return crc
+        pass
+    return out
 
 
-def manifest(data_dir: str) -> dict[str, list[int]]:
-    """Each replicated file of data_dir: [size, CRC-32] (what a follower has)."""
+def manifest(data_dir: str) -> dict[str, list]:
+    """Each replicated file of data_dir: [size, block CRCs] (what a follower has)."""
     out = {}
     for rel in data_files(data_dir):
         path = os.path.join(data_dir, rel)
@@ -124,7 +136,7 @@ def manifest(data_dir: str) -> dict[str, list[int]]:
             size = os.path.getsize(path)
         except FileNotFoundError:
             continue
-        out[rel] = [size, crc_prefix(path, size)]
+        out[rel] = [size, block_crcs(path, size)]
     return out
 
 
