@@ -23,6 +23,7 @@ class Lease:
     def __init__(self) -> None:
         self.me = Addresses("leader", "", "", "")
         self.epoch = EPOCH
+        self.members: list[str] = []
 
     def valid(self) -> bool:
         return True

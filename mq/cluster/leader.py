@@ -45,6 +45,8 @@ class FollowerSession:
         self.sent: deque[tuple[int, int, float]] = deque()
         self.acked_bytes = 0
         self.plan: list[tuple[str, int, int]] = []  # full sync: (file, from, to)
+        self.mark = registered       # the last action sent at the previous monitor tick
+        self.needed = 0              # in the gate: in sync once it has acked this action
 
     def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -56,8 +58,10 @@ class Replicator:
         self.membership = membership
         self.name = membership.me.name
         self.sessions: dict[str, FollowerSession] = {}
-        self.gate: set[str] = set()     # followers whose acks confirms wait for
-        self.members: list[str] = []    # the in-sync set as etcd has it
+        # The in-sync set as etcd has it (from our campaign on), and the followers whose
+        # acks confirms wait for: every member, and those about to become one.
+        self.members: list[str] = list(membership.members) or [self.name]
+        self.gate: set[str] = set(self.members) - {self.name}
         self.action = 0                 # number of the last action sent
         self.stream_bytes = 0           # bytes of actions sent so far
         self._seq_by_action: deque[tuple[int, int]] = deque()  # (action, store seq) of writes
@@ -266,34 +270,49 @@ class Replicator:
     # ---- keeping the in-sync set --------------------------------------------------------
 
     async def monitor(self, on_deposed: Callable[[], None]) -> None:
-        """Add caught-up followers to the gate and the in-sync set; remove silent ones
-        (etcd first). on_deposed() when etcd says we no longer lead."""
+        """Keep the gate and the in-sync set. A synced follower that has acked what was sent
+        by the previous tick joins the gate (confirms wait for it from now on), and etcd's
+        in-sync set once it has acked everything sent when it joined the gate: then it holds
+        every confirmed record. A silent one leaves etcd's set first, then the gate.
+        on_deposed() when etcd says we no longer lead."""
         while True:
             await asyncio.sleep(MONITOR_INTERVAL)
             now = time.monotonic()
-            drop = [name for name in self.gate if self._silent(name, now)]
-            add = [s.name for s in self.sessions.values()
-                   if s.name not in self.gate and s.synced and s.acked >= self.action]
-            for name in add:
-                self.gate.add(name)
-            members = [self.name] + sorted(self.gate - set(drop))
-            if members != self.members:
-                try:
-                    ok = await self.membership.write_in_sync(members)
-                except Exception as exc:  # etcd unreachable: confirms wait meanwhile
-                    log.warning("cluster: cannot record the in-sync set: %s", exc)
-                    continue
-                if not ok:
-                    log.warning("cluster: the leader key is no longer ours")
-                    on_deposed()
-                    return
-                for name in set(members) - set(self.members) - {self.name}:
-                    log.info("cluster: %s is in sync", name)
-                for name in set(self.members) - set(members):
-                    log.warning("cluster: %s dropped from the in-sync set", name)
-                self.members = members
-                self.gate -= set(drop)
+            for s in self.sessions.values():
+                if s.name not in self.gate and s.synced and s.acked >= s.mark:
+                    self.gate.add(s.name)
+                    s.needed = self.action
+                s.mark = self.action
+            drop = {name for name in self.gate if self._silent(name, now)}
+            not_yet = {name for name in drop if name not in self.members}
+            if not_yet:  # not in etcd's set: nothing to record first
+                self.gate -= not_yet
                 self.advance()
+            keep = {name for name in self.gate - drop
+                    if name in self.members or self._has_all(name)}
+            members = [self.name] + sorted(keep)
+            if members == self.members:
+                continue
+            try:
+                ok = await self.membership.write_in_sync(members)
+            except Exception as exc:  # etcd unreachable: confirms wait meanwhile
+                log.warning("cluster: cannot record the in-sync set: %s", exc)
+                continue
+            if not ok:
+                log.warning("cluster: the leader key is no longer ours")
+                on_deposed()
+                return
+            for name in set(members) - set(self.members):
+                log.info("cluster: %s is in sync", name)
+            for name in set(self.members) - set(members):
+                log.warning("cluster: %s dropped from the in-sync set", name)
+            self.members = members
+            self.gate -= drop
+            self.advance()
+
+    def _has_all(self, name: str) -> bool:
+        session = self.sessions.get(name)
+        return session is not None and session.synced and session.acked >= session.needed
 
     def _silent(self, name: str, now: float) -> bool:
         session = self.sessions.get(name)
@@ -307,7 +326,7 @@ class Replicator:
         """Each connected follower: in sync or joining, and its lag in stream bytes."""
         out = {}
         for name, s in self.sessions.items():
-            out[name] = {"cluster_role": "follower" if name in self.gate else "joining",
+            out[name] = {"cluster_role": "follower" if name in self.members else "joining",
                          "in_sync": name in self.members,
                          "lag": max(0, self.stream_bytes - s.acked_bytes)
                          if s.sent else 0}

@@ -81,6 +81,7 @@ class Membership:
         self.on_renewed: Callable[[], None] | None = None  # the lease holds again
         self.on_lost: Callable[[], None] | None = None     # etcd says it has expired
         self.epoch = 0                # our term while we lead
+        self.members: list[str] = []  # the in-sync set our campaign wrote
 
     @property
     def leader_key(self) -> str:
@@ -174,7 +175,7 @@ class Membership:
             [E.created(self.leader_key, 0), E.modified(self.isr_key, isr.revision)],
             [E.put(self.leader_key, self.me.json(), self.lease), E.put(self.isr_key, new.json())])
         if ok:
-            self.epoch = revision
+            self.epoch, self.members = revision, members
         return ok
 
     async def write_in_sync(self, members: list[str]) -> bool:
