@@ -19,6 +19,7 @@ import pytest
 
 from mq.cluster.proxy import Proxy
 from mq.testing import BrokerProcess, run_broker
+from ctlutil import eventually
 
 LOOPS = ["asyncio"]
 try:
@@ -325,13 +326,6 @@ def test_pika_publishes_and_gets_through_the_proxy(lt: LoopThread, proxy,
             conn.close()
 
 
-def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def test_management_http_through_the_proxy(lt: LoopThread) -> None:

@@ -60,12 +60,12 @@ class Files:
         last, done = 0, False
         for kind, number, rel, payload in messages:
             if kind == P.WRITE:
-                _, off = P.WRITE_HEAD.unpack_from(payload)
+                off, = P.OFFSET.unpack_from(payload)
                 fd = self._fd(rel)
                 if rel in self.doomed:  # a new file of the leader's: our old one goes
                     self.doomed.discard(rel)
                     os.ftruncate(fd, 0)
-                _pwrite(fd, memoryview(payload)[P.WRITE_HEAD.size:], off)
+                _pwrite(fd, memoryview(payload)[P.OFFSET.size:], off)
                 self.touched.add(fd)
                 last = number
             elif kind == P.SYNC_DATA:
@@ -129,6 +129,7 @@ class Link:
         self.data_dir = data_dir
         self.name = name
         self.leader = leader
+        self.welcomed = False  # the leader took us
         self.synced = False
 
     async def run(self) -> None:
@@ -144,6 +145,7 @@ class Link:
             welcome = json.loads(payload)
             if kind != P.WELCOME or welcome.get("epoch") != self.leader.epoch:
                 raise P.ProtocolError(f"leader answered {kind} {payload[:100]!r}")
+            self.welcomed = True
             await self._stream(reader, writer, files)
         finally:
             writer.close()

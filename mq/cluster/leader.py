@@ -71,9 +71,7 @@ class Replicator:
         self._wait_ids = itertools.count()
         self.release: Callable[[], None] = lambda: None  # the store re-checks what is durable
         self.lead_start = time.monotonic()
-        self._writing_isr = False
         self.server: asyncio.AbstractServer | None = None
-        self.loop: Any = None
 
     # ---- what the store asks --------------------------------------------------------------
 
@@ -95,24 +93,22 @@ class Replicator:
     def written(self, chunks: list[tuple[str, int, Any]], seq: int) -> None:
         """The flusher wrote these (path, offset, bytes) of segments; seq is the store
         sequence they complete."""
-        last = len(chunks) - 1
-        for i, (path, off, data) in enumerate(chunks):
-            rel = os.path.relpath(path, self.data_dir)
-            self._emit(P.WRITE, rel, off, P.WRITE_HEAD.pack(seq if i == last else 0, off)
-                       + bytes(data))
+        for path, off, data in chunks:
+            self._emit(P.WRITE, os.path.relpath(path, self.data_dir),
+                       P.OFFSET.pack(off) + bytes(data))
         self._seq_by_action.append((self.action, seq))
         self.advance()
 
     def deleted(self, path: str) -> None:
-        self._emit(P.DELETE, os.path.relpath(path, self.data_dir), 0, b"")
+        self._emit(P.DELETE, os.path.relpath(path, self.data_dir), b"")
 
     def replaced(self, relpath: str, data: bytes) -> int:
         """A small file written anew (access.json); returns its action number."""
-        self._emit(P.REPLACE, relpath, 0, data)
+        self._emit(P.REPLACE, relpath, data)
         self.advance()
         return self.action
 
-    def _emit(self, kind: int, rel: str, off: int, payload: bytes) -> None:
+    def _emit(self, kind: int, rel: str, payload: bytes) -> None:
         self.action += 1
         frame = P.encode(kind, self.action, rel, payload)
         self.stream_bytes += len(frame)
@@ -133,7 +129,7 @@ class Replicator:
         for name in self.gate:
             session = self.sessions.get(name)
             if session is None or not session.synced:
-                floor = min(floor, 0)
+                floor = 0
             else:
                 floor = min(floor, session.acked)
         queue = self._seq_by_action
@@ -150,7 +146,6 @@ class Replicator:
     # ---- followers' connections ---------------------------------------------------------------
 
     async def serve(self, host: str, port: int) -> int:
-        self.loop = asyncio.get_running_loop()
         self.server = await asyncio.start_server(self._follower, host, port,
                                                  reuse_address=True)
         return self.server.sockets[0].getsockname()[1]

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from mq.cluster import etcd as E
 from mq.cluster.etcd import Etcd, EtcdError
@@ -184,7 +184,3 @@ class Membership:
         ok, _, _ = await self.etcd.txn([E.created(self.leader_key, self.epoch)],
                                        [E.put(self.isr_key, value)])
         return ok
-
-
-def describe(exc: Any) -> str:
-    return str(exc) or type(exc).__name__

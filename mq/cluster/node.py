@@ -117,13 +117,17 @@ class Following:
             await asyncio.gather(link, return_exceptions=True)
 
     async def _replicate(self, leader: Leader) -> None:
+        """Keep a link to this leader; a failure is logged once until a link works."""
+        quiet = False
         while True:
             link = Link(self.settings.data_dir, self.me, leader)
             try:
                 await link.run()
             except (OSError, EOFError, asyncio.IncompleteReadError, ValueError) as exc:
-                log.info("cluster: replication link to %s: %s", leader.addresses.name,
-                         exc or type(exc).__name__)
+                (log.debug if quiet and not link.welcomed else log.info)(
+                    "cluster: replication link to %s: %s", leader.addresses.name,
+                    exc or type(exc).__name__)
+                quiet = True
             await asyncio.sleep(RETRY)
 
 

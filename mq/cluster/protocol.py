@@ -12,8 +12,7 @@ the full sync is on its disk too), at least every ACK_INTERVAL.
 Leader -> follower: WELCOME (JSON: leader name and epoch), the full sync (DOOMED, TRUNCATE,
 REPLACE, SYNC_DATA, SYNC_DONE), and from the moment the follower was registered the actions, each
 numbered by the leader (the number field): WRITE (bytes at an offset: the payload starts
-with the store sequence the write completes, 0 if none, and the offset), REPLACE (a whole
-small file, written atomically), DELETE. In the full sync the number field is the size
+with the offset), REPLACE (a whole small file, written atomically), DELETE. In the full sync the number field is the size
 (TRUNCATE) or the offset (SYNC_DATA).
 
 The full sync never takes a confirmed byte away from the follower, which may be in the
@@ -36,7 +35,7 @@ import zlib
 from typing import Any
 
 HEADER = struct.Struct("!BIHQ")  # kind, payload length, path length, offset/number
-WRITE_HEAD = struct.Struct("!QQ")  # a WRITE's store sequence (0: none) and file offset
+OFFSET = struct.Struct("!Q")  # where in its file a WRITE's bytes go (the payload's start)
 
 HELLO, WELCOME, ACK = 1, 2, 3
 TRUNCATE, SYNC_DATA, SYNC_DONE, DOOMED = 10, 11, 12, 13

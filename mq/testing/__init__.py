@@ -25,7 +25,67 @@ _LISTENING = re.compile(r"mq listening on amqp://[^:]+:(\d+)")
 _MANAGEMENT = re.compile(r"mq management listening on http://[^ ]+:(\d+)")
 
 
-class BrokerProcess:
+class ChildProcess:
+    """A child process (`proc`, None when it is not running): pause, resume, a graceful stop
+    and a kill."""
+
+    proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """The process exists (a paused one too)."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def pause(self) -> None:
+        """SIGSTOP: frozen, its sockets open."""
+        if self.running:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after pause()."""
+        if self.running:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop: SIGCONT (in case it is paused), SIGTERM, SIGKILL after timeout."""
+        if self.running:
+            self.resume()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, as far as the process can tell (a paused one too)."""
+        if self.running:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+class BrokerChild(ChildProcess):
+    """An mq process at host:port (AMQP) and management_port (HTTP)."""
+
+    host = "127.0.0.1"
+    port = 0
+    management_port = 0
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{self.host}:{self.port}/"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.host}:{self.management_port}"
+
+
+class BrokerProcess(BrokerChild):
     """A broker in a child process on a free port, with its own data dir and log file."""
 
     def __init__(self, data_dir: str | None = None, args: tuple[str, ...] = (),
@@ -39,14 +99,6 @@ class BrokerProcess:
         self.management_port = 0  # with args ("--management-port", "0"): the port it got
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(self.data_dir, "broker.log")
-
-    @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@{self.host}:{self.port}/"
-
-    @property
-    def management_url(self) -> str:
-        return f"http://{self.host}:{self.management_port}"
 
     def start(self) -> BrokerProcess:
         """Start the broker; on a restart it keeps the port it had."""
@@ -80,23 +132,6 @@ class BrokerProcess:
     def log(self) -> str:
         with open(self.log_path, "rb") as fh:
             return fh.read().decode("utf-8", "replace")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Graceful stop (SIGTERM), then SIGKILL if it does not go in time."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, as far as the broker can tell."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
 
     def restart(self, kill: bool = False) -> None:
         self.kill() if kill else self.stop()

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import urllib.error
 import urllib.request
 import uuid
 from typing import Any, Iterator
+
+from mq.testing import BrokerChild, ChildProcess
 
 ETCD_BINARY = "/usr/bin/etcd"
 
@@ -70,7 +71,7 @@ class EtcdError(RuntimeError):
     pass
 
 
-class Etcd:
+class Etcd(ChildProcess):
     """A single-member etcd on free loopback client and peer ports with its own data dir.
 
     `get`/`put` go through etcd's JSON gateway (POST /v3/kv/range, /v3/kv/put, base64 keys
@@ -93,10 +94,6 @@ class Etcd:
     def url(self) -> str:
         """The client URL, as given to `--cluster-etcd`."""
         return f"http://{self.host}:{self.client_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
 
     def command(self) -> list[str]:
         peer = f"http://{self.host}:{self.peer_port}"
@@ -193,34 +190,6 @@ class Etcd:
 
     # -- signals ---------------------------------------------------------------------------
 
-    def pause(self) -> None:
-        """SIGSTOP: etcd stops answering (its clients' requests and keepalives time out)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT after pause()."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (after SIGCONT, in case it is paused), SIGKILL if it does not go in time.
-        start() runs it again on the same ports and data."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.resume()
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
     def cleanup(self) -> None:
         self.kill()
         _LIVE.discard(self)
@@ -234,7 +203,7 @@ class Etcd:
         self.cleanup()
 
 
-class ClusterNode:
+class ClusterNode(BrokerChild):
     """One mq node process. Its ports (AMQP, management, replication) are chosen when it is
     created, so a restart keeps them; its log is `node.log` in its data dir and a restart
     appends to it. The PID stays the same when the node re-executes itself (os.execv)."""
@@ -256,23 +225,6 @@ class ClusterNode:
         self.log_path = os.path.join(data_dir, "node.log")
         self.proc: subprocess.Popen | None = None
         self._offset = 0  # where the current run's part of the log starts
-
-    @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@{self.host}:{self.port}/"
-
-    @property
-    def management_url(self) -> str:
-        return f"http://{self.host}:{self.management_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        """The process exists (a paused one too)."""
-        return self.proc is not None and self.proc.poll() is None
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "mq", "--host", self.host, "--port", str(self.port),
@@ -330,33 +282,8 @@ class ClusterNode:
         except OSError:
             return ""
 
-    def pause(self) -> None:
-        """SIGSTOP: the node freezes (its lease keepalives stop, its sockets stay open)."""
-        if self.running:
-            self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT after pause()."""
-        if self.running:
-            self.proc.send_signal(signal.SIGCONT)
-
     def stop(self, timeout: float = 15.0) -> None:
-        """Graceful stop: SIGCONT (in case it is paused), SIGTERM, SIGKILL after timeout."""
-        if self.running:
-            self.resume()
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, as far as the node can tell (works on a paused node too)."""
-        if self.running:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+        super().stop(timeout)
 
     def restart(self, kill: bool = False, wait: bool | float = True) -> ClusterNode:
         """Stop (or kill) and start again on the same ports and data dir."""
