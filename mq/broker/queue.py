@@ -73,6 +73,9 @@ class Queue(QueueCore):
                                                "auto_delete": auto_delete}, name, host.name)
         # Quorum queues count returns per message (x-delivery-count, x-delivery-limit).
         self.counts_deliveries = self.settings.queue_type == "quorum"
+        # The last properties given x-delivery-count: (as published, count, as delivered).
+        # A publisher's messages mostly share their properties, first deliveries their count.
+        self._counted: tuple[bytes, int, bytes] | None = None
         self.ready = MessageQueue(self.settings.max_priority)
         self._set_limits()
         # Consumers by priority, highest first; each group rotates for round-robin (the
@@ -211,7 +214,13 @@ class Queue(QueueCore):
         quorum queue (as RabbitMQ adds it)."""
         if not self.counts_deliveries:
             return entry.msg.props
-        return with_header(entry.msg.props, "x-delivery-count", long(entry.delivery_count))
+        props, count = entry.msg.props, entry.delivery_count
+        last = self._counted
+        if last is not None and last[1] == count and last[0] == props:
+            return last[2]
+        counted = with_header(props, "x-delivery-count", long(count))
+        self._counted = (props, count, counted)
+        return counted
 
     def set_policy(self, policy: Policy | None) -> None:
         """Another policy applies (None: none): the settings become the arguments merged

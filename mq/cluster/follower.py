@@ -34,7 +34,7 @@ class Files:
         self.superseded: set[str] = set()  # deleted or replaced since the sync began
         self.doomed: set[str] = set()      # ours, not the leader's: deleted at SYNC_DONE
         self.touched: set[int] = set()
-        self.dirs_changed = False
+        self.dirs_changed: set[str] = set()  # directories with files created or removed
 
     def _fd(self, rel: str) -> int:
         fd = self.fds.get(rel)
@@ -42,7 +42,7 @@ class Files:
             path = P.safe_path(self.data_dir, rel)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             if not os.path.exists(path):
-                self.dirs_changed = True
+                self.dirs_changed.add(os.path.dirname(path))
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
             self.fds[rel] = fd
         return fd
@@ -53,7 +53,7 @@ class Files:
             self.touched.discard(fd)
             os.close(fd)
         self.superseded.add(rel)
-        self.dirs_changed = True
+        self.dirs_changed.add(os.path.dirname(P.safe_path(self.data_dir, rel)))
 
     def apply(self, messages: list[tuple[int, int, str, bytes]]) -> tuple[int, bool]:
         """Apply and fsync; returns (last action applied, whether SYNC_DONE was among them)."""
@@ -94,11 +94,9 @@ class Files:
             elif kind != P.PING:
                 raise P.ProtocolError(f"unexpected message {kind}")
         self._sync_touched()
-        if self.dirs_changed:
-            for path in (self.data_dir, os.path.join(self.data_dir, "log")):
-                if os.path.isdir(path):
-                    sync_dir(path)
-            self.dirs_changed = False
+        for path in self.dirs_changed:
+            sync_dir(path)
+        self.dirs_changed.clear()
         return last, done
 
     def _delete(self, rel: str) -> None:

@@ -169,6 +169,7 @@ class Replicator:
             prefixes = await asyncio.to_thread(self._matching_prefixes, theirs)
             session = self._register(name, writer, theirs, prefixes)
             sync = asyncio.ensure_future(self._transfer(session))
+            sync.add_done_callback(lambda task: _end_if_failed(task, session))
             try:
                 await self._read_acks(session, reader)
             finally:
@@ -332,6 +333,13 @@ class Replicator:
             self.server.close()
         for session in self.sessions.values():
             session.writer.close()
+
+
+def _end_if_failed(sync: asyncio.Future, session: FollowerSession) -> None:
+    """A full sync that failed (a file unreadable) ends the link; the follower retries."""
+    if not sync.cancelled() and sync.exception() is not None:
+        log.warning("cluster: full sync to %s failed: %s", session.name, sync.exception())
+        session.writer.close()
 
 
 def _pread(path: str, size: int, off: int) -> bytes:

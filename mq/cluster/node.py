@@ -68,7 +68,7 @@ class Following:
                 log.info("cluster: etcd answers again")
                 self._etcd_down = False
             if leader is not None and leader.addresses.name != self.me:
-                self._follow(leader, isr)
+                await self._follow(leader, isr)
             else:  # none, or our own from before a restart (its lease runs out soon)
                 await self._unfollow()
                 if leader is None and self._eligible(isr):
@@ -86,11 +86,10 @@ class Following:
             log.warning("cluster: campaign failed: %s", exc)
             return False
 
-    def _follow(self, leader: Leader, isr: InSync) -> None:
+    async def _follow(self, leader: Leader, isr: InSync) -> None:
         current = self._leader
         if current is None or current.epoch != leader.epoch:
-            if self._link is not None:
-                self._link.cancel()
+            await self.stop()  # the old link's last batch is written before the new one starts
             self._leader = leader
             self._link = asyncio.ensure_future(self._replicate(leader))
             for proxy, which in self.proxies:
@@ -123,7 +122,7 @@ class Following:
             link = Link(self.settings.data_dir, self.me, leader)
             try:
                 await link.run()
-            except (OSError, EOFError, asyncio.IncompleteReadError, ValueError) as exc:
+            except Exception as exc:  # any failure: the link starts over (a full sync)
                 (log.debug if quiet and not link.welcomed else log.info)(
                     "cluster: replication link to %s: %s", leader.addresses.name,
                     exc or type(exc).__name__)
