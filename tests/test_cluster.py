@@ -27,10 +27,11 @@ QUEUE = "cluster-q"
 
 
 @pytest.fixture
-def cluster():
-    with Cluster(n=3, lease_ttl=TTL) as c:
-        c.wait_in_sync(3, timeout=20)
-        yield c
+def cluster(mq_cluster: Cluster) -> Cluster:
+    """The plugin's three nodes (lease TTL 3 s, as TTL here), once both followers are in
+    sync."""
+    mq_cluster.wait_in_sync(3, timeout=20)
+    return mq_cluster
 
 
 def _connect(url: str, timeout: float = 10) -> pika.BlockingConnection:
