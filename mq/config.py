@@ -157,6 +157,9 @@ def _check(settings: Settings) -> None:
     if not 64 * 1024 <= settings.store_segment_size <= 1 << 31:
         raise ConfigError("store_segment_size must be 64KB..2GB, not "
                           f"{settings.store_segment_size}")
+    for url in filter(None, (u.strip() for u in settings.cluster_etcd.split(","))):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"cluster_etcd: {url!r} is not an http:// URL of etcd")
     if settings.cluster_lease_ttl < 2:
         raise ConfigError(f"cluster_lease_ttl must be at least 2 s, not {settings.cluster_lease_ttl}")
     if not 0 <= settings.replication_port <= 65535:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
+import ssl
 import subprocess
 import sys
 import threading
@@ -398,3 +400,33 @@ def test_a_node_not_in_sync_never_leads() -> None:
         assert c.leader_info() is None
         f1.start()
         assert c.wait_leader(timeout=TTL + 10).name == f1.name
+
+
+def test_amqps_through_a_follower(tmp_path) -> None:
+    """B-CLUSTER-2: with TLS configured, a follower relays its amqps port to the leader's
+    (TLS ends at the leader); a client of the follower works over TLS."""
+    if subprocess.run(["which", "openssl"], capture_output=True).returncode:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    with Cluster(n=2, lease_ttl=TTL, args=("--tls-cert", str(cert), "--tls-key", str(key),
+                                           "--tls-port", "0")) as c:
+        c.wait_in_sync(2, timeout=20)
+        follower = c.followers()[0]
+        port = int(re.search(r"proxy listening what=amqps \S+ port=(\d+)",
+                             follower.log()).group(1))
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        params = pika.ConnectionParameters("127.0.0.1", port,
+                                           ssl_options=pika.SSLOptions(context, "localhost"),
+                                           credentials=pika.PlainCredentials("guest", "guest"))
+        conn = pika.BlockingConnection(params)
+        ch = conn.channel()
+        ch.queue_declare("tls-q", durable=True)
+        ch.confirm_delivery()
+        ch.basic_publish("", "tls-q", b"over tls", pika.BasicProperties(delivery_mode=2))
+        method, _, body = ch.basic_get("tls-q", auto_ack=True)
+        conn.close()
+        assert body == b"over tls"

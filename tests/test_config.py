@@ -38,6 +38,13 @@ SAMPLES = {
     "max_queues": ("500", "500"),
     "queue_memory_budget": ("1048576", "1048576"),
     "store_segment_size": ("1048576", "1048576"),
+    "cluster_etcd": ("http://127.0.0.1:2379,http://127.0.0.2:2379",
+                     '"http://127.0.0.1:2379,http://127.0.0.2:2379"'),
+    "cluster_name": ("prod", '"prod"'),
+    "node_name": ("n7", '"n7"'),
+    "replication_port": ("5688", "5688"),
+    "advertise_host": ("10.0.0.5", '"10.0.0.5"'),
+    "cluster_lease_ttl": ("5", "5"),
 }
 NAMES = [f.name for f in dataclasses.fields(Settings)]
 
@@ -107,7 +114,11 @@ def test_precedence_and_print_config(tmp_path):
      "kB/MB/GB/KiB/MiB/GiB)"),
     (("--config", "/nonexistent/mq.toml"), {},
      "mq: cannot read config file /nonexistent/mq.toml: No such file or directory"),
-], ids=["flag", "env", "file", "range", "log-level", "channel-max", "watermark", "no-file"])
+    (("--cluster-lease-ttl", "1"), {}, "mq: cluster_lease_ttl must be at least 2 s, not 1"),
+    (("--cluster-etcd", "localhost:2379"), {},
+     "mq: cluster_etcd: 'localhost:2379' is not an http:// URL of etcd"),
+], ids=["flag", "env", "file", "range", "log-level", "channel-max", "watermark", "no-file",
+        "lease-ttl", "etcd-url"])
 def test_bad_values_are_one_line_and_exit_2(args, env, message, tmp_path):
     """issue 8 (configuration): a bad value from a flag, the environment or the file is one
     readable line on stderr and exit code 2, never a traceback."""

@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 from mq.cluster import etcd as E
@@ -33,20 +33,22 @@ LEASE_MARGIN = 0.5   # seconds before the lease's end at which the leader stops 
 
 @dataclass
 class Addresses:
+    """How to reach a node: "host:port" of each listener ("" for one it does not have)."""
+
     name: str
     amqp: str
     management: str
     replication: str
+    amqps: str = ""
 
     def json(self) -> str:
-        return json.dumps({"name": self.name, "amqp": self.amqp,
-                           "management": self.management, "replication": self.replication})
+        return json.dumps(asdict(self))
 
     @classmethod
     def parse(cls, text: str) -> Addresses:
         data = json.loads(text)
         return cls(data["name"], data["amqp"], data.get("management", ""),
-                   data["replication"])
+                   data["replication"], data.get("amqps", ""))
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -93,7 +93,8 @@ class Following:
             self._leader = leader
             self._link = asyncio.ensure_future(self._replicate(leader))
             for proxy, which in self.proxies:
-                proxy.set_target(split_address(getattr(leader.addresses, which)))
+                address = getattr(leader.addresses, which)
+                proxy.set_target(split_address(address) if address else None)
             log.info("cluster: following %s (epoch %d)", leader.addresses.name, leader.epoch)
         if (self.me in isr.members and isr.leader == leader.addresses.name
                 and self._said_in_sync != leader.epoch):
@@ -222,13 +223,19 @@ async def run_node(settings: Settings) -> None:
     settings.port = await proxies[0][0].start(settings.host, settings.port)
     if settings.management_port >= 0:
         proxies.append((Proxy("http"), "management"))
-        settings.management_port = await proxies[1][0].start(
+        settings.management_port = await proxies[-1][0].start(
             settings.management_host or settings.host, settings.management_port)
+    host = _advertised(settings)
+    amqps = ""
+    if settings.tls_cert and settings.tls_key:  # TLS ends at the leader: bytes relayed as is
+        proxies.append((Proxy("amqps"), "amqps"))
+        settings.tls_port = await proxies[-1][0].start(settings.host, settings.tls_port)
+        amqps = f"{host}:{settings.tls_port}"
     if not settings.replication_port:
         settings.replication_port = _free_port(settings.host)
-    host = _advertised(settings)
     me = Addresses(settings.node_name, f"{host}:{settings.port}",
-                   f"{host}:{settings.management_port}", f"{host}:{settings.replication_port}")
+                   f"{host}:{settings.management_port}", f"{host}:{settings.replication_port}",
+                   amqps)
     etcd = Etcd([u.strip() for u in settings.cluster_etcd.split(",") if u.strip()])
     membership = Membership(etcd, settings.cluster_name, me, settings.cluster_lease_ttl)
     log.info("cluster: node %s of %s joining through %s", me.name, settings.cluster_name,
