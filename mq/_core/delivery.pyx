@@ -283,6 +283,10 @@ cdef class ConsumerCore:
         return (not self.prefetch or self.unacked < self.prefetch) and \
             (not d.limit or d.counted < d.limit)
 
+    def hand(self, Entry entry, QueueCore queue) -> None:
+        """deliver(), for a queue kind whose dispatch is Python's (a stream)."""
+        self.deliver(entry, queue)
+
     cdef void deliver(self, Entry entry, QueueCore queue) except *:
         """Hand one message to the client (the queue has taken it off ready)."""
         cdef Deliveries d = self.deliveries

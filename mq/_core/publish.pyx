@@ -26,9 +26,10 @@ cpdef long long enqueue(object store, object queues, Message msg, object flow_to
     that falls behind its consumers (the publisher's back-pressure). Returns REFUSED, 0
     (nothing to wait for) or the store sequence that must be on disk before the confirm;
     with a waiter, it is registered for that sequence (mq.broker.publish)."""
-    cdef bint persistent = store is not None and msg.delivery_mode == 2
+    # What the queues append to the store must be durable first: a persistent message's
+    # records, and any message a stream took (streams keep every message).
     cdef LogCore log = store
-    cdef long long before = log._flusher.seq if persistent else 0
+    cdef long long before = log._flusher.seq if store is not None else 0
     cdef bint accepted = True
     cdef QueueCore queue
     for queue in queues:
@@ -37,13 +38,13 @@ cpdef long long enqueue(object store, object queues, Message msg, object flow_to
             flow_to.flow(queue)
     if not accepted:
         return C_REFUSED
-    if not persistent:
+    if store is None:
         return 0
-    if flow_to is not None and log.behind():
-        flow_to.flow(store)  # the disk is behind: this publisher waits for it
     cdef long long seq = log._flusher.seq
     if seq == before:
         return 0
+    if flow_to is not None and log.behind():
+        flow_to.flow(store)  # the disk is behind: this publisher waits for it
     if store.failed is not None:  # B-DUR-8: a nack, never silence
         return C_REFUSED
     if waiter is not None:

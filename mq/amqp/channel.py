@@ -355,6 +355,7 @@ class Channel(ChannelCore, Publishing, Settling):
                 queue.consumer_count or queue.settings.single_active_consumer)):
             raise AccessRefused(f"queue '{queue.name}' in vhost '{queue.vhost}' in exclusive use")
         arguments = m.arguments or {}
+        queue.check_consume(m.no_ack, self.prefetch, self.deliveries.limit, arguments)
         priority = consumer_priority(arguments, queue.name, queue.vhost)
         consumer = ChannelConsumer(self, queue, tag, m.no_ack, m.exclusive, priority,
                                    self.prefetch, arguments)

@@ -54,6 +54,8 @@ class Settling:
                               m.requeue)
 
     def _settle_negative(self, taken: list[tuple], requeue: bool) -> None:
+        for queue in _by_queue(taken):
+            queue.check_negative()  # a stream refuses (540, as RabbitMQ 3.10)
         if requeue:
             self._requeue_entries(taken)
         else:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from mq.broker.auth import Permission, UserStore
 from mq.broker.errors import PreconditionFailed
-from mq.broker.queue import Queue
+from mq.broker.kinds import make_queue
 from mq.broker.timers import Timers
 from mq.broker.vhost import VirtualHost
 from mq.logfmt import kv
@@ -69,9 +69,9 @@ class Broker:
         for rq in recovered.queues:
             vhost = self.add_vhost(rq.vhost)
             # Made directly, not declared: server-named queues (amq.gen-*) are durable too.
-            queue = vhost.queues[rq.name] = Queue(vhost, rq.name, durable=True,
-                                                  auto_delete=rq.auto_delete,
-                                                  arguments=rq.arguments)
+            queue = vhost.queues[rq.name] = make_queue(vhost, rq.name, durable=True,
+                                                       auto_delete=rq.auto_delete,
+                                                       arguments=rq.arguments)
             queue.attach_store(store, rq.store_qid)
             queue.recover(rq.stored)
         for vhost_name, source, to_exchange, destination, key, arguments in recovered.bindings:

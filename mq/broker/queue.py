@@ -305,6 +305,13 @@ class Queue(QueueCore):
             self.redelivered += entry.redelivered
         return entry
 
+    def check_consume(self, no_ack: bool, prefetch: int, global_prefetch: int,
+                      arguments: dict) -> None:
+        """What a consumer of this kind of queue must have (a classic queue: nothing)."""
+
+    def check_negative(self) -> None:
+        """Whether basic.nack and basic.reject are allowed (on a classic queue: yes)."""
+
     def reject(self, entries: list[Entry]) -> None:
         """Delivered messages rejected without requeue: gone, or dead-lettered."""
         if not self.deleted:

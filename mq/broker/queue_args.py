@@ -10,7 +10,7 @@ from mq.broker.errors import PreconditionFailed
 
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_MODES = ("default", "lazy")
-QUEUE_TYPES = ("classic", "quorum")
+QUEUE_TYPES = ("classic", "quorum", "stream")
 # Arguments a quorum queue refuses (RabbitMQ 3.10), and the queue properties it can't have.
 QUORUM_UNSUPPORTED = ("x-max-priority", "x-queue-mode")
 QUORUM_PROPERTIES = (("durable", False, "non-durable"), ("exclusive", True, "exclusive-owner"),
@@ -30,6 +30,8 @@ class QueueSettings:
     single_active_consumer: bool = False
     queue_type: str = "classic"
     delivery_limit: int | None = None  # quorum queues: returns before dead lettering
+    max_age_ms: int | None = None        # streams: segments older than this are removed
+    stream_segment_bytes: int = 500_000_000  # streams: bytes per segment file (RabbitMQ's)
 
 
 # RabbitMQ caps x-message-ttl and x-expires at ten years (in ms).
@@ -73,8 +75,9 @@ def _choice(where: str, key: str, value: Any, allowed: tuple[str, ...], what: st
 
 def check_queue_properties(settings: QueueSettings, properties: dict[str, bool], queue: str,
                            vhost: str) -> None:
-    """A quorum queue must be durable, not exclusive, not auto-delete (RabbitMQ's 406)."""
-    if settings.queue_type != "quorum":
+    """A quorum queue or a stream must be durable, not exclusive, not auto-delete
+    (RabbitMQ's 406)."""
+    if settings.queue_type == "classic":
         return
     for name, refused, word in QUORUM_PROPERTIES:
         if properties[name] == refused:
@@ -105,6 +108,12 @@ def parse_queue_arguments(arguments: dict, queue: str, vhost: str) -> QueueSetti
                                              "rabbit_quorum_queue")
             if "x-delivery-limit" in a:
                 out["delivery_limit"] = _int(where, "x-delivery-limit", a["x-delivery-limit"], 0)
+        elif out["queue_type"] == "stream":
+            if "x-max-age" in a:
+                out["max_age_ms"] = max_age_ms(where, a["x-max-age"])
+            if "x-stream-max-segment-size-bytes" in a:
+                out["stream_segment_bytes"] = _int(where, "x-stream-max-segment-size-bytes",
+                                                   a["x-stream-max-segment-size-bytes"], 1)
     if "x-expires" in a:
         out["expires"] = _int(where, "x-expires", a["x-expires"], 1, MAX_EXPIRY)
     if "x-message-ttl" in a:
@@ -139,6 +148,21 @@ def parse_queue_arguments(arguments: dict, queue: str, vhost: str) -> QueueSetti
                                      f"{{unacceptable_type,{_type_name(value)}}}")
         out["single_active_consumer"] = value
     return QueueSettings(**out)
+
+
+_AGE = re.compile(r"([0-9]+)([YMDhms])")
+_AGE_MS = {"Y": 365 * 86400_000, "M": 30 * 86400_000, "D": 86400_000, "h": 3600_000,
+           "m": 60_000, "s": 1000}
+
+
+def max_age_ms(where: str, value: Any) -> int:
+    """A stream's x-max-age ("7D", "12h", "30m", "10s"; Y and M too) in ms."""
+    text = _str(value)
+    match = _AGE.fullmatch(text) if text is not None else None
+    if match is None:
+        raise PreconditionFailed(f"invalid arg 'x-max-age' for {where}: "
+                                 f"{{invalid_max_age,{text if text is not None else value}}}")
+    return int(match.group(1)) * _AGE_MS[match.group(2)]
 
 
 # Erlang's string:to_integer, which RabbitMQ parses the expiration property with: an optional

@@ -15,6 +15,7 @@ from mq.broker.errors import AccessRefused, CommandInvalid, NotFound, Preconditi
 from mq.broker.exchange import EXCHANGE_TYPES, Binding, DefaultExchange, Exchange
 from mq.broker.deadletter import dead_lettered, is_cycle, routing_keys
 from mq.broker.policy import Policy, select
+from mq.broker.kinds import make_queue
 from mq.broker.queue import Queue
 from mq.broker.timers import Timers
 from mq.logfmt import kv
@@ -172,7 +173,8 @@ class VirtualHost:
             }, arguments, existing.arguments, QUEUE_EQUIVALENCE_ARGS)
             existing.touch()
             return existing
-        queue = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
+        queue = make_queue(self, name, durable, owner if exclusive else None, auto_delete,
+                           arguments)
         self.queues[name] = queue
         self.topology.version += 1
         self._apply_policy(queue, "queues")

@@ -17,7 +17,7 @@ from typing import Any
 
 from mq.cluster import protocol as P
 from mq.cluster.membership import Leader, split_address
-from mq.store.segments import sync_dir
+from mq.store.segments import sync_dir, write_atomic
 from mq.store.shutdown import MARKER
 
 log = logging.getLogger("mq.cluster")
@@ -82,7 +82,7 @@ class Files:
                 last = number
             elif kind == P.REPLACE:
                 self._forget(rel)
-                _replace(P.safe_path(self.data_dir, rel), payload)
+                write_atomic(P.safe_path(self.data_dir, rel), payload)
                 last = number or last
             elif kind == P.DOOMED:
                 self.doomed = {rel for rel in json.loads(payload) if P.replicated(rel)}
@@ -225,12 +225,3 @@ def _pwrite(fd: int, data: Any, off: int) -> None:
     while view:
         n = os.pwrite(fd, view, off)
         view, off = view[n:], off + n
-
-
-def _replace(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

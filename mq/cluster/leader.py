@@ -188,7 +188,7 @@ class Replicator:
         (a segment's written bytes never change, so this holds while it grows)."""
         out = {}
         for rel, (size, crcs) in theirs.items():
-            if not rel.startswith("log/") or not P.replicated(rel):
+            if not P.is_segment(rel):
                 continue
             ours = P.block_crcs(os.path.join(self.data_dir, rel), size)
             same = 0
@@ -213,7 +213,7 @@ class Replicator:
         for rel in ours:
             path = os.path.join(self.data_dir, rel)
             try:
-                if not rel.startswith("log/"):
+                if not P.is_segment(rel):
                     with open(path, "rb") as fh:
                         writer.write(P.encode(P.REPLACE, 0, rel, fh.read()))
                     continue

@@ -32,6 +32,8 @@ import json
 import os
 import struct
 import zlib
+
+from mq.store.streams import OFFSETS_FILE
 from typing import Any
 
 HEADER = struct.Struct("!BIHQ")  # kind, payload length, path length, offset/number
@@ -79,25 +81,43 @@ def decode_all(buf: bytearray) -> list[tuple[int, int, str, bytes]]:
     return out
 
 
-# Which files of a data directory are replicated: the log's segments, the users, vhosts,
-# permissions and policies (access.json) and the directory's format. Not the lock, the
-# clean-shutdown marker (a follower's copy is never a clean close), paging scratch or logs.
+# Which files of a data directory are replicated: the log's segments, the streams' segments
+# and tracked offsets, the users, vhosts, permissions and policies (access.json) and the
+# directory's format. Not the lock, the clean-shutdown marker (a follower's copy is never a
+# clean close), paging scratch or logs.
 TOP_FILES = ("format", "access.json")
 
 
 def replicated(relpath: str) -> bool:
     if relpath in TOP_FILES:
         return True
-    head, _, name = relpath.partition("/")
-    return head == "log" and "/" not in name and name.endswith(".seg") and name[:-4].isdigit()
+    parts = relpath.split("/")
+    if parts[0] == "log":
+        return len(parts) == 2 and _segment_name(parts[1])
+    if parts[0] == "streams":  # streams/<queue id>/<first offset>.seg, and its offsets
+        return len(parts) == 3 and parts[1].isdigit() and \
+            (_segment_name(parts[2]) or parts[2] == OFFSETS_FILE)
+    return False
+
+
+def _segment_name(name: str) -> bool:
+    return name.endswith(".seg") and name[:-4].isdigit()
+
+
+def is_segment(relpath: str) -> bool:
+    """A replicated file that only grows (sent by blocks); the others are small and are
+    sent whole."""
+    return replicated(relpath) and relpath.endswith(".seg")
 
 
 def data_files(data_dir: str) -> list[str]:
     """The replicated files in data_dir, relative paths."""
     files = [name for name in TOP_FILES if os.path.isfile(os.path.join(data_dir, name))]
-    log_dir = os.path.join(data_dir, "log")
-    if os.path.isdir(log_dir):
-        files += sorted("log/" + n for n in os.listdir(log_dir) if replicated("log/" + n))
+    for top in ("log", "streams"):
+        base = os.path.join(data_dir, top)
+        for root, _, names in os.walk(base):
+            rel_root = os.path.relpath(root, data_dir)
+            files += sorted(f"{rel_root}/{n}" for n in names if replicated(f"{rel_root}/{n}"))
     return files
 
 

@@ -31,8 +31,7 @@ RETRY_DELAY = 0.5  # seconds between attempts while writes fail
 class Flusher(FlusherCore):
     """The flusher thread and its batches (submit, the loop's side, is FlusherCore's)."""
 
-    def __init__(self, log_dir: str) -> None:
-        self.log_dir = log_dir
+    def __init__(self) -> None:
         self.seq = 0           # sequence of the last appended record
         # Appended on the loop and not handed to the thread yet (no lock: the loop's own),
         # as [segment, offset in it, bytes]; handed over at the end of the loop turn.
@@ -192,10 +191,10 @@ class Flusher(FlusherCore):
             pass
 
     def _write(self, chunks: list, retrying: bool, seq: int) -> None:
-        touched: dict[int, Segment] = {}
+        touched: dict[int, Segment] = {}  # by id: the log's and the streams' segments
         for seg, _, buf in chunks:
-            if seg.number not in touched:
-                touched[seg.number] = seg
+            if id(seg) not in touched:
+                touched[id(seg)] = seg
                 if retrying:  # drop what a failed attempt may have left past the last fsync
                     truncate(seg.fd, seg.flushed)
             write_all(seg.fd, buf)
@@ -205,10 +204,10 @@ class Flusher(FlusherCore):
         for seg in touched.values():
             datasync(seg.fd)
         new = [seg for seg in touched.values() if not seg.dir_synced]
-        if new:
-            sync_dir(self.log_dir)
-            for seg in new:
-                seg.dir_synced = True
+        for directory in {os.path.dirname(seg.path) for seg in new}:
+            sync_dir(directory)
+        for seg in new:
+            seg.dir_synced = True
         for seg, off, buf in chunks:
             seg.flushed = off + len(buf)
 
@@ -222,7 +221,7 @@ class Flusher(FlusherCore):
                 os.unlink(seg.path)
             except FileNotFoundError:  # a retry: removed before the directory sync failed
                 pass
-            sync_dir(self.log_dir)
+            sync_dir(os.path.dirname(seg.path))
             unlinks.pop(0)
             if self.replica is not None and self._loop is not None:
                 self._report(self.replica.deleted, seg.path)

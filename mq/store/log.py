@@ -79,6 +79,9 @@ class Store(LogCore):
         self.replication: Any = None
         # Objects with store_durable(seq) -> still waiting, and store_failed(error).
         self.waiters: set[Any] = set()
+        # Objects told durable(seq) at every advance, for as long as they exist (streams'
+        # logs: their readers see what is durable).
+        self._watchers: list[Any] = []
         self.topo_seq = 0      # sequence of the last topology record (declare, bind, delete)
         # The last write failed with this error (the flusher retries); None: writes work.
         self.failed: BaseException | None = None
@@ -90,7 +93,7 @@ class Store(LogCore):
         self._compaction: _Compaction | None = None
         self._compaction_timer: Any = None  # COMPACT_DELAY before the queue is worked on
         self._index = Index()
-        self._flusher = Flusher(os.path.join(directory, "log"))
+        self._flusher = Flusher()
         self._head: Segment | None = None
         self._next_id = 1
         self._lock_fd: int | None = None
@@ -307,6 +310,23 @@ class Store(LogCore):
         waits = self._durable_waits
         while waits and waits[0][0] <= seq:
             _call(heapq.heappop(waits)[2], None)
+        for watcher in self._watchers:
+            watcher.durable(seq)
+
+    def watch(self, watcher: Any) -> None:
+        self._watchers.append(watcher)
+
+    def unwatch(self, watcher: Any) -> None:
+        self._watchers.remove(watcher)
+
+    def append_to(self, seg: Segment, off: int, data: bytes) -> None:
+        """Append data at off (its end) to a segment other than the log's (a stream's),
+        in the log's group commit: durable at the store sequence it gets (`seq`)."""
+        self._flusher.submit(seg, off, data)
+
+    def remove_file(self, seg: Segment) -> None:
+        """Remove such a segment once everything appended before is durable."""
+        self._flusher.unlink(seg)
 
     def file_written(self, relpath: str, data: bytes, callback: Callable[[], None]) -> None:
         """A small file of the data directory (access.json) was written anew: callback()

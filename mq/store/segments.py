@@ -21,7 +21,7 @@ import time
 from mq._core.storecore import Tomb
 
 __all__ = ["Segment", "Tomb", "check_faults", "datasync", "fsync_file", "loc", "segment_path",
-           "sync_dir", "truncate", "write_all"]
+           "sync_dir", "truncate", "write_all", "write_atomic"]
 
 FAULT_FILE_ENV = "MQ_TEST_FAULT_FILE"
 _FAULTS = {"eio": errno.EIO, "enospc": errno.ENOSPC}
@@ -139,3 +139,15 @@ def sync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace a small file's content crash-safely: a temporary file, fsynced, renamed over
+    it, the directory fsynced."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    sync_dir(os.path.dirname(path))

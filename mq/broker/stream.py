@@ -1,0 +1,252 @@
+"""A stream (x-queue-type: stream, B-STREAM): an append-only log that consumers read by
+offset without removing anything, one queue kind beside the classic queue.
+
+Every message a stream takes is appended to its log (mq.store.streams) and confirmed once
+durable, whatever its delivery mode. Each consumer has its own cursor, set by the consume
+argument `x-stream-offset`; deliveries carry the header `x-stream-offset`; acks only give
+credit (prefetch). Offsets can be kept by the server (LavinMQ's automatic offset tracking):
+a consumer with a tag of its own and `x-stream-offset` given as null, or with
+`x-stream-automatic-offset-tracking: true`, resumes after the last offset it acked, across
+reconnects and restarts. An absent `x-stream-offset` means "next", as in RabbitMQ.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import time
+from typing import Any
+
+from mq._core.message import Message
+from mq._core.msgqueue import Entry
+from mq.broker.errors import NotImplemented_, PreconditionFailed
+from mq.broker.queue import Queue
+from mq.broker.rawprops import long, with_header
+from mq.store.segments import write_atomic
+from mq.store.streams import OFFSETS_FILE, Cursor, StreamLog
+
+OFFSETS_SAVE_DELAY = 0.5        # seconds: acks within it are saved together
+AGE_CHECK = 10.0                # seconds between x-max-age checks at most
+_INTERVAL = re.compile(r"([0-9]+)([YMDhms])")
+_INTERVAL_MS = {"Y": 365 * 86400_000, "M": 30 * 86400_000, "D": 86400_000, "h": 3600_000,
+                "m": 60_000, "s": 1000}
+
+
+class StreamQueue(Queue):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.counts_deliveries = True  # delivery_props adds x-stream-offset
+        self.log: StreamLog | None = None
+        self.readers: dict[Any, Cursor] = {}
+        self.tracking: dict[Any, str] = {}   # consumers whose offsets are kept: their tags
+        self.tracked: dict[str, int] = {}    # consumer tag -> the offset after its last ack
+        self._inflight: dict[Entry, Any] = {}  # unacked deliveries of tracking consumers
+        self._save_timer: Any = None
+        self._age_timer: Any = None
+        self._offsets_path = ""
+
+    # ---- the log --------------------------------------------------------------------------
+
+    def attach_store(self, store: Any, store_qid: int) -> None:
+        self.store, self.store_qid = store, store_qid
+        directory = os.path.join(store.directory, "streams", str(store_qid))
+        s = self.settings
+        self.log = StreamLog(store, directory, s.stream_segment_bytes, s.max_length_bytes,
+                             s.max_age_ms)
+        self.log.open()
+        self.log.on_commit = self.dispatch
+        store.watch(self.log)
+        self._offsets_path = os.path.join(directory, OFFSETS_FILE)
+        self.tracked = _load_offsets(self._offsets_path)
+        if s.max_age_ms:
+            self._arm_age_check()
+
+    def _arm_age_check(self) -> None:
+        interval = min(AGE_CHECK, max(self.settings.max_age_ms / 10000, 0.1))
+        self._age_timer = self.host.timers.call_at(time.time() + interval, self._age_check)
+
+    def _age_check(self) -> None:
+        if self.deleted or self.log is None:
+            return
+        self.log.retain()
+        self._arm_age_check()
+
+    @property
+    def message_count(self) -> int:
+        log = self.log
+        return 0 if log is None else max(0, log.committed + 1 - log.first_offset)
+
+    @property
+    def message_bytes(self) -> int:
+        return 0 if self.log is None else self.log.size
+
+    def publish(self, msg: Message) -> bool:
+        """Append to the log (the channel waits for the store before confirming)."""
+        if self.log is None:
+            return False
+        self.log.append(msg.exchange, msg.routing_key, msg.props, msg.body)
+        self.published += 1
+        return True
+
+    _publish = publish
+
+    # ---- consumers ------------------------------------------------------------------------
+
+    def check_consume(self, no_ack: bool, prefetch: int, global_prefetch: int,
+                      arguments: dict) -> None:
+        """What a stream consumer must have (RabbitMQ 3.10's refusals)."""
+        if no_ack:
+            raise PreconditionFailed("consumer must use manual acknowledgements for stream "
+                                     f"queue '{self.name}' in vhost '{self.vhost}'")
+        if not prefetch:
+            raise PreconditionFailed("consumer prefetch count is not set for stream queue "
+                                     f"'{self.name}' in vhost '{self.vhost}'")
+        if "x-stream-offset" in arguments:
+            self._start_of(arguments["x-stream-offset"], check_only=True)
+
+    def add_consumer(self, consumer: Any) -> None:
+        assert self.log is not None
+        arguments = consumer.arguments
+        given = "x-stream-offset" in arguments
+        spec = arguments.get("x-stream-offset")
+        track = arguments.get("x-stream-automatic-offset-tracking") in (True, "true") \
+            or (given and spec is None)
+        start = None
+        if track:
+            self.tracking[consumer] = consumer.tag
+            start = self.tracked.get(consumer.tag)
+        if start is None:
+            start = self._start_of(spec if given else "next")
+        self.readers[consumer] = Cursor(self.log, start)
+        super().add_consumer(consumer)
+
+    def remove_consumer(self, consumer: Any) -> None:
+        self.readers.pop(consumer, None)
+        self.tracking.pop(consumer, None)
+        super().remove_consumer(consumer)
+
+    def _start_of(self, spec: Any, check_only: bool = False) -> int:
+        """The offset a consumer starts at, from x-stream-offset."""
+        log = self.log
+        assert log is not None
+        if spec is None or spec == "first":
+            return log.first_offset
+        if spec == "next":
+            return log.next_offset
+        if spec == "last":
+            return max(log.first_offset, min(log.last_chunk, log.next_offset))
+        if isinstance(spec, int) and not isinstance(spec, bool):
+            return min(max(spec, log.first_offset), log.next_offset)
+        if isinstance(spec, datetime.datetime):
+            if spec.tzinfo is None:
+                spec = spec.replace(tzinfo=datetime.timezone.utc)
+            return log.offset_at(int(spec.timestamp() * 1000))
+        if isinstance(spec, str):
+            match = _INTERVAL.fullmatch(spec)
+            if match is not None:
+                ago = int(match.group(1)) * _INTERVAL_MS[match.group(2)]
+                return log.offset_at(int(time.time() * 1000) - ago)
+        raise PreconditionFailed(f"invalid offset {spec!r} for stream queue '{self.name}' "
+                                 f"in vhost '{self.vhost}'")
+
+    def dispatch(self, now: float = 0.0) -> None:
+        """Each consumer with room gets the next committed records after its offset."""
+        inflight = self._inflight
+        for consumer, cursor in list(self.readers.items()):
+            tracked = consumer in self.tracking
+            while consumer.has_room():
+                record = cursor.next()
+                if record is None:
+                    break
+                entry = Entry(Message(record.exchange, record.routing_key, record.props,
+                                      record.body), record.offset, 0, 0.0)
+                consumer.hand(entry, self)
+                self.delivered += 1
+                if tracked:
+                    inflight[entry] = consumer
+
+    def delivery_props(self, entry: Entry) -> bytes:
+        return with_header(entry.msg.props, "x-stream-offset", long(entry.seq))
+
+    # ---- settling: acks give credit and move tracked offsets -------------------------------
+
+    def settle(self, entries: list[Entry]) -> None:
+        self.acked += len(entries)
+        inflight = self._inflight
+        if not inflight:
+            return
+        for entry in entries:
+            consumer = inflight.pop(entry, None)
+            tag = self.tracking.get(consumer) if consumer is not None else None
+            if tag is not None and entry.seq + 1 > self.tracked.get(tag, 0):
+                self.tracked[tag] = entry.seq + 1
+                self._save_offsets_later()
+
+    def requeue(self, entries: Any) -> None:
+        """A closed channel's unacked deliveries: the consumer is gone with its cursor."""
+        for entry in entries:
+            self._inflight.pop(entry, None)
+
+    def check_negative(self) -> None:
+        raise NotImplemented_("basic.nack and basic.reject are not supported on stream "
+                              f"queue '{self.name}' in vhost '{self.vhost}'")
+
+    def get(self, no_ack: bool) -> Entry | None:
+        raise NotImplemented_(f"basic.get not supported by stream queues queue "
+                              f"'{self.name}' in vhost '{self.vhost}'")
+
+    def purge(self) -> int:
+        raise NotImplemented_(f"purge not allowed on stream queue '{self.name}' in vhost "
+                              f"'{self.vhost}'")
+
+    def _save_offsets_later(self) -> None:
+        if self._save_timer is None:
+            self._save_timer = self.host.timers.call_at(time.time() + OFFSETS_SAVE_DELAY,
+                                                        self._save_offsets)
+
+    def _save_offsets(self) -> None:
+        """Tracked offsets to the stream's directory (replicated in a cluster). Losing the
+        last second of them in a crash only redelivers: at least once."""
+        self._save_timer = None
+        if self.deleted or self.store is None:
+            return
+        data = json.dumps(self.tracked).encode()
+        write_atomic(self._offsets_path, data)
+        self.store.file_written(os.path.relpath(self._offsets_path, self.store.directory),
+                                data, _nothing)
+
+    def delete(self) -> int:
+        count = self.message_count
+        for timer in (self._save_timer, self._age_timer):
+            if timer is not None:
+                timer.cancel()
+        self.readers.clear()
+        self.tracking.clear()
+        self._inflight.clear()
+        if self.log is not None:
+            self.store.unwatch(self.log)
+            self.log.delete()
+            _remove(self._offsets_path)
+        super().delete()
+        return count
+
+
+def _nothing() -> None:
+    pass
+
+
+def _load_offsets(path: str) -> dict[str, int]:
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): int(v) for k, v in data.items() if isinstance(v, int)}
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
