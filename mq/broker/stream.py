@@ -169,6 +169,27 @@ class StreamQueue(Queue):
     def delivery_props(self, entry: Entry) -> bytes:
         return with_header(entry.msg.props, "x-stream-offset", long(entry.seq))
 
+    def details(self) -> dict[str, Any]:
+        """For the management API (LavinMQ's names where it has them): the log's extent and
+        size, and where each consumer and each tracked consumer tag is."""
+        log = self.log
+        if log is None:
+            return {}
+        last = log.committed
+        readers = {c.tag: cursor.offset for c, cursor in self.readers.items()}
+        return {
+            "first_offset": log.first_offset, "last_offset": last,
+            "stream_last_offset": last, "stream_bytesize": log.size,
+            "segments": len(log.segments),
+            "consumer_reading_positions": readers,
+            "consumer_offsets": [{"consumer_tag": tag, "offset": offset,
+                                  "lag": max(0, last + 1 - offset)}
+                                 for tag, offset in sorted(readers.items())],
+            "tracked_offsets": [{"consumer_tag": tag, "offset": offset,
+                                 "lag": max(0, last + 1 - offset)}
+                                for tag, offset in sorted(self.tracked.items())],
+        }
+
     # ---- settling: acks give credit and move tracked offsets -------------------------------
 
     def settle(self, entries: list[Entry]) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import mq
 from mq.broker.exchange import Binding, Exchange
 from mq.broker.queue import Queue
+from mq.broker.stream import StreamQueue
 from mq.broker.vhost import VirtualHost
 from mq.management.stats import Sampler
 
@@ -170,7 +171,7 @@ class Views:
             "name": q.name, "vhost": q.vhost, "durable": q.durable,
             "auto_delete": q.auto_delete, "exclusive": q.exclusive,
             "arguments": jsonable(q.arguments), "node": NODE, "state": "running",
-            "type": "classic", "consumers": q.consumer_count,
+            "type": q.settings.queue_type, "consumers": q.consumer_count,
             "policy": q.policy.name if q.policy else None,
             "effective_policy_definition": q.policy.definition if q.policy else {},
             "message_bytes_ready": q.ready.bytes,
@@ -178,6 +179,8 @@ class Views:
         }
         view.update(with_rates(queue_levels(q), rates))
         view["message_stats"] = with_rates(queue_counters(q), rates)
+        if isinstance(q, StreamQueue):
+            view.update(q.details())
         return view
 
     def exchange(self, ex: Exchange) -> dict[str, Any]:
