@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import re
+import struct
 import time
 from typing import Any
 
@@ -28,6 +29,10 @@ from mq.store.streams import OFFSETS_FILE, Cursor, StreamLog
 
 OFFSETS_SAVE_DELAY = 0.5        # seconds: acks within it are saved together
 AGE_CHECK = 10.0                # seconds between x-max-age checks at most
+# The x-stream-offset header in a field table: the name (short string) and the type 'l' (a
+# signed 64-bit value follows).
+OFFSET_KEY = b"\x0fx-stream-offsetl"
+OFFSET_VALUE = struct.Struct(">q")
 _INTERVAL = re.compile(r"([0-9]+)([YMDhms])")
 _INTERVAL_MS = {"Y": 365 * 86400_000, "M": 30 * 86400_000, "D": 86400_000, "h": 3600_000,
                 "m": 60_000, "s": 1000}
@@ -45,6 +50,7 @@ class StreamQueue(Queue):
         self._save_timer: Any = None
         self._age_timer: Any = None
         self._offsets_path = ""
+        self._offset_template: tuple[bytes, bytes, bytes] | None = None
 
     # ---- the log --------------------------------------------------------------------------
 
@@ -167,7 +173,15 @@ class StreamQueue(Queue):
                     inflight[entry] = consumer
 
     def delivery_props(self, entry: Entry) -> bytes:
-        return with_header(entry.msg.props, "x-stream-offset", long(entry.seq))
+        """The properties with the x-stream-offset header. A publisher's messages mostly
+        share their properties: those are split once around the header's 8-byte value."""
+        props = entry.msg.props
+        template = self._offset_template
+        if template is None or template[0] != props:
+            marked = with_header(props, "x-stream-offset", long(0))
+            at = marked.rindex(OFFSET_KEY) + len(OFFSET_KEY)
+            template = self._offset_template = (props, marked[:at], marked[at + 8:])
+        return b"".join((template[1], OFFSET_VALUE.pack(entry.seq), template[2]))
 
     def details(self) -> dict[str, Any]:
         """For the management API (LavinMQ's names where it has them): the log's extent and
