@@ -162,6 +162,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--transient", action="store_true", help="not durable")
     c.add_argument("--auto-delete", action="store_true")
     c.add_argument("--arg", action="append", metavar="KEY=VALUE", help="x-arguments")
+    c = cmd("add-super-stream", "a super stream: exchange NAME, partition streams NAME-<key>")
+    c.add_argument("name")
+    keys = c.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--partitions", type=int, help="partitions with keys 0..N-1")
+    keys.add_argument("--routing-keys", help="comma-separated keys, one partition each")
+    c.add_argument("--arg", action="append", metavar="KEY=VALUE",
+                   help="x-arguments of the partition streams (x-max-age=7D, ...)")
     c = cmd("delete-queue", "delete a queue")
     c.add_argument("name")
     c.add_argument("--if-empty", action="store_true")
@@ -240,6 +247,28 @@ _BODILESS = {
 }
 
 
+def _add_super_stream(args: argparse.Namespace, client: ApiClient, vhost: str) -> str:
+    """RabbitMQ's layout (rabbitmq-streams add_super_stream): a durable direct exchange
+    with x-super-stream, a stream NAME-<key> per key, bound by the key with
+    x-stream-partition-order."""
+    keys = ([str(i) for i in range(args.partitions)] if args.partitions is not None
+            else [k.strip() for k in args.routing_keys.split(",") if k.strip()])
+    if not keys:
+        raise ApiError(400, "a super stream needs at least one partition")
+    client.request("PUT", f"/api/exchanges/{vhost}/{quote(args.name)}", {
+        "type": "direct", "durable": True, "auto_delete": False, "internal": False,
+        "arguments": {"x-super-stream": True}})
+    arguments = {**_arguments(args.arg), "x-queue-type": "stream"}
+    for order, key in enumerate(keys):
+        partition = f"{args.name}-{key}"
+        client.request("PUT", f"/api/queues/{vhost}/{quote(partition)}", {
+            "durable": True, "auto_delete": False, "arguments": arguments})
+        client.request("POST", f"/api/bindings/{vhost}/e/{quote(args.name)}/q/"
+                       f"{quote(partition)}", {"routing_key": key,
+                                               "arguments": {"x-stream-partition-order": order}})
+    return f"super stream {args.name} added with {len(keys)} partitions"
+
+
 def run(args: argparse.Namespace, client: ApiClient) -> Any:
     """Do the command; returns what to print (rows for lists, a dict, text or None)."""
     command = args.command
@@ -260,6 +289,8 @@ def run(args: argparse.Namespace, client: ApiClient) -> Any:
             "durable": not args.transient, "auto_delete": args.auto_delete,
             "arguments": _arguments(args.arg)})
         return f"queue {args.name} declared"
+    if command == "add-super-stream":
+        return _add_super_stream(args, client, vhost)
     if command == "delete-queue":
         query = urllib.parse.urlencode({k: "true" for k, v in (
             ("if-empty", args.if_empty), ("if-unused", args.if_unused)) if v})

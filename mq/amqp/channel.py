@@ -346,7 +346,7 @@ class Channel(ChannelCore, Publishing, Settling):
             queue = self._open_reply_queue(m.no_ack)
         else:
             self._allow("read", "queue", m.queue)
-            queue = self.vhost.get_queue(m.queue, self.conn)
+            queue = self.vhost.consumable(m.queue, self.conn)
         tag = m.consumer_tag or consumer_tag()
         if tag in self.consumers:
             raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")

@@ -47,6 +47,8 @@ class StreamQueue(Queue):
         self.tracking: dict[Any, str] = {}   # consumers whose offsets are kept: their tags
         self.tracked: dict[str, int] = {}    # consumer tag -> the offset after its last ack
         self._inflight: dict[Entry, Any] = {}  # unacked deliveries of tracking consumers
+        self._reached: dict[str, int] = {}     # tracking key -> the offset after the last
+        #                                        delivered under it (since start)
         self._save_timer: Any = None
         self._age_timer: Any = None
         self._offsets_path = ""
@@ -112,25 +114,37 @@ class StreamQueue(Queue):
             self._start_of(arguments["x-stream-offset"], check_only=True)
 
     def add_consumer(self, consumer: Any) -> None:
-        assert self.log is not None
         arguments = consumer.arguments
         given = "x-stream-offset" in arguments
-        spec = arguments.get("x-stream-offset")
+        spec = arguments.get("x-stream-offset") if given else "next"
         track = arguments.get("x-stream-automatic-offset-tracking") in (True, "true") \
             or (given and spec is None)
-        start = None
-        if track:
-            self.tracking[consumer] = consumer.tag
-            start = self.tracked.get(consumer.tag)
-        if start is None:
-            start = self._start_of(spec if given else "next")
-        self.readers[consumer] = Cursor(self.log, start)
+        self._reader(consumer, consumer.tag if track else None, spec)
         super().add_consumer(consumer)
 
     def remove_consumer(self, consumer: Any) -> None:
+        self.detach_reader(consumer)
+        super().remove_consumer(consumer)
+
+    def attach_reader(self, consumer: Any, key: str, spec: Any) -> None:
+        """A consumer reads this stream for a consumer group (mq.broker.superstream): its
+        offsets are tracked under the group's name."""
+        self._reader(consumer, key, spec)
+        self.dispatch()
+
+    def detach_reader(self, consumer: Any) -> None:
         self.readers.pop(consumer, None)
         self.tracking.pop(consumer, None)
-        super().remove_consumer(consumer)
+
+    def _reader(self, consumer: Any, key: str | None, spec: Any) -> None:
+        """A cursor for consumer: after the last offset acked under key, if there is one,
+        else where spec (x-stream-offset) says."""
+        assert self.log is not None
+        start = self.tracked.get(key) if key is not None else None
+        if key is not None:
+            self.tracking[consumer] = key
+        self.readers[consumer] = Cursor(self.log, self._start_of(spec) if start is None
+                                        else start)
 
     def _start_of(self, spec: Any, check_only: bool = False) -> int:
         """The offset a consumer starts at, from x-stream-offset."""
@@ -158,19 +172,23 @@ class StreamQueue(Queue):
 
     def dispatch(self, now: float = 0.0) -> None:
         """Each consumer with room gets the next committed records after its offset."""
-        inflight = self._inflight
+        inflight, reached = self._inflight, self._reached
         for consumer, cursor in list(self.readers.items()):
-            tracked = consumer in self.tracking
+            key = self.tracking.get(consumer)
             while consumer.has_room():
                 record = cursor.next()
                 if record is None:
                     break
                 entry = Entry(Message(record.exchange, record.routing_key, record.props,
                                       record.body), record.offset, 0, 0.0)
+                if key is not None:
+                    inflight[entry] = consumer
+                    # Delivered under this key before (to another member, not acked):
+                    # redelivered, as a requeued message is.
+                    entry.redelivered = record.offset < reached.get(key, 0)
+                    reached[key] = max(reached.get(key, 0), record.offset + 1)
                 consumer.hand(entry, self)
                 self.delivered += 1
-                if tracked:
-                    inflight[entry] = consumer
 
     def delivery_props(self, entry: Entry) -> bytes:
         """The properties with the x-stream-offset header. A publisher's messages mostly

@@ -17,6 +17,7 @@ from mq.broker.deadletter import dead_lettered, is_cycle, routing_keys
 from mq.broker.policy import Policy, select
 from mq.broker.kinds import make_queue
 from mq.broker.queue import Queue
+from mq.broker.superstream import SuperStream, is_super_stream
 from mq.broker.timers import Timers
 from mq.logfmt import kv
 
@@ -64,6 +65,7 @@ class VirtualHost:
         self.store: Any = None  # set by the broker when it has one: durable changes go there
         self.pager: Any = None  # set by the broker: where queues page out past their budget
         self.queues: dict[str, Queue] = {}
+        self.super_streams: dict[str, SuperStream] = {}  # consumed as groups, by name
         self.reply_queues: dict[str, Queue] = {}  # direct reply-to pseudo-queues
         self.policies: dict[str, Policy] = {}  # by name
         self.exchanges: dict[str, Exchange] = {
@@ -142,6 +144,16 @@ class VirtualHost:
             raise NotFound(f"no {self._where('queue', name)}")
         self.check_exclusive(queue, owner)
         return queue
+
+    def consumable(self, name: str, owner: Any = None) -> Any:
+        """What basic.consume reads: the queue of that name, or a super stream (consumer
+        groups, mq.broker.superstream)."""
+        if name not in self.queues and is_super_stream(self.exchanges.get(name)):
+            stream = self.super_streams.get(name)
+            if stream is None or stream.exchange is not self.exchanges[name]:
+                stream = self.super_streams[name] = SuperStream(self, self.exchanges[name])
+            return stream
+        return self.get_queue(name, owner)
 
     def check_exclusive(self, queue: Queue, owner: Any, strict: bool = False) -> None:
         """405 when another connection owns the queue; strict (redeclare) also when the
