@@ -430,3 +430,42 @@ def test_amqps_through_a_follower(tmp_path) -> None:
         method, _, body = ch.basic_get("tls-q", auto_ack=True)
         conn.close()
         assert body == b"over tls"
+
+
+def test_a_stream_and_its_tracked_offsets_survive_failover(cluster: Cluster) -> None:
+    """B-CLUSTER-3, B-STREAM-6: a stream's messages and its consumers' tracked offsets are
+    replicated: after the leader is killed, the new leader has every confirmed message and
+    a tracking consumer resumes after its last ack."""
+    old = cluster.leader()
+    conn = _connect(old.url)
+    ch = conn.channel()
+    ch.queue_declare("events", durable=True, arguments={"x-queue-type": "stream"})
+    ch.confirm_delivery()
+    for i in range(30):
+        ch.basic_publish("", "events", b"e%d" % i)
+    ch.basic_qos(prefetch_count=10)
+    got: list[int] = []
+
+    def on(c, method, props, body):
+        got.append(props.headers["x-stream-offset"])
+        if len(got) <= 12:
+            c.basic_ack(method.delivery_tag)
+    ch.basic_consume("events", on, consumer_tag="reader", arguments={"x-stream-offset": None})
+    deadline = time.monotonic() + 5
+    while len(got) < 13 and time.monotonic() < deadline:
+        conn.process_data_events(0.05)
+    conn.close()
+    time.sleep(1.5)  # tracked offsets are saved (and replicated) within half a second
+    old.kill()
+    new = cluster.wait_leader(not_name=old.name, timeout=TTL + 5)
+    conn = _connect(new.url)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=50)
+    again: list[int] = []
+    ch.basic_consume("events", lambda c, m, p, b: again.append(p.headers["x-stream-offset"]),
+                     consumer_tag="reader", arguments={"x-stream-offset": None})
+    deadline = time.monotonic() + 5
+    while len(again) < 18 and time.monotonic() < deadline:
+        conn.process_data_events(0.05)
+    conn.close()
+    assert again == list(range(12, 30))
