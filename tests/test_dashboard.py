@@ -170,3 +170,34 @@ def test_dashboard_refuses_a_wrong_password(broker: BrokerProcess, browser: Any)
     wait(browser, lambda d: d.find_element(By.ID, "login-error").text == "Login failed",
          "no login error shown")
     assert not browser.find_element(By.ID, "dashboard").is_displayed()
+
+
+def test_dashboard_lists_streams_with_offsets_and_lag(broker: BrokerProcess,
+                                                      browser: Any) -> None:
+    """B-STREAM (management): the Streams section shows a stream's first and last offset,
+    its size, and a consumer's offset and lag."""
+    conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+    ch = conn.channel()
+    ch.queue_declare("dash-stream", durable=True, arguments={"x-queue-type": "stream"})
+    ch.confirm_delivery()
+    for i in range(5):
+        ch.basic_publish("", "dash-stream", b"m%d" % i)
+    ch.basic_qos(prefetch_count=2)  # two delivered, unacked: the reader is at offset 2
+    ch.basic_consume("dash-stream", lambda *a: None, consumer_tag="reader",
+                     arguments={"x-stream-offset": "first"})
+    conn.process_data_events(0.5)
+    try:
+        log_in(browser, broker, "guest", "guest")
+
+        def stream_row(d: Any) -> dict[str, str] | None:
+            rows = d.execute_script("""
+                return [...document.querySelectorAll('#streams tbody tr')].map((r) =>
+                    Object.fromEntries([...r.cells].map((c) => [
+                        [...c.classList].find((k) => k !== 'num'), c.textContent])));""")
+            return next((r for r in rows if r["name"] == "dash-stream"), None)
+        row = wait(browser, stream_row, "the stream is not in the Streams section")
+        assert (row["first"], row["last"]) == ("0", "4")
+        assert row["size"].endswith("B") and row["size"] != "0 B"
+        assert row["consumers"] == "reader: 2 (3)"
+    finally:
+        conn.close()

@@ -93,6 +93,15 @@ function render(overview, nodes, queues, connections, channels, exchanges) {
     ["deliver-rate", rate(q.message_stats, "deliver_get"), true],
     ["ack-rate", rate(q.message_stats, "ack"), true],
   ], (q) => q.vhost + "/" + q.name);
+  // B-STREAM: each stream's extent, and where its consumers and tracked tags or groups are.
+  const positions = (list) => (list || []).map(
+    (p) => p.consumer_tag + ": " + p.offset + " (" + p.lag + ")").join(", ");
+  fill("streams", queues.filter((q) => q.type === "stream"), (q) => [
+    ["vhost", q.vhost], ["name", q.name], ["first", q.first_offset, true],
+    ["last", q.last_offset, true], ["size", formatBytes(q.stream_bytesize), true],
+    ["segments", q.segments, true], ["consumers", positions(q.consumer_offsets)],
+    ["tracked", positions(q.tracked_offsets)],
+  ], (q) => q.vhost + "/" + q.name);
   fill("connections", connections, (c) => [
     ["name", c.name], ["user", c.user], ["vhost", c.vhost], ["state", c.state],
     ["channels", c.channels, true],
