@@ -124,3 +124,31 @@ def test_reopen_finds_the_end_and_cuts_a_torn_tail(data_dir: str) -> None:
         assert _read(log, 10) == [(10, b"after")]
     finally:
         store.close()
+
+
+def test_a_deleted_streams_directory_is_gone_after_a_restart(mq_fresh_broker) -> None:
+    """B-STREAM-4: deleting a stream removes its files; what a crash left of them is
+    removed at the next start."""
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(mq_fresh_broker.url))
+    ch = conn.channel()
+    ch.queue_declare("gone", durable=True, arguments={"x-queue-type": "stream"})
+    ch.queue_declare("kept", durable=True, arguments={"x-queue-type": "stream"})
+    ch.confirm_delivery()
+    ch.basic_publish("", "gone", b"x")
+    ch.basic_publish("", "kept", b"y")
+    ch.queue_delete("gone")
+    conn.close()
+    mq_fresh_broker.restart(kill=True)
+    streams = os.path.join(mq_fresh_broker.data_dir, "streams")
+    assert len(os.listdir(streams)) == 1
+    conn = pika.BlockingConnection(pika.URLParameters(mq_fresh_broker.url))
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=5)
+    got = []
+    ch.basic_consume("kept", lambda c, m, p, b: got.append(b),
+                     arguments={"x-stream-offset": "first"})
+    conn.process_data_events(1)
+    conn.close()
+    assert got == [b"y"]

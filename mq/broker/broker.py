@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING
 from mq.broker.auth import Permission, UserStore
 from mq.broker.errors import PreconditionFailed
 from mq.broker.kinds import make_queue
+from mq.broker.stream import StreamQueue
 from mq.broker.timers import Timers
 from mq.broker.vhost import VirtualHost
 from mq.logfmt import kv
+from mq.store.streams import remove_orphans
 
 if TYPE_CHECKING:
     from mq.store import Recovered, Store
@@ -74,6 +76,9 @@ class Broker:
                                                        arguments=rq.arguments)
             queue.attach_store(store, rq.store_qid)
             queue.recover(rq.stored)
+        remove_orphans(store.directory, {q.store_qid for v in self.vhosts.values()
+                                          for q in v.queues.values()
+                                          if isinstance(q, StreamQueue)})
         for vhost_name, source, to_exchange, destination, key, arguments in recovered.bindings:
             vhost = self.add_vhost(vhost_name)
             dest = (vhost.exchanges if to_exchange else vhost.queues).get(destination)

@@ -280,6 +280,7 @@ class StreamQueue(Queue):
         if self.log is not None:
             self.store.unwatch(self.log)
             self.log.delete()
+            self.log = None
             _remove(self._offsets_path)
         super().delete()
         return count

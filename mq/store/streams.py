@@ -18,6 +18,7 @@ message (bounded by the next segment's first) is older than `x-max-age`.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import time
 import zlib
@@ -310,6 +311,19 @@ class Cursor:
         self._segment = segments[i + 1]
         self._base, self._buf, self._bpos = 0, b"", 0
         return True
+
+
+def remove_orphans(data_dir: str, live: set[int]) -> list[str]:
+    """Remove the directories of streams that no longer exist (deleted while their files
+    were still being removed, or before a crash); returns what was removed."""
+    base = os.path.join(data_dir, "streams")
+    removed = []
+    if os.path.isdir(base):
+        for name in os.listdir(base):
+            if not (name.isdigit() and int(name) in live):
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+                removed.append(name)
+    return removed
 
 
 def truncate_file(path: str, size: int) -> None:
