@@ -714,8 +714,10 @@ def test_tracking_is_per_tag_and_needs_the_argument(streams, uid) -> None:
 @pytest.mark.parametrize("kill", [False, True], ids=["restart", "kill-9"])
 def test_stream_and_tracked_offset_survive_restart(mq_fresh_broker, uid, kill) -> None:
     """B-STREAM-1, B-STREAM-6: a stream's confirmed messages (offsets and bodies) and a
-    consumer's tracked offset survive a restart of mq and a kill -9 (the acks were followed
-    by a synchronous round trip before the kill); new messages continue the offsets."""
+    consumer's tracked offset survive a restart of mq and a kill -9; new messages continue
+    the offsets. A clean stop keeps every ack followed by a synchronous round trip; a crash may
+    lose the acks of its last half second (mq saves tracked offsets 0.5 s after an ack, which
+    only redelivers: at least once), so the kill comes a second after the acks."""
     queue, tag = f"{uid}-s", f"tracker-{uid}"
     conn = pika.BlockingConnection(pika.URLParameters(mq_fresh_broker.url))
     ch = conn.channel()
@@ -726,6 +728,8 @@ def test_stream_and_tracked_offset_survive_restart(mq_fresh_broker, uid, kill) -
     reader = tracked(conn, queue, tag).wait(10)
     ack_upto(reader, 5)
     conn.close()
+    if kill:
+        time.sleep(1.0)  # tracked offsets reach disk within OFFSETS_SAVE_DELAY (0.5 s) of an ack
 
     mq_fresh_broker.restart(kill=kill)
 
