@@ -14,24 +14,26 @@ from bench.progress import Progress
 from bench.runner import Measurement, measure
 from bench.scenarios import Scenario, Settings, moved_messages, select
 
-SMOKE = Settings(duration=1.0, warmup=0.25, backlog=2000, connections=50, idle=0.5)
+SMOKE = Settings(duration=1.0, warmup=0.25, backlog=2000, stream=2000, connections=50, idle=0.5)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--scenarios",
                    help="comma list, e.g. S1,S3 (default: S1..S9 with S8t, and R1); the "
-                        "paced variants S1p..S6p run only when named")
+                        "paced variants S1p..S6p, C1 and ST1 run only when named")
     p.add_argument("--duration", type=float, default=5.0,
                    help="measured seconds of S1..S7 (default 5; the issue's figures use 10)")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="run each scenario N times on each broker and report medians")
     p.add_argument("--backlog", type=int, default=1_000_000,
                    help="messages in the backlog of S8, S8t and R1")
+    p.add_argument("--stream-messages", type=int, default=1_000_000, metavar="N",
+                   help="messages published into ST1's stream, then replayed (default 1,000,000)")
     p.add_argument("--connections", type=int, default=1000, help="S9 idle connections")
     p.add_argument("--smoke", action="store_true",
-                   help="1 s per scenario, tiny S8/S9/R1, mq only: keeps the benchmark working "
-                        "in CI")
+                   help="1 s per scenario, tiny S8/S9/R1/ST1, mq only: keeps the benchmark "
+                        "working in CI")
     rabbit = p.add_mutually_exclusive_group()
     rabbit.add_argument("--rabbitmq", action="store_true",
                         help="start a private RabbitMQ node (the default when it is installed)")
@@ -48,7 +50,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.smoke:
         return SMOKE
     return Settings(duration=args.duration, warmup=min(1.0, args.duration / 4),
-                    backlog=args.backlog, connections=args.connections,
+                    backlog=args.backlog, stream=args.stream_messages,
+                    connections=args.connections,
                     repeat=max(1, args.repeat))
 
 

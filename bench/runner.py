@@ -48,7 +48,8 @@ def _per_msg_us(cpu_s: float | None, messages: int | None) -> float | None:
 
 def _broker_figures(s: Sampler, result: dict) -> dict:
     """RSS and CPU figures from the marks the load generator set: the measured window of a
-    throughput run (measure..end), the fill (fill..full) and drain (drain..drained) of S8."""
+    throughput run (measure..end), the fill (fill..full) and drain (drain..drained) of S8
+    and ST1 (whose drain is the replay)."""
     start = s.at("start")
     out: dict = {"rss_start_kb": start.rss_kb if start else None, "rss_max_kb": s.rss_max_kb}
     if s.at("measure") and s.at("end"):
@@ -63,7 +64,7 @@ def _broker_figures(s: Sampler, result: dict) -> dict:
                    fill_cpu_us_per_msg=_per_msg_us(fill_cpu, result.get("published")))
     if s.at("drain") and s.at("drained"):
         drain_cpu = s.cpu_between("drain", "drained")
-        out.update(drain_cpu_s=drain_cpu,
+        out.update(drain_cpu_s=drain_cpu, drain_rss_max_kb=s.rss_max_from("drain", "drained"),
                    drain_cpu_us_per_msg=_per_msg_us(drain_cpu, result.get("delivered")))
         fill, drain = out.get("fill_cpu_us_per_msg"), out["drain_cpu_us_per_msg"]
         out["cpu_us_per_msg"] = None if fill is None or drain is None else fill + drain

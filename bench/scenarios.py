@@ -1,5 +1,5 @@
-"""Scenarios S1..S9 and R1: each is a load generator mode plus flags, and the metrics it
-reports."""
+"""Scenarios S1..S9, R1 and the extras (paced S1p..S6p, C1, ST1): each is a load generator
+mode plus flags, and the metrics it reports."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,12 +20,13 @@ class Metric:
 
 @dataclass(frozen=True)
 class Settings:
-    """What a whole run chose: per-scenario seconds, the sizes of S8/R1 and S9, and how many
-    runs of each scenario on each broker to take the median of."""
+    """What a whole run chose: per-scenario seconds, the sizes of S8/R1, S9 and ST1, and how
+    many runs of each scenario on each broker to take the median of."""
 
     duration: float = 5.0
     warmup: float = 1.0
     backlog: int = 1_000_000
+    stream: int = 1_000_000  # ST1: messages published into the stream, then replayed
     connections: int = 1000
     idle: float = 3.0
     repeat: int = 1
@@ -35,7 +36,7 @@ class Settings:
 class Scenario:
     id: str
     title: str
-    mode: str  # throughput | backlog | idle | restart (R1, run by bench.restart)
+    mode: str  # throughput | backlog | stream | idle | restart (R1, run by bench.restart)
     flags: tuple[str, ...] = ()
     metrics: tuple[Metric, ...] = field(default_factory=tuple)
     # Memory figures need a broker with no history (an allocator keeps what earlier scenarios
@@ -53,6 +54,8 @@ class Scenario:
             return [*common, "-duration", f"{s.duration}s", "-warmup", f"{s.warmup}s"]
         if self.mode == "backlog":
             return [*common, "-backlog", str(s.backlog)]
+        if self.mode == "stream":
+            return [*common, "-backlog", str(s.stream)]
         if self.mode == "restart":  # its first run, the fill; bench.restart does the rest
             return ["-mode", "fill", *self.flags, "-backlog", str(s.backlog)]
         # A burst of ten messages per connection.
@@ -65,6 +68,8 @@ class Scenario:
             return s.warmup + s.duration + 1
         if self.mode == "backlog":
             return 2 + s.backlog / 15000  # publish and drain at ~30k msg/s
+        if self.mode == "stream":
+            return 2 + s.stream / 15000  # publish at ~20k msg/s, replay twice at ~100k msg/s
         if self.mode == "restart":
             return 5 + s.backlog / 12000  # fill at ~30k msg/s, two recoveries at ~100k msg/s
         return 2 + s.idle + s.connections / 200
@@ -77,6 +82,8 @@ class Scenario:
             return 60 + s.warmup + s.duration
         if self.mode in ("backlog", "restart"):  # restart: the fill; bench.restart bounds the rest
             return 60 + s.backlog / 2000  # both phases at >= 4,000 msg/s
+        if self.mode == "stream":
+            return 60 + s.stream / 2000
         return 60 + s.idle + s.connections / 20
 
 
@@ -130,6 +137,30 @@ def _backlog(sid: str, kind: str, flags: tuple[str, ...]) -> Scenario:
          Metric("cpu_us_per_msg", "CPU per message, fill + drain", "us", False)))
 
 
+# ST1: as LavinMQ's lavinmqperf has it (-P prefetch, -a N: ack with multiple=true every N).
+STREAM_CONSUMERS = 2
+STREAM_PREFETCH = 1000
+STREAM_ACK_EVERY = 100
+
+
+def _stream() -> Scenario:
+    return Scenario(
+        "ST1", f"stream (x-queue-type: stream, durable): 1 KB messages published with confirms "
+        f"(100 in flight) into a fresh stream, then {STREAM_CONSUMERS} consumers at once each "
+        f"replay all of it from x-stream-offset first (prefetch {STREAM_PREFETCH}, an ack with "
+        f"multiple=true every {STREAM_ACK_EVERY})", "stream",
+        ("-size", "1024", "-confirms", "100", "-consumers", str(STREAM_CONSUMERS),
+         "-prefetch", str(STREAM_PREFETCH), "-ack-every", str(STREAM_ACK_EVERY)),
+        (Metric("publish_rate", "publish into the stream, confirmed", "msg/s", True),
+         Metric("fill_rss_max_kb", "broker RSS max while publishing", "MB", False, 1 / 1024),
+         Metric("fill_cpu_us_per_msg", "CPU per published message", "us", False),
+         Metric("drain_rate", f"replay, {STREAM_CONSUMERS} consumers together", "msg/s", True),
+         Metric("consumer_rate_min", "replay, slower consumer", "msg/s", True),
+         Metric("consumer_rate_max", "replay, faster consumer", "msg/s", True),
+         Metric("drain_rss_max_kb", "broker RSS max during the replay", "MB", False, 1 / 1024),
+         Metric("drain_cpu_us_per_msg", "CPU per replayed message", "us", False)))
+
+
 def _recovery(how: str, sig: str) -> tuple[Metric, ...]:
     """R1's figures for the restart after one signal (seconds from the start of the process)."""
     return (Metric(f"{how}_listen_s", f"after {sig}: port accepts connections", "s", False),
@@ -156,8 +187,8 @@ SCENARIOS: tuple[Scenario, ...] = (
              "(crash recovery)", "restart", ("-size", "100", "-persistent"),
              (*_recovery("term", "SIGTERM"), *_recovery("kill", "SIGKILL"))),
 )
-# Not run unless named: the throughput scenarios with the publishers held back, and C1, the
-# write cost of replication (it starts etcd and three more mq processes).
+# Not run unless named: the throughput scenarios with the publishers held back, C1, the
+# write cost of replication (it starts etcd and three more mq processes), and ST1, streams.
 EXTRAS: tuple[Scenario, ...] = (
     *(_paced(sc) for sc in _THROUGHPUT),
     _rates("C1", "cluster write cost: S3 on a quorum queue (x-queue-type: quorum): 1/1, 1 KB "
@@ -166,6 +197,7 @@ EXTRAS: tuple[Scenario, ...] = (
            "clients on the first node, the queue's 3 replicas spread over the nodes), whose "
            "CPU and RSS are the sums over its three nodes (etcd's not counted)",
            (*_CONFIRMED, "-queue-type", "quorum"), cluster=True),
+    _stream(),
 )
 
 BY_ID = {s.id.upper(): s for s in (*SCENARIOS, *EXTRAS)}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -20,7 +21,18 @@ type consumer struct {
 	fr        frameReader
 	out       enc // acks not yet written
 	manualAck bool
+	ackEvery  int     // acks with multiple=true every this many deliveries (<= 1: each)
+	unacked   int     // deliveries since the last ack
 	latencies []int64 // nanoseconds, recorded while stats.measuring
+	// With -stream-offset: the x-stream-offset header of each delivery must
+	// be above the one before (a repeat or a step back fails the run). Gaps
+	// are allowed but counted: RabbitMQ's offsets skip one now and then
+	// (osiris's tracking chunks take an offset too).
+	offsets    bool
+	offsetNext int64 // the offset expected next (-1: any)
+	offsetBad  int64 // deliveries without the header or not above the one before
+	offsetWhy  string
+	offsetGaps int64 // deliveries whose offset skipped some
 }
 
 func openConsumer(cfg Config, queue string) (*consumer, error) {
@@ -36,7 +48,11 @@ func openConsumer(cfg Config, queue string) (*consumer, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &consumer{conn: conn, fr: frameReader{r: bufio.NewReaderSize(conn, 256<<10)}, manualAck: cfg.ManualAck}
+	c := &consumer{conn: conn, fr: frameReader{r: bufio.NewReaderSize(conn, 256<<10)}, manualAck: cfg.ManualAck, ackEvery: cfg.AckEvery,
+		offsets: cfg.Offset != "", offsetNext: -1}
+	if cfg.Offset == "first" {
+		c.offsetNext = 0
+	}
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
 	if err := c.handshake(u, cfg, queue); err != nil {
 		conn.Close()
@@ -87,7 +103,7 @@ func (c *consumer) handshake(u *url.URL, cfg Config, queue string) error {
 	if !c.manualAck {
 		flags = 2 // no-ack
 	}
-	c.out.method(1, 60, 20, func(e *enc) { e.u16(0); e.short(queue); e.short(""); e.u8(flags); e.u32(0) })
+	c.out.method(1, 60, 20, func(e *enc) { e.u16(0); e.short(queue); e.short(""); e.u8(flags); consumeArgs(e, cfg) })
 	steps = append(steps, [2]uint16{60, 21})
 	if err := c.flush(); err != nil {
 		return err
@@ -98,6 +114,25 @@ func (c *consumer) handshake(u *url.URL, cfg Config, queue string) error {
 		}
 	}
 	return nil
+}
+
+// consumeArgs encodes basic.consume's arguments table: x-stream-offset with
+// -stream-offset (a number as a long, anything else as a string), else empty.
+func consumeArgs(e *enc, cfg Config) {
+	sizeAt := len(e.b)
+	e.u32(0)
+	if cfg.Offset == "" {
+		return
+	}
+	e.short("x-stream-offset")
+	if n, err := strconv.ParseInt(cfg.Offset, 10, 64); err == nil {
+		e.u8('l')
+		e.u64(uint64(n))
+	} else {
+		e.u8('S')
+		e.long(cfg.Offset)
+	}
+	binary.BigEndian.PutUint32(e.b[sizeAt:], uint32(len(e.b)-sizeAt-4))
 }
 
 // expect reads until the next method and returns its arguments if it is
@@ -142,8 +177,9 @@ func (c *consumer) flush() error {
 	return err
 }
 
-// ack appends basic.ack for one delivery tag without building a closure.
-func (c *consumer) ack(tag uint64) {
+// ack appends basic.ack for one delivery tag (and all before it with
+// multiple) without building a closure.
+func (c *consumer) ack(tag uint64, multiple bool) {
 	e := &c.out
 	e.u8(frameMethod)
 	e.u16(1)
@@ -151,7 +187,11 @@ func (c *consumer) ack(tag uint64) {
 	e.u16(60)
 	e.u16(80)
 	e.u64(tag)
-	e.u8(0)
+	if multiple {
+		e.u8(1)
+	} else {
+		e.u8(0)
+	}
 	e.u8(frameEnd)
 }
 
@@ -194,6 +234,9 @@ func (c *consumer) run(ctx context.Context, cfg Config, st *stats) error {
 		case frameHeader:
 			remaining = binary.BigEndian.Uint64(f.payload[4:])
 			first = true
+			if c.offsets {
+				c.checkOffset(f.payload)
+			}
 		case frameBody:
 			if first && st.measuring.Load() && len(f.payload) >= 8 {
 				sent := int64(binary.BigEndian.Uint64(f.payload))
@@ -206,11 +249,107 @@ func (c *consumer) run(ctx context.Context, cfg Config, st *stats) error {
 		}
 		if f.typ != frameMethod && remaining == 0 {
 			if c.manualAck {
-				c.ack(tag)
+				if c.ackEvery <= 1 {
+					c.ack(tag, false)
+				} else if c.unacked++; c.unacked >= c.ackEvery {
+					c.ack(tag, true)
+					c.unacked = 0
+				}
 			}
 			st.delivered()
 		}
 	}
+}
+
+// checkOffset compares a delivery's x-stream-offset header with the offset
+// after the previous delivery's (0 for the first, with "first").
+func (c *consumer) checkOffset(header []byte) {
+	got, ok := streamOffset(header)
+	switch {
+	case !ok:
+		c.offsetBad++
+		c.offsetWhy = "a delivery without an x-stream-offset header (long)"
+	case c.offsetNext >= 0 && got < c.offsetNext:
+		if c.offsetBad == 0 {
+			c.offsetWhy = fmt.Sprintf("offset %d after %d", got, c.offsetNext-1)
+		}
+		c.offsetBad++
+	case c.offsetNext >= 0 && got > c.offsetNext:
+		c.offsetGaps++
+	}
+	if ok {
+		c.offsetNext = got + 1
+	}
+}
+
+// streamOffset finds the x-stream-offset header (a long, or a signed 32-bit
+// integer) in a content header frame's payload.
+func streamOffset(p []byte) (int64, bool) {
+	if len(p) < 14 {
+		return 0, false
+	}
+	flags := binary.BigEndian.Uint16(p[12:])
+	p = p[14:]
+	for _, bit := range []uint16{0x8000, 0x4000} { // content-type, content-encoding
+		if flags&bit != 0 {
+			if len(p) < 1 || len(p) < 1+int(p[0]) {
+				return 0, false
+			}
+			p = skipShort(p)
+		}
+	}
+	if flags&0x2000 == 0 || len(p) < 4 {
+		return 0, false
+	}
+	n := int(binary.BigEndian.Uint32(p))
+	if len(p) < 4+n {
+		return 0, false
+	}
+	t := p[4 : 4+n]
+	for len(t) > 0 {
+		if len(t) < 1+int(t[0])+1 {
+			return 0, false
+		}
+		name := string(t[1 : 1+int(t[0])])
+		t = t[1+int(t[0]):]
+		typ, v := t[0], t[1:]
+		var size int
+		switch typ {
+		case 'l', 'd', 'T':
+			size = 8
+		case 'I', 'i', 'f':
+			size = 4
+		case 's', 'u':
+			size = 2
+		case 'b', 'B', 't':
+			size = 1
+		case 'V':
+			size = 0
+		case 'D':
+			size = 5
+		case 'S', 'F', 'A', 'x':
+			if len(v) < 4 {
+				return 0, false
+			}
+			size = 4 + int(binary.BigEndian.Uint32(v))
+		default:
+			return 0, false
+		}
+		if len(v) < size {
+			return 0, false
+		}
+		if name == "x-stream-offset" {
+			switch typ {
+			case 'l':
+				return int64(binary.BigEndian.Uint64(v)), true
+			case 'I':
+				return int64(int32(binary.BigEndian.Uint32(v))), true
+			}
+			return 0, false
+		}
+		t = v[size:]
+	}
+	return 0, false
 }
 
 // Close says goodbye properly (brokers log a dropped socket as an error).

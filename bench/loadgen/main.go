@@ -3,8 +3,8 @@
 // package builds it and maps scenarios S1..S9 and R1 onto its modes and flags.
 //
 // While it runs it writes a line "mark NAME" on stderr at each phase boundary
-// (throughput: measure, end; backlog: fill, full, drain, drained; fill: fill,
-// full; recover: listening, ready), so that the runner can read the broker's
+// (throughput: measure, end; backlog and stream: fill, full, drain, drained;
+// fill: fill, full; recover: listening, ready), so that the runner can read the broker's
 // CPU time and RSS, or the time, at that very moment.
 package main
 
@@ -25,7 +25,7 @@ import (
 // Config is one run's parameters; every field maps to a flag.
 type Config struct {
 	URL         string
-	Mode        string // throughput | backlog | idle | fill | recover | delete
+	Mode        string // throughput | backlog | stream | idle | fill | recover | delete
 	Duration    time.Duration
 	Warmup      time.Duration
 	Timeout     time.Duration
@@ -34,10 +34,12 @@ type Config struct {
 	Size        int
 	ManualAck   bool
 	Prefetch    int
+	AckEvery    int
 	Persistent  bool
 	Confirms    int
 	MaxPriority int
 	QueueType   string
+	Offset      string
 	Fanout      int
 	Rate        int
 	Backlog     int
@@ -65,11 +67,17 @@ type Result struct {
 	DeliverRate float64 `json:"deliver_rate,omitempty"`
 	// Backlog is the messages ready in the run's queues when publishing
 	// stopped at the end of the window (nil: the broker did not say in time).
-	Backlog     *int64   `json:"backlog,omitempty"`
-	PublishRate float64  `json:"publish_rate,omitempty"`
-	P50Ms       float64  `json:"p50_ms,omitempty"`
-	P99Ms       float64  `json:"p99_ms,omitempty"`
-	DrainRate   float64  `json:"drain_rate,omitempty"`
+	Backlog     *int64  `json:"backlog,omitempty"`
+	PublishRate float64 `json:"publish_rate,omitempty"`
+	P50Ms       float64 `json:"p50_ms,omitempty"`
+	P99Ms       float64 `json:"p99_ms,omitempty"`
+	DrainRate   float64 `json:"drain_rate,omitempty"`
+	// stream: each consumer's replay rate (its messages / its own time).
+	ConsumerRates   []float64 `json:"consumer_rates,omitempty"`
+	ConsumerRateMin float64   `json:"consumer_rate_min,omitempty"`
+	ConsumerRateMax float64   `json:"consumer_rate_max,omitempty"`
+	// stream: deliveries whose x-stream-offset skipped some (all consumers).
+	OffsetGaps  int64    `json:"offset_gaps,omitempty"`
 	RSSBeforeKB int64    `json:"rss_before_kb,omitempty"`
 	RSSKB       int64    `json:"rss_kb,omitempty"`
 	PerConnKB   *float64 `json:"per_conn_kb,omitempty"` // 0 is a result here
@@ -83,7 +91,7 @@ type Result struct {
 func parseFlags() Config {
 	var c Config
 	flag.StringVar(&c.URL, "url", "amqp://guest:guest@127.0.0.1:5672/", "broker URL")
-	flag.StringVar(&c.Mode, "mode", "throughput", "throughput | backlog | idle | fill | recover | delete (the last three: restart scenario)")
+	flag.StringVar(&c.Mode, "mode", "throughput", "throughput | backlog | stream | idle | fill | recover | delete (the last three: restart scenario)")
 	flag.DurationVar(&c.Duration, "duration", 5*time.Second, "measured time (throughput), idle time (idle)")
 	flag.DurationVar(&c.Warmup, "warmup", time.Second, "load before measuring starts")
 	flag.DurationVar(&c.Timeout, "timeout", 120*time.Second, "hard bound on the whole run")
@@ -92,13 +100,15 @@ func parseFlags() Config {
 	flag.IntVar(&c.Size, "size", 1024, "message body bytes (at least 8: a send timestamp)")
 	flag.BoolVar(&c.ManualAck, "ack", false, "consumers ack each message (else no-ack)")
 	flag.IntVar(&c.Prefetch, "prefetch", 100, "consumer prefetch with -ack")
+	flag.IntVar(&c.AckEvery, "ack-every", 1, "with -ack: one basic.ack with multiple=true every this many deliveries (1: each delivery acked on its own)")
 	flag.BoolVar(&c.Persistent, "persistent", false, "durable queue, persistent messages")
 	flag.IntVar(&c.Confirms, "confirms", 0, "publisher confirms with this many in flight (0: off)")
 	flag.IntVar(&c.MaxPriority, "max-priority", 0, "x-max-priority; messages get random priorities")
-	flag.StringVar(&c.QueueType, "queue-type", "", "x-queue-type of the queues (quorum: needs -persistent)")
+	flag.StringVar(&c.QueueType, "queue-type", "", "x-queue-type of the queues (quorum: needs -persistent; stream mode sets stream)")
+	flag.StringVar(&c.Offset, "stream-offset", "", "consume with x-stream-offset (first, last, next, or a number); stream mode: first unless given")
 	flag.IntVar(&c.Fanout, "fanout", 0, "publish to a fanout exchange bound to this many queues")
 	flag.IntVar(&c.Rate, "rate", 0, "total publish rate in msg/s (0: as fast as possible)")
-	flag.IntVar(&c.Backlog, "backlog", 1000000, "messages in the backlog (backlog mode)")
+	flag.IntVar(&c.Backlog, "backlog", 1000000, "messages in the backlog (backlog mode), in the stream (stream mode)")
 	flag.IntVar(&c.Conns, "conns", 1000, "idle consumer connections (idle mode)")
 	flag.IntVar(&c.Burst, "burst", 10000, "messages in the burst (idle mode)")
 	flag.IntVar(&c.MaxQueued, "max-queued", 0, "producers pause while this many deliveries are queued (0: never, the default: publishers go flat out)")
@@ -142,6 +152,8 @@ func main() {
 		res, err = runThroughput(ctx, cfg)
 	case "backlog":
 		res, err = runBacklog(ctx, cfg)
+	case "stream":
+		res, err = runStream(ctx, cfg)
 	case "idle":
 		res, err = runIdle(ctx, cfg)
 	case "fill":

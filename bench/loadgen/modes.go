@@ -168,9 +168,25 @@ func stopPublishers(pg *group, producers []*producer) error {
 }
 
 // runBacklog: publish Backlog messages flat out with no consumer, until the
-// queue reports them all; then drain them with one consumer. The runner
-// samples the broker's RSS and CPU between the marks.
+// queue reports them all; then drain them with -consumers consumers (one in
+// S8). The runner samples the broker's RSS and CPU between the marks.
 func runBacklog(ctx context.Context, cfg Config) (Result, error) {
+	return fillThenDrain(ctx, cfg)
+}
+
+// runStream: the same on a stream (x-queue-type stream, durable): publish
+// Backlog messages (with -confirms: until the last is confirmed), then
+// -consumers consumers each replay the whole stream from -stream-offset
+// (first unless given), with manual acks as the broker requires.
+func runStream(ctx context.Context, cfg Config) (Result, error) {
+	cfg.QueueType, cfg.Persistent, cfg.ManualAck = "stream", true, true
+	if cfg.Offset == "" {
+		cfg.Offset = "first"
+	}
+	return fillThenDrain(ctx, cfg)
+}
+
+func fillThenDrain(ctx context.Context, cfg Config) (Result, error) {
 	var res Result
 	t, err := declare(cfg)
 	if err != nil {
@@ -182,54 +198,116 @@ func runBacklog(ctx context.Context, cfg Config) (Result, error) {
 		return res, err
 	}
 	defer p.Close()
-
-	st := newStats(1, int64(cfg.Backlog))
-	if err := fill(ctx, cfg, t, p, st, &res); err != nil {
+	if err := fill(ctx, cfg, t, p, newStats(1, 0), &res); err != nil {
 		return res, err
 	}
+	return res, drain(ctx, cfg, t, &res)
+}
 
-	c, err := openConsumer(cfg, t.queues[0])
+// drain opens the consumers (marks drain, drained) and waits until they have
+// the backlog: together on a queue; each of them all of it on a stream
+// (-stream-offset), where each consumer's own rate goes into res too.
+func drain(ctx context.Context, cfg Config, t *topology, res *Result) error {
+	n := cfg.Consumers
+	if n < 1 {
+		n = 1
+	}
+	consumers, conns, err := openConsumers(cfg, t.queues, n)
+	defer func() { closeAll(conns) }()
 	if err != nil {
-		return res, err
+		return err
 	}
-	defer c.Close()
+	replay := cfg.Offset != ""
+	each := []*stats{newStats(1, int64(cfg.Backlog))} // shared by the consumers of a queue
+	for replay && len(each) < n {
+		each = append(each, newStats(1, int64(cfg.Backlog)))
+	}
 	mark("drain")
 	start := time.Now()
 	g := newGroup(ctx)
-	g.Go(func(ctx context.Context) error { return c.run(ctx, cfg, st) })
-	err = waitDelivered(g, st)
+	for i, c := range consumers {
+		c, st := c, each[i%len(each)]
+		g.Go(func(ctx context.Context) error { return c.run(ctx, cfg, st) })
+	}
+	for _, st := range each {
+		if err = waitDelivered(g, st); err != nil {
+			break
+		}
+	}
 	res.Seconds = time.Since(start).Seconds()
 	mark("drained")
 	g.Stop()
-	res.Delivered = st.consumed.Load()
+	for _, st := range each {
+		res.Delivered += st.consumed.Load()
+	}
 	res.DrainRate = float64(res.Delivered) / res.Seconds
-	return res, err
+	if replay {
+		for i, c := range consumers {
+			res.OffsetGaps += c.offsetGaps
+			if c.offsetBad > 0 && err == nil {
+				err = fmt.Errorf("consumer %d: %d deliveries out of sequence, the first: %s",
+					i+1, c.offsetBad, c.offsetWhy)
+			}
+		}
+	}
+	if replay && err == nil {
+		for i, st := range each {
+			r := float64(st.consumed.Load()) / st.reachedAt.Sub(start).Seconds()
+			res.ConsumerRates = append(res.ConsumerRates, r)
+			if i == 0 || r < res.ConsumerRateMin {
+				res.ConsumerRateMin = r
+			}
+			if r > res.ConsumerRateMax {
+				res.ConsumerRateMax = r
+			}
+		}
+	}
+	return err
 }
 
 // fill publishes Backlog messages flat out (marks fill, full) and waits until
-// the queue reports them all; the publish rate goes into res.
+// they are in: with -confirms until the broker confirmed the last (every
+// publish acked, or it fails), else until the queue reports them all (a
+// stream's message count is not a queue's). The publish rate goes into res.
 func fill(ctx context.Context, cfg Config, t *topology, p *producer, st *stats, res *Result) error {
 	mark("fill")
 	start := time.Now()
 	if err := p.run(ctx, cfg, t, publishPlan{limit: int64(cfg.Backlog)}, st); err != nil {
 		return err
 	}
-	// Publishing is asynchronous: the backlog is in when the queue says so.
+	// Publishing is asynchronous: the backlog is in when the broker says so.
 	for {
-		n, err := t.depth()
-		if err != nil {
-			return err
+		n, poll := 0, 20*time.Millisecond
+		if cfg.Confirms > 0 {
+			poll = time.Millisecond
+			// A slot is taken per publish and given back by its ack or nack.
+			if len(p.slots) == 0 {
+				if c := p.confirmed.Load(); c < int64(cfg.Backlog) {
+					return fmt.Errorf("the broker confirmed %d of %d publishes (the rest nacked)", c, cfg.Backlog)
+				}
+			}
+			n = int(p.confirmed.Load())
+		} else {
+			d, err := t.depth()
+			if err != nil {
+				return err
+			}
+			n = d
 		}
 		if n >= cfg.Backlog {
 			break
 		}
-		if !sleep(ctx, 20*time.Millisecond) {
-			return fmt.Errorf("timed out with %d of %d messages queued", n, cfg.Backlog)
+		if !sleep(ctx, poll) {
+			return fmt.Errorf("timed out with %d of %d messages in", n, cfg.Backlog)
 		}
 	}
 	res.Published = st.published.Load()
 	res.Accepted = res.Published
-	res.PublishRate = float64(res.Published) / time.Since(start).Seconds()
+	if cfg.Confirms > 0 {
+		confirmed := p.confirmed.Load()
+		res.Confirmed, res.Accepted = &confirmed, confirmed
+	}
+	res.PublishRate = float64(res.Accepted) / time.Since(start).Seconds()
 	mark("full")
 	return nil
 }

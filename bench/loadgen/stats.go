@@ -20,6 +20,7 @@ type stats struct {
 	fanout    int64 // deliveries per publish
 	target    int64 // close reached when consumed gets here (0: never)
 	reached   chan struct{}
+	reachedAt time.Time // when consumed got to target (read after reached is closed)
 	once      sync.Once
 }
 
@@ -33,7 +34,10 @@ func newStats(fanout int, target int64) *stats {
 func (s *stats) delivered() {
 	n := s.consumed.Add(1)
 	if s.target > 0 && n >= s.target {
-		s.once.Do(func() { close(s.reached) })
+		s.once.Do(func() {
+			s.reachedAt = time.Now()
+			close(s.reached)
+		})
 	}
 }
 
