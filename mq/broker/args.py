@@ -12,6 +12,8 @@ QUEUE_EQUIVALENCE_ARGS = (
     "x-max-length", "x-max-length-bytes", "x-max-priority", "x-overflow", "x-queue-mode",
     "x-single-active-consumer", "x-queue-type",
 )
+# A stream's retention must match too.
+STREAM_EQUIVALENCE_ARGS = ("x-max-age", "x-stream-max-segment-size-bytes")
 EXCHANGE_EQUIVALENCE_ARGS = ("alternate-exchange",)
 
 

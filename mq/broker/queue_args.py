@@ -13,6 +13,11 @@ QUEUE_MODES = ("default", "lazy")
 QUEUE_TYPES = ("classic", "quorum", "stream")
 # Arguments a quorum queue refuses (RabbitMQ 3.10), and the queue properties it can't have.
 QUORUM_UNSUPPORTED = ("x-max-priority", "x-queue-mode")
+# Arguments a stream refuses (RabbitMQ 3.10: "of queue type rabbit_stream_queue").
+STREAM_UNSUPPORTED = ("x-max-length", "x-message-ttl", "x-dead-letter-exchange",
+                      "x-dead-letter-routing-key", "x-max-priority", "x-overflow", "x-expires",
+                      "x-single-active-consumer", "x-queue-mode", "x-max-in-memory-length",
+                      "x-delivery-limit")
 QUORUM_PROPERTIES = (("durable", False, "non-durable"), ("exclusive", True, "exclusive-owner"),
                      ("auto_delete", True, "auto-delete"))
 
@@ -109,6 +114,10 @@ def parse_queue_arguments(arguments: dict, queue: str, vhost: str) -> QueueSetti
             if "x-delivery-limit" in a:
                 out["delivery_limit"] = _int(where, "x-delivery-limit", a["x-delivery-limit"], 0)
         elif out["queue_type"] == "stream":
+            for key in STREAM_UNSUPPORTED:
+                if key in a:
+                    raise PreconditionFailed(f"invalid arg '{key}' for {where} of queue type "
+                                             "rabbit_stream_queue")
             if "x-max-age" in a:
                 out["max_age_ms"] = max_age_ms(where, a["x-max-age"])
             if "x-stream-max-segment-size-bytes" in a:
@@ -156,12 +165,20 @@ _AGE_MS = {"Y": 365 * 86400_000, "M": 30 * 86400_000, "D": 86400_000, "h": 3600_
 
 
 def max_age_ms(where: str, value: Any) -> int:
-    """A stream's x-max-age ("7D", "12h", "30m", "10s"; Y and M too) in ms."""
-    text = _str(value)
-    match = _AGE.fullmatch(text) if text is not None else None
-    if match is None:
-        raise PreconditionFailed(f"invalid arg 'x-max-age' for {where}: "
-                                 f"{{invalid_max_age,{text if text is not None else value}}}")
+    """A stream's x-max-age ("7D", "12h", "30m", "10s"; Y and M too) in ms; none of zero."""
+    text = _string_arg(where, "x-max-age", value)
+    ms = interval_ms(text)
+    if ms is None:
+        raise PreconditionFailed(f"invalid arg 'x-max-age' for {where}: invalid_max_age")
+    return ms
+
+
+def interval_ms(text: str) -> int | None:
+    """An interval as streams take them (x-max-age, x-stream-offset) in ms; None if it is
+    not one (or is zero)."""
+    match = _AGE.fullmatch(text)
+    if match is None or not int(match.group(1)):
+        return None
     return int(match.group(1)) * _AGE_MS[match.group(2)]
 
 

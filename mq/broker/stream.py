@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import struct
 import time
 from typing import Any
@@ -23,6 +22,7 @@ from mq._core.message import Message
 from mq._core.msgqueue import Entry
 from mq.broker.errors import NotImplemented_, PreconditionFailed
 from mq.broker.queue import Queue
+from mq.broker.queue_args import interval_ms
 from mq.broker.rawprops import long, with_header
 from mq.store.segments import write_atomic
 from mq.store.streams import OFFSETS_FILE, Cursor, StreamLog
@@ -33,9 +33,6 @@ AGE_CHECK = 10.0                # seconds between x-max-age checks at most
 # signed 64-bit value follows).
 OFFSET_KEY = b"\x0fx-stream-offsetl"
 OFFSET_VALUE = struct.Struct(">q")
-_INTERVAL = re.compile(r"([0-9]+)([YMDhms])")
-_INTERVAL_MS = {"Y": 365 * 86400_000, "M": 30 * 86400_000, "D": 86400_000, "h": 3600_000,
-                "m": 60_000, "s": 1000}
 
 
 class StreamQueue(Queue):
@@ -103,15 +100,21 @@ class StreamQueue(Queue):
 
     def check_consume(self, no_ack: bool, prefetch: int, global_prefetch: int,
                       arguments: dict) -> None:
-        """What a stream consumer must have (RabbitMQ 3.10's refusals)."""
+        """What a stream consumer must have (RabbitMQ 3.10's refusals and texts)."""
         if no_ack:
-            raise PreconditionFailed("consumer must use manual acknowledgements for stream "
-                                     f"queue '{self.name}' in vhost '{self.vhost}'")
+            raise self._not_supported("automatic acknowledgement")
         if not prefetch:
-            raise PreconditionFailed("consumer prefetch count is not set for stream queue "
-                                     f"'{self.name}' in vhost '{self.vhost}'")
+            raise PreconditionFailed("consumer prefetch count is not set for 'queue "
+                                     f"'{self.name}' in vhost '{self.vhost}''")
+        if "x-priority" in arguments:
+            raise PreconditionFailed(f"invalid arg 'x-priority' for queue '{self.name}' in "
+                                     f"vhost '{self.vhost}' of queue type rabbit_stream_queue")
         if "x-stream-offset" in arguments:
-            self._start_of(arguments["x-stream-offset"], check_only=True)
+            self._start_of(arguments["x-stream-offset"])
+
+    def _not_supported(self, what: str) -> NotImplemented_:
+        return NotImplemented_(f"{what} not supported by stream queues queue '{self.name}' "
+                               f"in vhost '{self.vhost}'")
 
     def add_consumer(self, consumer: Any) -> None:
         arguments = consumer.arguments
@@ -134,7 +137,9 @@ class StreamQueue(Queue):
 
     def detach_reader(self, consumer: Any) -> None:
         self.readers.pop(consumer, None)
-        self.tracking.pop(consumer, None)
+        if self.tracking.pop(consumer, None) is not None and self._save_timer is not None:
+            self._save_timer.cancel()  # it goes: its offset is saved now, not in a moment
+            self._save_offsets()
 
     def _reader(self, consumer: Any, key: str | None, spec: Any) -> None:
         """A cursor for consumer: after the last offset acked under key, if there is one,
@@ -146,8 +151,8 @@ class StreamQueue(Queue):
         self.readers[consumer] = Cursor(self.log, self._start_of(spec) if start is None
                                         else start)
 
-    def _start_of(self, spec: Any, check_only: bool = False) -> int:
-        """The offset a consumer starts at, from x-stream-offset."""
+    def _start_of(self, spec: Any) -> int:
+        """The offset a consumer starts at, from x-stream-offset (406 for a bad one)."""
         log = self.log
         assert log is not None
         if spec is None or spec == "first":
@@ -157,18 +162,18 @@ class StreamQueue(Queue):
         if spec == "last":
             return max(log.first_offset, min(log.last_chunk, log.next_offset))
         if isinstance(spec, int) and not isinstance(spec, bool):
-            return min(max(spec, log.first_offset), log.next_offset)
+            return max(spec, log.first_offset)  # past the end: waits for it
         if isinstance(spec, datetime.datetime):
             if spec.tzinfo is None:
                 spec = spec.replace(tzinfo=datetime.timezone.utc)
             return log.offset_at(int(spec.timestamp() * 1000))
-        if isinstance(spec, str):
-            match = _INTERVAL.fullmatch(spec)
-            if match is not None:
-                ago = int(match.group(1)) * _INTERVAL_MS[match.group(2)]
-                return log.offset_at(int(time.time() * 1000) - ago)
-        raise PreconditionFailed(f"invalid offset {spec!r} for stream queue '{self.name}' "
-                                 f"in vhost '{self.vhost}'")
+        ago = interval_ms(spec) if isinstance(spec, str) else None
+        if ago is not None:
+            return log.offset_at(int(time.time() * 1000) - ago)
+        kind = "longstr" if isinstance(spec, str) else type(spec).__name__
+        raise PreconditionFailed(f"invalid arg 'x-stream-offset' for queue '{self.name}' in "
+                                 f"vhost '{self.vhost}': {{invalid_stream_offset_arg,"
+                                 f'{{{kind},<<"{spec}">>}}}}')
 
     def dispatch(self, now: float = 0.0) -> None:
         """Each consumer with room gets the next committed records after its offset."""
@@ -242,16 +247,13 @@ class StreamQueue(Queue):
             self._inflight.pop(entry, None)
 
     def check_negative(self) -> None:
-        raise NotImplemented_("basic.nack and basic.reject are not supported on stream "
-                              f"queue '{self.name}' in vhost '{self.vhost}'")
+        raise self._not_supported("basic.nack and basic.reject")
 
     def get(self, no_ack: bool) -> Entry | None:
-        raise NotImplemented_(f"basic.get not supported by stream queues queue "
-                              f"'{self.name}' in vhost '{self.vhost}'")
+        raise self._not_supported("basic.get")
 
     def purge(self) -> int:
-        raise NotImplemented_(f"purge not allowed on stream queue '{self.name}' in vhost "
-                              f"'{self.vhost}'")
+        raise self._not_supported("queue.purge")
 
     def _save_offsets_later(self) -> None:
         if self._save_timer is None:

@@ -9,7 +9,8 @@ from typing import Any
 from mq._core.message import Message
 from mq._core.msgqueue import Entry
 from mq._core.publish import Topology
-from mq.broker.args import EXCHANGE_EQUIVALENCE_ARGS, QUEUE_EQUIVALENCE_ARGS, check_equivalent
+from mq.broker.args import (EXCHANGE_EQUIVALENCE_ARGS, QUEUE_EQUIVALENCE_ARGS,
+                            STREAM_EQUIVALENCE_ARGS, check_equivalent)
 from mq.broker.durability import durable_binding
 from mq.broker.errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed, ResourceLocked
 from mq.broker.exchange import EXCHANGE_TYPES, Binding, DefaultExchange, Exchange
@@ -17,6 +18,7 @@ from mq.broker.deadletter import dead_lettered, is_cycle, routing_keys
 from mq.broker.policy import Policy, select
 from mq.broker.kinds import make_queue
 from mq.broker.queue import Queue
+from mq.broker.stream import StreamQueue
 from mq.broker.superstream import SuperStream, is_super_stream
 from mq.broker.timers import Timers
 from mq.logfmt import kv
@@ -182,7 +184,8 @@ class VirtualHost:
             check_equivalent("queue", name, self.name, {
                 "durable": (durable, existing.durable),
                 "auto_delete": (auto_delete, existing.auto_delete),
-            }, arguments, existing.arguments, QUEUE_EQUIVALENCE_ARGS)
+            }, arguments, existing.arguments, QUEUE_EQUIVALENCE_ARGS
+                + (STREAM_EQUIVALENCE_ARGS if isinstance(existing, StreamQueue) else ()))
             existing.touch()
             return existing
         queue = make_queue(self, name, durable, owner if exclusive else None, auto_delete,

@@ -227,13 +227,17 @@ class StreamLog:
         return max(0, bisect_right(self._firsts, offset) - 1)
 
     def offset_at(self, timestamp_ms: int) -> int:
-        """The first offset of the first segment whose records may be at or after
-        timestamp_ms (segment-grained, as RabbitMQ's is chunk-grained)."""
-        for i, segment in enumerate(self.segments):
-            nxt = self.segments[i + 1] if i + 1 < len(self.segments) else None
-            if nxt is None or nxt.first_ts > timestamp_ms:
-                return segment.first
-        return self.next_offset
+        """The first offset appended at or after timestamp_ms (committed ones; after them,
+        the next to commit). Only the segment that may hold it is read."""
+        start = self.segments[0]
+        for segment in self.segments:
+            if segment.first_ts and segment.first_ts <= timestamp_ms:
+                start = segment
+        cursor = Cursor(self, start.first)
+        while (record := cursor.next()) is not None:
+            if record.timestamp >= timestamp_ms:
+                return record.offset
+        return cursor.offset
 
     def delete(self) -> None:
         """The stream is deleted: its files go (through the flusher, in order)."""
