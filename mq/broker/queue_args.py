@@ -18,6 +18,7 @@ STREAM_UNSUPPORTED = ("x-max-length", "x-message-ttl", "x-dead-letter-exchange",
                       "x-dead-letter-routing-key", "x-max-priority", "x-overflow", "x-expires",
                       "x-single-active-consumer", "x-queue-mode", "x-max-in-memory-length",
                       "x-delivery-limit")
+UNSUPPORTED = {"quorum": QUORUM_UNSUPPORTED, "stream": STREAM_UNSUPPORTED}
 QUORUM_PROPERTIES = (("durable", False, "non-durable"), ("exclusive", True, "exclusive-owner"),
                      ("auto_delete", True, "auto-delete"))
 
@@ -106,18 +107,15 @@ def parse_queue_arguments(arguments: dict, queue: str, vhost: str) -> QueueSetti
     if "x-queue-type" in a:
         _choice(where, "x-queue-type", a["x-queue-type"], QUEUE_TYPES, "queue type")
         out["queue_type"] = _str(a["x-queue-type"])
+        refused = UNSUPPORTED.get(out["queue_type"], ())
+        for key in refused:
+            if key in a:
+                raise PreconditionFailed(f"invalid arg '{key}' for {where} of queue type "
+                                         f"rabbit_{out['queue_type']}_queue")
         if out["queue_type"] == "quorum":
-            for key in QUORUM_UNSUPPORTED:
-                if key in a:
-                    raise PreconditionFailed(f"invalid arg '{key}' for {where} of queue type "
-                                             "rabbit_quorum_queue")
             if "x-delivery-limit" in a:
                 out["delivery_limit"] = _int(where, "x-delivery-limit", a["x-delivery-limit"], 0)
         elif out["queue_type"] == "stream":
-            for key in STREAM_UNSUPPORTED:
-                if key in a:
-                    raise PreconditionFailed(f"invalid arg '{key}' for {where} of queue type "
-                                             "rabbit_stream_queue")
             if "x-max-age" in a:
                 out["max_age_ms"] = max_age_ms(where, a["x-max-age"])
             if "x-stream-max-segment-size-bytes" in a:
