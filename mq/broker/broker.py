@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from mq.broker.auth import Permission, UserStore
 from mq.broker.errors import PreconditionFailed
+from mq.broker.delayed import HOLD_PREFIX, DelayedExchange
 from mq.broker.kinds import make_queue
 from mq.broker.stream import StreamQueue
 from mq.broker.timers import Timers
@@ -68,8 +69,12 @@ class Broker:
             self.add_vhost(vhost_name).declare_exchange(name, type_, durable=True,
                                                         auto_delete=auto_delete,
                                                         internal=internal, arguments=arguments)
+        holds = []
         for rq in recovered.queues:
             vhost = self.add_vhost(rq.vhost)
+            if rq.name.startswith(HOLD_PREFIX):  # a delayed exchange's hold, not a queue
+                holds.append((vhost, rq))
+                continue
             # Made directly, not declared: server-named queues (amq.gen-*) are durable too.
             queue = vhost.queues[rq.name] = make_queue(vhost, rq.name, durable=True,
                                                        auto_delete=rq.auto_delete,
@@ -87,3 +92,13 @@ class Broker:
         self.store = store
         for vhost in self.vhosts.values():
             vhost.store = store
+        for vhost, rq in holds:
+            exchange = vhost.exchanges.get(rq.name[len(HOLD_PREFIX):])
+            if isinstance(exchange, DelayedExchange):
+                vhost.open_hold(exchange, rq.store_qid).recover_held(rq.stored)
+            else:  # its exchange is gone: so are its messages
+                store.delete_queue(rq.vhost, rq.name)
+        for vhost in self.vhosts.values():  # a hold whose record was never written
+            for exchange in vhost.exchanges.values():
+                if isinstance(exchange, DelayedExchange):
+                    vhost.open_hold(exchange)

@@ -14,6 +14,7 @@ from mq.broker.args import (EXCHANGE_EQUIVALENCE_ARGS, QUEUE_EQUIVALENCE_ARGS,
 from mq.broker.durability import durable_binding
 from mq.broker.errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed, ResourceLocked
 from mq.broker.exchange import EXCHANGE_TYPES, Binding, DefaultExchange, Exchange
+from mq.broker.delayed import DELAYED_TYPE, DelayedExchange, DelayHold
 from mq.broker.deadletter import dead_lettered, is_cycle, routing_keys
 from mq.broker.policy import Policy, select
 from mq.broker.kinds import make_queue
@@ -95,7 +96,7 @@ class VirtualHost:
             return self.get_exchange(name)
         # RabbitMQ's order: the type first, then equivalence with an existing exchange (so
         # `amq.direct` may be redeclared as it is), and the reserved prefix only for new names.
-        cls = EXCHANGE_TYPES.get(type_)
+        cls = DelayedExchange if type_ == DELAYED_TYPE else EXCHANGE_TYPES.get(type_)
         if cls is None:
             raise CommandInvalid(f"unknown exchange type '{type_}'")
         arguments = arguments or {}
@@ -115,7 +116,18 @@ class VirtualHost:
         self._apply_policy(exchange, "exchanges")
         if durable and self.store is not None:
             self.store.declare_exchange(self.name, name, type_, auto_delete, internal, arguments)
+        if isinstance(exchange, DelayedExchange):
+            self.open_hold(exchange)
         return exchange
+
+    def open_hold(self, exchange: DelayedExchange, store_qid: int = 0) -> DelayHold:
+        """A delayed exchange's hold; a durable one's is a queue of the store (store_qid
+        when it is recovered, else declared now)."""
+        hold = exchange.hold = exchange.hold or DelayHold(self, exchange)
+        if exchange.durable and self.store is not None and not hold.store_qid:
+            hold.attach_store(self.store, store_qid or self.store.declare_queue(
+                self.name, hold.name, False, {}))
+        return hold
 
     def delete_exchange(self, name: str, if_unused: bool = False) -> None:
         _check_not_default(name)
@@ -133,6 +145,10 @@ class VirtualHost:
         self.topology.version += 1
         if exchange.durable and self.store is not None:
             self.store.delete_exchange(self.name, exchange.name)
+        if isinstance(exchange, DelayedExchange) and exchange.hold is not None:
+            exchange.hold.drop_all()
+            if exchange.hold.store_qid:
+                self.store.delete_queue(self.name, exchange.hold.name)
         for binding in list(exchange.bindings.values()):
             self._drop_binding(binding, cascade=False)
         for binding in list(exchange.incoming.values()):

@@ -15,6 +15,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterator
 
 import mq
+from mq.broker.delayed import DelayedExchange
 from mq.broker.exchange import Binding, Exchange
 from mq.broker.queue import Queue
 from mq.broker.stream import StreamQueue
@@ -189,6 +190,8 @@ class Views:
                 "arguments": jsonable(ex.arguments), "user_who_performed_action": ""}
         if ex.policy is not None:  # RabbitMQ shows the key only when one applies
             view["policy"] = ex.policy.name
+        if isinstance(ex, DelayedExchange):  # B-DELAY-4, the plugin's field
+            view["messages_delayed"] = ex.messages_delayed
         return view
 
     def binding(self, vhost: str, b: Binding) -> dict[str, Any]:
