@@ -73,6 +73,7 @@ cdef class QueueCore:
     cdef public int consumer_count
     cdef readonly Py_ssize_t unacked
     cdef public long long published, delivered, got, acked, redelivered
+    cdef public object dedup  # queue-level deduplication (mq.broker.dedup), or None
 
     cpdef bint publish(self, Message msg) except *
     cpdef void dispatch(self, double now=*) except *

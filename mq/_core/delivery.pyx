@@ -310,6 +310,7 @@ cdef class QueueCore:
         self.consumer_count = 0
         self.unacked = 0
         self._plain = False
+        self.dedup = None
 
     @property
     def message_count(self) -> int:
@@ -378,6 +379,8 @@ cdef class QueueCore:
             consumer.deliver(entry, self)
             self.delivered += 1
             self.redelivered += entry.redelivered
+            if consumer.no_ack and self.dedup is not None:
+                self.dedup.left(entry.msg)  # gone: its identity may come again
             if self.store_qid and entry.msg.store_id:
                 self._handed_out(entry, consumer.no_ack)
         if self.flow_publishers:
@@ -409,9 +412,13 @@ cdef class QueueCore:
 
     def settle(self, list entries) -> None:
         """Delivered messages acknowledged: they are gone."""
+        cdef Entry entry
         if not self.deleted:
             self.acked += len(entries)
             self._unstore(entries)
+            if self.dedup is not None:
+                for entry in entries:
+                    self.dedup.left(entry.msg)
 
     cpdef void _unstore(self, entries) except *:
         """Messages left the queue for good: their store entries go."""

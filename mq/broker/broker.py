@@ -98,7 +98,8 @@ class Broker:
                 vhost.open_hold(exchange, rq.store_qid).recover_held(rq.stored)
             else:  # its exchange is gone: so are its messages
                 store.delete_queue(rq.vhost, rq.name)
-        for vhost in self.vhosts.values():  # a hold whose record was never written
+        for vhost in self.vhosts.values():
             for exchange in vhost.exchanges.values():
-                if isinstance(exchange, DelayedExchange):
+                if isinstance(exchange, DelayedExchange):  # a hold never written yet
                     vhost.open_hold(exchange)
+                vhost.keep_cache(exchange)  # a deduplication cache comes back

@@ -45,6 +45,9 @@ class Exchange:
         self.policy: Policy | None = None  # set by the vhost (set_policy)
         self.has_exchange_destinations = 0
         self.incoming: dict[tuple, Binding] = {}  # exchange-to-exchange bindings leading here
+        # Deduplication (mq.broker.dedup): the identities seen, and where they are kept.
+        self.dedup: Any = None
+        self.dedup_file: Any = None
 
     def set_policy(self, policy: Policy | None) -> None:
         """Another policy applies (None: none): its alternate-exchange counts when the
@@ -280,7 +283,14 @@ def _dest_name(destination: Any) -> str:
     return f"{kind}:{destination.name}"
 
 
+class DeduplicationExchange(FanoutExchange):
+    """The rabbitmq-message-deduplication plugin's exchange: fanout routing of what its
+    cache does not hold already (the cache is mq.broker.dedup's)."""
+
+    type = "x-message-deduplication"
+
+
 EXCHANGE_TYPES: dict[str, type[Exchange]] = {
     cls.type: cls for cls in (DirectExchange, FanoutExchange, TopicExchange, HeadersExchange,
-                              ConsistentHashExchange)
+                              ConsistentHashExchange, DeduplicationExchange)
 }

@@ -91,6 +91,8 @@ def route(vhost: Any, exchange: Any, msg: Message, flow_to: Any = None,
     Returns NO_ROUTE, REFUSED, 0 or the store sequence to wait for (module docstring); with
     a waiter, it is registered for that sequence. remember(exchange, routing_key, queues) is
     told a route that depends on the exchange and routing key alone (a route cache)."""
+    if exchange.dedup is not None and exchange.dedup.duplicate(msg):
+        return NO_ROUTE  # seen (B-DEDUP-1): not routed, still confirmed
     queues = vhost.route(exchange, msg)
     if not queues:
         return NO_ROUTE

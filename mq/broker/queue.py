@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Protocol
 from mq._core.delivery import QueueCore
 from mq._core.message import Message
 from mq._core.msgqueue import Entry, MessageQueue
+from mq.broker.dedup import ARGUMENT as DEDUP_ARGUMENT, QueueIdentities
 from mq.broker.policy import Policy, merge_queue_settings
 from mq.broker.queue_args import check_queue_properties, parse_queue_arguments
 from mq.broker.rawprops import long, with_header
@@ -73,6 +74,8 @@ class Queue(QueueCore):
                                                "auto_delete": auto_delete}, name, host.name)
         # Quorum queues count returns per message (x-delivery-count, x-delivery-limit).
         self.counts_deliveries = self.settings.queue_type == "quorum"
+        if self.arguments.get(DEDUP_ARGUMENT) in (True, "true"):
+            self.dedup = QueueIdentities()  # B-DEDUP-2
         # The last properties given x-delivery-count: (as published, count, as delivered).
         # A publisher's messages mostly share their properties, first deliveries their count.
         self._counted: tuple[bytes, int, bytes] | None = None
@@ -112,7 +115,8 @@ class Queue(QueueCore):
         message itself (no length limit, no TTL)."""
         settings = self.settings
         self._limited = settings.max_length is not None or settings.max_length_bytes is not None
-        self._plain = not self._limited and settings.message_ttl is None
+        self._plain = not self._limited and settings.message_ttl is None \
+            and self.dedup is None
 
     # ---- credit flow (B-FLOW-1; behind() is QueueCore's) -------------------------------
 
@@ -132,6 +136,8 @@ class Queue(QueueCore):
     def _publish(self, msg: Message) -> bool:
         """Enqueue a routed message that is not plain (QueueCore.publish takes those): with
         a length limit, a TTL, or when memory is full. False when x-overflow refused it."""
+        if self.dedup is not None and not self.dedup.admit(msg):
+            return True  # one with its identity is in the queue: dropped, still confirmed
         settings = self.settings
         if self._limited and settings.overflow != "drop-head" and self._would_overflow(msg):
             if settings.overflow == "reject-publish-dlx":
@@ -300,6 +306,8 @@ class Queue(QueueCore):
             self._dead_letter([entry], "expired")
         if entry is not None and self.store_qid and entry.msg.store_id:
             self._handed_out(entry, no_ack)
+        if entry is not None and no_ack:
+            self._left((entry,))
         if entry is not None:
             self.got += 1
             self.redelivered += entry.redelivered
@@ -320,6 +328,7 @@ class Queue(QueueCore):
     def purge(self) -> int:
         purged = self.ready.purge()
         self._unstore(purged)
+        self._left(purged)
         count = len(purged)
         paged = self.paged
         if paged is not None:
@@ -401,6 +410,13 @@ class Queue(QueueCore):
         crash in between leaves a duplicate, never a loss (B-DLX-6)."""
         self.host.dead_letter(self, entries, reason)
         self._unstore(entries)
+        self._left(entries)
+
+    def _left(self, entries: Iterable[Entry]) -> None:
+        """Messages left the queue: their identities may come in again (B-DEDUP-2)."""
+        if self.dedup is not None:
+            for entry in entries:
+                self.dedup.left(entry.msg)
 
     # ---- consumers --------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from mq.broker.args import (EXCHANGE_EQUIVALENCE_ARGS, QUEUE_EQUIVALENCE_ARGS,
 from mq.broker.durability import durable_binding
 from mq.broker.errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed, ResourceLocked
 from mq.broker.exchange import EXCHANGE_TYPES, Binding, DefaultExchange, Exchange
+from mq.broker.dedup import Cache, CacheFile, cache_settings, wants_cache
 from mq.broker.delayed import DELAYED_TYPE, DelayedExchange, DelayHold
 from mq.broker.deadletter import dead_lettered, is_cycle, routing_keys
 from mq.broker.policy import Policy, select
@@ -110,7 +111,11 @@ class VirtualHost:
             return existing
         if name.startswith("amq."):
             raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        dedup = cache_settings(arguments, self._where("exchange", name)) \
+            if wants_cache(type_, arguments) else None
         exchange = cls(self.name, name, durable, auto_delete, internal, arguments)
+        if dedup is not None:
+            exchange.dedup = Cache(dedup[0], dedup[1])
         self.exchanges[name] = exchange
         self.topology.version += 1
         self._apply_policy(exchange, "exchanges")
@@ -118,7 +123,18 @@ class VirtualHost:
             self.store.declare_exchange(self.name, name, type_, auto_delete, internal, arguments)
         if isinstance(exchange, DelayedExchange):
             self.open_hold(exchange)
+        self.keep_cache(exchange)
         return exchange
+
+    def keep_cache(self, exchange: Exchange) -> None:
+        """A durable exchange's deduplication cache is kept in the store's directory (and
+        what was kept is loaded), unless x-cache-persistence is "memory"."""
+        if exchange.dedup is None or exchange.dedup_file is not None or not exchange.durable \
+                or self.store is None:
+            return
+        if cache_settings(exchange.arguments, self._where("exchange", exchange.name))[2]:
+            exchange.dedup_file = CacheFile(self.store, self.timers, self.name, exchange.name,
+                                            exchange.dedup)
 
     def open_hold(self, exchange: DelayedExchange, store_qid: int = 0) -> DelayHold:
         """A delayed exchange's hold; a durable one's is a queue of the store (store_qid
@@ -145,6 +161,8 @@ class VirtualHost:
         self.topology.version += 1
         if exchange.durable and self.store is not None:
             self.store.delete_exchange(self.name, exchange.name)
+        if exchange.dedup_file is not None:
+            exchange.dedup_file.remove()
         if isinstance(exchange, DelayedExchange) and exchange.hold is not None:
             exchange.hold.drop_all()
             if exchange.hold.store_qid:
@@ -357,7 +375,8 @@ class VirtualHost:
         """Where the message goes depends on its exchange and routing key alone (not on its
         headers, CC/BCC keys or other exchanges), so the route may be cached until the
         version changes."""
-        return exchange.type in KEY_ROUTED and _by_one_exchange(exchange, msg)
+        return exchange.type in KEY_ROUTED and exchange.dedup is None \
+            and _by_one_exchange(exchange, msg)
 
     def route(self, exchange: Exchange, msg: Message) -> list[Queue]:
         """Every queue the message reaches, each once: by its routing key and CC/BCC keys,

@@ -1,0 +1,182 @@
+"""Deduplication (B-DEDUP), with the interface of RabbitMQ's rabbitmq-message-deduplication
+plugin, and LavinMQ's form of it.
+
+A message's identity is its header `x-deduplication-header`; a message without it always
+passes.
+- Exchange level: an exchange of type `x-message-deduplication` (it routes as fanout does),
+  or any exchange with the argument `x-message-deduplication: true` (LavinMQ's form: it keeps
+  its own routing), has a cache of the identities it has seen. `x-cache-size` (required)
+  bounds it, the oldest going first; `x-cache-ttl` (ms) is how long an identity is kept (for
+  ever without it), and a message's own `x-cache-ttl` header overrides it. A message seen
+  within its TTL is not routed: it is unroutable (returned if mandatory) and still confirmed.
+- Queue level: a queue with `x-message-deduplication: true` drops a message whose identity
+  is that of a message still in the queue; once that one has left (acked, or gone another
+  way) the identity may come in again. A dropped message is still confirmed.
+
+A durable exchange's cache is saved in the data directory (`dedup/<id>.json`, replicated in
+a cluster) within SAVE_DELAY of a change and comes back after a restart, unless
+`x-cache-persistence` is "memory". (The plugin keeps it only with "disk"; here a durable
+object's cache survives by default, as the behaviour contract asks.) A crash may forget the
+identities of the last SAVE_DELAY.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import OrderedDict
+from typing import Any
+
+from mq._core.message import Message
+from mq.broker.errors import PreconditionFailed
+from mq.store.segments import write_atomic
+
+HEADER = "x-deduplication-header"
+TTL_HEADER = "x-cache-ttl"
+ARGUMENT = "x-message-deduplication"
+EXCHANGE_TYPE = "x-message-deduplication"
+DIRECTORY = "dedup"
+SAVE_DELAY = 0.2  # seconds: changes within it are saved together
+
+
+def identity(msg: Message) -> str | None:
+    """The message's deduplication identity (None: it has none)."""
+    if HEADER.encode() not in msg.props:
+        return None
+    value = (msg.headers or {}).get(HEADER)
+    if value is None:
+        return None
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _ttl_header(msg: Message) -> int | None:
+    value = (msg.headers or {}).get(TTL_HEADER) if TTL_HEADER.encode() in msg.props else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
+        else None
+
+
+def wants_cache(type_: str, arguments: dict) -> bool:
+    return type_ == EXCHANGE_TYPE or arguments.get(ARGUMENT) in (True, "true")
+
+
+def cache_settings(arguments: dict, where: str) -> tuple[int, int | None, bool]:
+    """(size, ttl ms or None, persisted) from an exchange's arguments; 406 when bad."""
+    size = arguments.get("x-cache-size")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise PreconditionFailed(f"invalid arg 'x-cache-size' for {where}: it must be an "
+                                 "integer greater than 0")
+    ttl = arguments.get("x-cache-ttl")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
+        raise PreconditionFailed(f"invalid arg 'x-cache-ttl' for {where}: it must be an "
+                                 "integer greater than 0")
+    persistence = arguments.get("x-cache-persistence", "disk")
+    if isinstance(persistence, bytes):
+        persistence = persistence.decode(errors="replace")
+    if persistence not in ("memory", "disk"):
+        raise PreconditionFailed(f"invalid arg 'x-cache-persistence' for {where}: it must be "
+                                 "\"memory\" or \"disk\"")
+    return size, ttl, persistence == "disk"
+
+
+class Cache:
+    """An exchange's identities: identity -> expiry in ms (0: never), oldest first."""
+
+    def __init__(self, size: int, ttl_ms: int | None) -> None:
+        self.size = size
+        self.ttl_ms = ttl_ms
+        self.entries: OrderedDict[str, int] = OrderedDict()
+        self.on_change: Any = None  # called after a change (the saver)
+
+    def duplicate(self, msg: Message) -> bool:
+        """Seen within its TTL: a duplicate. Else it is remembered now."""
+        key = identity(msg)
+        if key is None:
+            return False
+        now = int(time.time() * 1000)
+        expiry = self.entries.get(key)
+        if expiry is not None and (expiry == 0 or expiry > now):
+            return True
+        ttl = _ttl_header(msg) or self.ttl_ms
+        self.entries.pop(key, None)
+        self.entries[key] = now + ttl if ttl else 0
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        if self.on_change is not None:
+            self.on_change()
+        return False
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class CacheFile:
+    """Where a durable exchange's cache is kept, and its saving (a timer of the vhost)."""
+
+    def __init__(self, store: Any, timers: Any, vhost: str, name: str, cache: Cache) -> None:
+        digest = hashlib.sha1(f"{vhost}\0{name}".encode()).hexdigest()
+        self.relpath = f"{DIRECTORY}/{digest}.json"
+        self.path = os.path.join(store.directory, self.relpath)
+        self.store = store
+        self.timers = timers
+        self.cache = cache
+        self._timer: Any = None
+        self.load()
+        cache.on_change = self._later
+
+    def load(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                data = json.loads(fh.read())
+        except (OSError, ValueError):
+            return
+        now = int(time.time() * 1000)
+        for key, expiry in data:
+            if expiry == 0 or expiry > now:
+                self.cache.entries[str(key)] = int(expiry)
+
+    def _later(self) -> None:
+        if self._timer is None:
+            self._timer = self.timers.call_at(time.time() + SAVE_DELAY, self.save)
+
+    def save(self) -> None:
+        self._timer = None
+        data = json.dumps(list(self.cache.entries.items())).encode()
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        write_atomic(self.path, data)
+        self.store.file_written(self.relpath, data, _nothing)
+
+    def remove(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _nothing() -> None:
+    pass
+
+
+class QueueIdentities:
+    """A queue's identities of the messages in it (queue-level deduplication)."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+
+    def admit(self, msg: Message) -> bool:
+        """False: a message with its identity is in the queue (drop this one)."""
+        key = identity(msg)
+        if key is None:
+            return True
+        if key in self.keys:
+            return False
+        self.keys.add(key)
+        return True
+
+    def left(self, msg: Message) -> None:
+        key = identity(msg)
+        if key is not None:
+            self.keys.discard(key)
