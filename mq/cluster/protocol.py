@@ -82,7 +82,7 @@ def decode_all(buf: bytearray) -> list[tuple[int, int, str, bytes]]:
 
 
 # Which files of a data directory are replicated: the log's segments, the streams' segments
-# and tracked offsets, the users, vhosts, permissions and policies (access.json) and the
+# and tracked offsets, deduplication caches, the users, vhosts, permissions and policies (access.json) and the
 # directory's format. Not the lock, the clean-shutdown marker (a follower's copy is never a
 # clean close), paging scratch or logs.
 TOP_FILES = ("format", "access.json")
@@ -94,6 +94,8 @@ def replicated(relpath: str) -> bool:
     parts = relpath.split("/")
     if parts[0] == "log":
         return len(parts) == 2 and _segment_name(parts[1])
+    if parts[0] == "dedup":  # an exchange's deduplication cache
+        return len(parts) == 2 and parts[1].endswith(".json")
     if parts[0] == "streams":  # streams/<queue id>/<first offset>.seg, and its offsets
         return len(parts) == 3 and parts[1].isdigit() and \
             (_segment_name(parts[2]) or parts[2] == OFFSETS_FILE)
@@ -113,7 +115,7 @@ def is_segment(relpath: str) -> bool:
 def data_files(data_dir: str) -> list[str]:
     """The replicated files in data_dir, relative paths."""
     files = [name for name in TOP_FILES if os.path.isfile(os.path.join(data_dir, name))]
-    for top in ("log", "streams"):
+    for top in ("log", "streams", "dedup"):
         base = os.path.join(data_dir, top)
         for root, _, names in os.walk(base):
             rel_root = os.path.relpath(root, data_dir)
