@@ -332,6 +332,8 @@ class Queue(QueueCore):
         count = len(purged)
         paged = self.paged
         if paged is not None:
+            if self.dedup is not None:  # their identities are not known here: forget all
+                self.dedup.keys.clear()
             count += paged.count
             if self.store_qid:
                 for store_id in paged.stored_ids():
