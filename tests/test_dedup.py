@@ -15,7 +15,9 @@ from typing import Any
 import pika
 import pytest
 
+from exqutil import drain
 from mq.testing import run_broker
+from queuetest import message_count
 
 ID = "x-deduplication-header"
 
@@ -27,19 +29,6 @@ def _props(key: str | None = None, ttl: int | None = None, persistent: bool = Tr
     if ttl is not None:
         headers["x-cache-ttl"] = ttl
     return pika.BasicProperties(delivery_mode=2 if persistent else 1, headers=headers or None)
-
-
-def _count(ch: Any, queue: str) -> int:
-    return ch.queue_declare(queue, passive=True).method.message_count
-
-
-def _bodies(ch: Any, queue: str) -> list[bytes]:
-    out = []
-    while True:
-        method, _, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append(body)
 
 
 @pytest.fixture
@@ -68,7 +57,7 @@ def test_a_seen_message_is_not_routed_and_still_confirmed(ch) -> None:
         ch.basic_publish("dd", "any-key", key.encode(), _props(key))
     ch.basic_publish("dd", "", b"plain", _props())
     ch.basic_publish("dd", "", b"plain", _props())
-    assert _bodies(ch, "q") == [b"a", b"b", b"c", b"plain", b"plain"]
+    assert drain(ch, "q") == [b"a", b"b", b"c", b"plain", b"plain"]
 
 
 def test_a_mandatory_duplicate_is_returned(ch) -> None:
@@ -77,7 +66,7 @@ def test_a_mandatory_duplicate_is_returned(ch) -> None:
     ch.basic_publish("dd", "", b"first", _props("k"), mandatory=True)
     with pytest.raises(pika.exceptions.UnroutableError):
         ch.basic_publish("dd", "", b"again", _props("k"), mandatory=True)
-    assert _bodies(ch, "q") == [b"first"]
+    assert drain(ch, "q") == [b"first"]
 
 
 def test_the_ttl_and_a_messages_own_ttl(ch) -> None:
@@ -89,7 +78,7 @@ def test_the_ttl_and_a_messages_own_ttl(ch) -> None:
     time.sleep(0.5)
     ch.basic_publish("dd", "", b"short-again", _props("s"))
     ch.basic_publish("dd", "", b"long-again", _props("l"))
-    assert _bodies(ch, "q") == [b"short", b"long", b"short-again"]
+    assert drain(ch, "q") == [b"short", b"long", b"short-again"]
 
 
 def test_lavinmq_form_keeps_the_exchanges_own_routing(ch) -> None:
@@ -103,8 +92,8 @@ def test_lavinmq_form_keeps_the_exchanges_own_routing(ch) -> None:
     ch.queue_bind("blue", "direct-dd", "blue")
     for rk, key in (("red", "1"), ("blue", "2"), ("red", "1"), ("blue", "1")):
         ch.basic_publish("direct-dd", rk, f"{rk}{key}".encode(), _props(key))
-    assert _bodies(ch, "red") == [b"red1"]
-    assert _bodies(ch, "blue") == [b"blue2"]
+    assert drain(ch, "red") == [b"red1"]
+    assert drain(ch, "blue") == [b"blue2"]
 
 
 def test_the_cache_size_is_required_and_bounds_the_cache(ch) -> None:
@@ -119,7 +108,7 @@ def test_the_cache_size_is_required_and_bounds_the_cache(ch) -> None:
     _dedup_exchange(ch, "small", "sq", **{"x-cache-size": 2})
     for key in ("a", "b", "c", "a", "c"):  # "a" was evicted by "c"; "c" is still known
         ch.basic_publish("small", "", key.encode(), _props(key))
-    assert _bodies(ch, "sq") == [b"a", b"b", b"c", b"a"]
+    assert drain(ch, "sq") == [b"a", b"b", b"c", b"a"]
 
 
 def test_queue_level_deduplication(ch) -> None:
@@ -129,14 +118,14 @@ def test_queue_level_deduplication(ch) -> None:
     ch.queue_declare("qd", arguments={"x-message-deduplication": True})
     for key in ("m", "n", "m"):
         ch.basic_publish("", "qd", key.encode(), _props(key))
-    assert _count(ch, "qd") == 2
+    assert message_count(ch, "qd") == 2
     method, _, body = ch.basic_get("qd")
     assert body == b"m"
     ch.basic_publish("", "qd", b"m-while-unacked", _props("m"))
-    assert _count(ch, "qd") == 1
+    assert message_count(ch, "qd") == 1
     ch.basic_ack(method.delivery_tag)
     ch.basic_publish("", "qd", b"m-after-ack", _props("m"))
-    assert _bodies(ch, "qd") == [b"n", b"m-after-ack"]
+    assert drain(ch, "qd") == [b"n", b"m-after-ack"]
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["restart", "kill-9"])
@@ -160,8 +149,8 @@ def test_a_durable_exchanges_cache_survives_a_restart(mq_fresh_broker, kill) -> 
         ch.confirm_delivery()
         ch.basic_publish("kept", "", b"1-again", _props("one"))
         ch.basic_publish("mem", "", b"1-again", _props("one"))
-        assert _bodies(ch, "kq") == [b"1"]
-        assert _bodies(ch, "mq") == [b"1", b"1-again"]
+        assert drain(ch, "kq") == [b"1"]
+        assert drain(ch, "mq") == [b"1", b"1-again"]
     finally:
         conn.close()
 
@@ -224,7 +213,7 @@ def _retrying_publisher(disconnects: int) -> None:
         thread.join(120)
         assert done.is_set()
         conn = pika.BlockingConnection(pika.URLParameters(broker.url))
-        bodies = [int(b) for b in _bodies(conn.channel(), "orders-q")]
+        bodies = [int(b) for b in drain(conn.channel(), "orders-q")]
         conn.close()
         assert sorted(bodies) == list(range(sent[0])), (len(bodies), len(set(bodies)), sent[0])
 
