@@ -34,6 +34,7 @@ from mq.store.segments import write_atomic
 
 HEADER = "x-deduplication-header"
 TTL_HEADER = "x-cache-ttl"
+_HEADER_BYTES, _TTL_BYTES = HEADER.encode(), TTL_HEADER.encode()  # quick look in the props
 ARGUMENT = "x-message-deduplication"
 EXCHANGE_TYPE = "x-message-deduplication"
 DIRECTORY = "dedup"
@@ -42,7 +43,7 @@ SAVE_DELAY = 0.2  # seconds: changes within it are saved together
 
 def identity(msg: Message) -> str | None:
     """The message's deduplication identity (None: it has none)."""
-    if HEADER.encode() not in msg.props:
+    if _HEADER_BYTES not in msg.props:
         return None
     value = (msg.headers or {}).get(HEADER)
     if value is None:
@@ -51,7 +52,7 @@ def identity(msg: Message) -> str | None:
 
 
 def _ttl_header(msg: Message) -> int | None:
-    value = (msg.headers or {}).get(TTL_HEADER) if TTL_HEADER.encode() in msg.props else None
+    value = (msg.headers or {}).get(TTL_HEADER) if _TTL_BYTES in msg.props else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
         else None
 
