@@ -11,17 +11,18 @@ from bench import brokers, loadgen, report, restart
 from bench.brokers import BrokerError, Managed
 from bench.procinfo import raise_fd_limit
 from bench.progress import Progress
-from bench.runner import Measurement, measure
+from bench.runner import Measurement, combine, measure
 from bench.scenarios import Scenario, Settings, moved_messages, select
 
-SMOKE = Settings(duration=1.0, warmup=0.25, backlog=2000, stream=2000, connections=50, idle=0.5)
+SMOKE = Settings(duration=1.0, warmup=0.25, backlog=2000, stream=2000, delayed=2000,
+                 connections=50, idle=0.5)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--scenarios",
                    help="comma list, e.g. S1,S3 (default: S1..S9 with S8t, and R1); the "
-                        "paced variants S1p..S6p, C1 and ST1 run only when named")
+                        "paced variants S1p..S6p, C1, ST1, D1, DL1 and DL1h run only when named")
     p.add_argument("--duration", type=float, default=5.0,
                    help="measured seconds of S1..S7 (default 5; the issue's figures use 10)")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
@@ -30,6 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="messages in the backlog of S8, S8t and R1")
     p.add_argument("--stream-messages", type=int, default=1_000_000, metavar="N",
                    help="messages published into ST1's stream, then replayed (default 1,000,000)")
+    p.add_argument("--delayed-messages", type=int, default=1_000_000, metavar="N",
+                   help="delayed messages published and held in DL1h (default 1,000,000)")
     p.add_argument("--connections", type=int, default=1000, help="S9 idle connections")
     p.add_argument("--smoke", action="store_true",
                    help="1 s per scenario, tiny S8/S9/R1/ST1, mq only: keeps the benchmark "
@@ -51,6 +54,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         return SMOKE
     return Settings(duration=args.duration, warmup=min(1.0, args.duration / 4),
                     backlog=args.backlog, stream=args.stream_messages,
+                    delayed=args.delayed_messages,
                     connections=args.connections,
                     repeat=max(1, args.repeat))
 
@@ -64,7 +68,7 @@ def chosen_brokers(args: argparse.Namespace, scenarios: list[Scenario]) -> list[
     cluster = any(sc.cluster for sc in scenarios)
     if cluster:
         found.append(Managed("mq 3-node", brokers.mq_cluster, restartable=True, cluster=True))
-    if args.smoke or args.no_rabbitmq:
+    if args.smoke or args.no_rabbitmq or all(sc.mq_only for sc in scenarios):
         return found
     if args.against:
         found.append(Managed("RabbitMQ", lambda: brokers.running("RabbitMQ", args.against),
@@ -77,6 +81,21 @@ def chosen_brokers(args: argparse.Namespace, scenarios: list[Scenario]) -> list[
     return found
 
 
+def runs_on(sc: Scenario, m: Managed) -> bool:
+    """A cluster runs only the scenarios that want one; a scenario for mq only runs on mq."""
+    return (sc.cluster or not m.cluster) and (not sc.mq_only or m.name == "mq")
+
+
+def run_one(binary: Path, m: Managed, sc: Scenario, settings: Settings) -> Measurement:
+    """One run of a scenario on a broker, ready (restarted if fresh) for it; a scenario with
+    variants (D1) runs each on a broker of its own. Raises BrokerError."""
+    if sc.variants:
+        parts = {name: run_one(binary, m, sc.variant(name), settings) for name, _ in sc.variants}
+        return combine(sc, parts)
+    broker = m.ready(fresh=sc.fresh_broker)
+    return (restart.measure if sc.mode == "restart" else measure)(binary, broker, sc, settings)
+
+
 def run_all(args: argparse.Namespace, settings: Settings, scenarios: list[Scenario],
             binary: Path) -> tuple[list[str], report.Results]:
     """Start the brokers, run every scenario on each, stop them; raises BrokerError."""
@@ -87,26 +106,23 @@ def run_all(args: argparse.Namespace, settings: Settings, scenarios: list[Scenar
         for m in managed:
             if not m.cluster:  # the cluster starts for the first scenario that wants it
                 m.start()
-        runs = sum(len([m for m in managed if sc.cluster or not m.cluster]) for sc in scenarios)
+        runs = sum(len([m for m in managed if runs_on(sc, m)]) for sc in scenarios)
         progress = Progress(runs * settings.repeat)
         # Scenario by scenario, each broker in turn, so both see the same machine load.
         for sc in scenarios:
             for rep in range(settings.repeat):
                 of = f" (run {rep + 1}/{settings.repeat})" if settings.repeat > 1 else ""
                 for m in managed:
-                    if m.cluster and not sc.cluster:
+                    if not runs_on(sc, m):
                         continue
                     with progress.step(f"{sc.id} on {m.name}{of}", sc.expected_seconds(settings)):
                         try:
-                            broker = m.ready(fresh=sc.fresh_broker)
+                            run = run_one(binary, m, sc, settings)
                         except BrokerError as exc:
                             if not m.cluster:
                                 raise
                             # A cluster that cannot start fails its scenario, not the run.
                             run = Measurement({"error": str(exc)}, 0.0, None)
-                        else:
-                            run = (restart.measure if sc.mode == "restart" else measure)(
-                                binary, broker, sc, settings)
                     results.setdefault(sc.id, {}).setdefault(m.name, []).append(run)
         progress.finish()
     finally:
@@ -144,6 +160,9 @@ def write_outputs(args: argparse.Namespace, settings: Settings, scenarios: list[
         if others:
             print(("\n" if rates else "") + f"Other scenarios ({of}):\n")
             print(others)
+        for sc in scenarios:
+            if sc.mq_only:
+                print(f"\n{sc.id}: run on mq only: {sc.mq_only}.")
         cpu = report.cpu_lines(scenarios, results, names)
         if cpu:
             print("\nCPU seconds, load generator / broker:")

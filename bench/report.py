@@ -122,6 +122,7 @@ def to_json(scenarios: list[Scenario], results: Results, brokers: list[str], met
         out_scenarios.append({
             "id": sc.id,
             "title": sc.title,
+            **({"mq_only": sc.mq_only} if sc.mq_only else {}),
             "runs": {b: [m.to_json() for m in runs] for b, runs in by_broker.items()},
             "median": {b: m.to_json() for b, m in medians.items() if m is not None},
             "metrics": [

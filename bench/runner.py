@@ -62,6 +62,8 @@ def _broker_figures(s: Sampler, result: dict) -> dict:
         out.update(fill_rss_max_kb=s.rss_max_from("fill", "full"), rss_full_kb=full.rss_kb,
                    fill_cpu_s=fill_cpu,
                    fill_cpu_us_per_msg=_per_msg_us(fill_cpu, result.get("published")))
+    if s.at("held"):  # DL1h: 1 s after the last confirm, every message held
+        out["rss_held_kb"] = s.at("held").rss_kb
     if s.at("drain") and s.at("drained"):
         drain_cpu = s.cpu_between("drain", "drained")
         out.update(drain_cpu_s=drain_cpu, drain_rss_max_kb=s.rss_max_from("drain", "drained"),
@@ -69,6 +71,34 @@ def _broker_figures(s: Sampler, result: dict) -> dict:
         fill, drain = out.get("fill_cpu_us_per_msg"), out["drain_cpu_us_per_msg"]
         out["cpu_us_per_msg"] = None if fill is None or drain is None else fill + drain
     return out
+
+
+def combine(scenario: Scenario, parts: dict[str, Measurement]) -> Measurement:
+    """One Measurement of a scenario with variants (D1): every figure of each variant under
+    its name (`dedup_deliver_rate`), and each later variant's cost against the first: the
+    delivered/s it loses (`dedup_cost_pct`) and the CPU per message it adds
+    (`dedup_cpu_cost_pct`), in %. `delivered` is the smallest of the variants' (each must
+    move messages); `error` names the variants that failed."""
+    result: dict = {"mode": scenario.mode}
+    for name, m in parts.items():
+        result.update({f"{name}_{k}": v for k, v in m.result.items() if k != "mode"})
+    errors = [f"{name}: {m.result['error']}" for name, m in parts.items() if m.result.get("error")]
+    if errors:
+        result["error"] = "; ".join(errors)
+    result["delivered"] = min(m.result.get("delivered", 0) for m in parts.values())
+    base_name, base = next(iter(parts.items()))
+    for name, m in parts.items():
+        if name == base_name:
+            continue
+        rate, base_rate = m.result.get("deliver_rate"), base.result.get("deliver_rate")
+        if rate is not None and base_rate:
+            result[f"{name}_cost_pct"] = 100 * (1 - rate / base_rate)
+        cpu, base_cpu = m.result.get("cpu_us_per_msg"), base.result.get("cpu_us_per_msg")
+        if cpu is not None and base_cpu:
+            result[f"{name}_cpu_cost_pct"] = 100 * (cpu / base_cpu - 1)
+    used = [m.broker_cpu for m in parts.values()]
+    return Measurement(result, sum(m.loadgen_cpu for m in parts.values()),
+                       None if None in used else sum(used))
 
 
 def median(runs: list[Measurement]) -> Measurement:

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -64,7 +66,36 @@ func closeWithin(conn *amqp.Connection, bc *batchConn, d time.Duration) error {
 	return err
 }
 
-// topology is the queues (and fanout exchange) of one run, declared on an
+// tableArgs is a repeatable key=value flag, the arguments of a declare.
+type tableArgs []string
+
+func (a *tableArgs) String() string { return strings.Join(*a, ",") }
+
+func (a *tableArgs) Set(v string) error {
+	if !strings.Contains(v, "=") {
+		return fmt.Errorf("%q: want key=value", v)
+	}
+	*a = append(*a, v)
+	return nil
+}
+
+// table adds the arguments to t: an integer value as a long, true/false as a
+// boolean, anything else as a string.
+func (a tableArgs) table(t amqp.Table) amqp.Table {
+	for _, kv := range a {
+		k, v, _ := strings.Cut(kv, "=")
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			t[k] = n
+		} else if b, err := strconv.ParseBool(v); err == nil && (v == "true" || v == "false") {
+			t[k] = b
+		} else {
+			t[k] = v
+		}
+	}
+	return t
+}
+
+// topology is the queues (and exchange) of one run, declared on an
 // admin connection that also deletes them at the end.
 type topology struct {
 	conn     *amqp.Connection
@@ -103,11 +134,19 @@ func declare(cfg Config) (*topology, error) {
 	if cfg.QueueType != "" {
 		args["x-queue-type"] = cfg.QueueType
 	}
+	cfg.QueueArgs.table(args)
 	nq := 1
 	if cfg.Fanout > 0 {
 		nq = cfg.Fanout
-		t.exchange = prefix + ".fanout"
-		if err := ch.ExchangeDeclare(t.exchange, "fanout", false, false, false, false, nil); err != nil {
+	}
+	if cfg.Fanout > 0 || cfg.ExType != "" {
+		kind := cfg.ExType
+		if kind == "" {
+			kind = "fanout"
+		}
+		t.exchange = prefix + ".x"
+		exArgs := cfg.ExArgs.table(amqp.Table{})
+		if err := ch.ExchangeDeclare(t.exchange, kind, cfg.Persistent, false, false, false, exArgs); err != nil {
 			t.cleanup()
 			return nil, err
 		}
@@ -129,7 +168,7 @@ func declare(cfg Config) (*topology, error) {
 	return t, nil
 }
 
-// target is where producers publish: the fanout exchange, or the one queue
+// target is where producers publish: the exchange (key ""), or the one queue
 // through the default exchange.
 func (t *topology) target() (exchange, key string) {
 	if t.exchange != "" {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -74,6 +75,9 @@ func (p *producer) run(ctx context.Context, cfg Config, t *topology, plan publis
 		msg.DeliveryMode = amqp.Persistent
 	}
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	// Unique across producers and runs: the producer's start time and a counter.
+	idPrefix := strconv.FormatInt(time.Now().UnixNano(), 36) + "."
+	delayMin, delaySpan := cfg.DelayMin.Milliseconds(), (cfg.DelayMax - cfg.DelayMin).Milliseconds()
 	var interval time.Duration
 	if plan.rate > 0 {
 		interval = time.Duration(float64(time.Second) / plan.rate)
@@ -101,6 +105,20 @@ func (p *producer) run(ctx context.Context, cfg Config, t *topology, plan publis
 		}
 		if cfg.MaxPriority > 0 {
 			msg.Priority = uint8(rng.Intn(cfg.MaxPriority + 1))
+		}
+		if cfg.DedupHeader || cfg.DelayMax > 0 {
+			msg.Headers = amqp.Table{}
+		}
+		if cfg.DedupHeader {
+			msg.Headers["x-deduplication-header"] = idPrefix + strconv.FormatInt(n, 10)
+		}
+		if cfg.DelayMax > 0 {
+			delay := delayMin
+			if delaySpan > 0 {
+				delay += rng.Int63n(delaySpan + 1)
+			}
+			msg.Headers["x-delay"] = delay
+			binary.BigEndian.PutUint64(body[8:], uint64(delay)*uint64(time.Millisecond))
 		}
 		// The body is copied into the write buffer before Publish returns,
 		// so one buffer serves every message.

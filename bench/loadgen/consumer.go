@@ -23,7 +23,8 @@ type consumer struct {
 	manualAck bool
 	ackEvery  int     // acks with multiple=true every this many deliveries (<= 1: each)
 	unacked   int     // deliveries since the last ack
-	latencies []int64 // nanoseconds, recorded while stats.measuring
+	latencies []int64 // nanoseconds, recorded while stats.measuring (with -delay-max: minus the delay)
+	arrivals  []int64 // with -delay-max: when each of those arrived (unix ns)
 	// With -stream-offset: the x-stream-offset header of each delivery must
 	// be above the one before (a repeat or a step back fails the run). Gaps
 	// are allowed but counted: RabbitMQ's offsets skip one now and then
@@ -207,7 +208,7 @@ func (c *consumer) run(ctx context.Context, cfg Config, st *stats) error {
 		}
 	}()
 	var tag, remaining uint64
-	first := false
+	first, delayed := false, cfg.DelayMax > 0
 	for {
 		// Acks go out when everything read so far is handled: one write per batch.
 		if c.fr.r.Buffered() == 0 {
@@ -240,7 +241,14 @@ func (c *consumer) run(ctx context.Context, cfg Config, st *stats) error {
 		case frameBody:
 			if first && st.measuring.Load() && len(f.payload) >= 8 {
 				sent := int64(binary.BigEndian.Uint64(f.payload))
-				c.latencies = append(c.latencies, time.Now().UnixNano()-sent)
+				if delayed && len(f.payload) >= 16 { // lateness: the x-delay is not latency
+					sent += int64(binary.BigEndian.Uint64(f.payload[8:]))
+				}
+				now := time.Now().UnixNano()
+				c.latencies = append(c.latencies, now-sent)
+				if delayed {
+					c.arrivals = append(c.arrivals, now)
+				}
 			}
 			first = false
 			remaining -= uint64(len(f.payload))

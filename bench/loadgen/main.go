@@ -3,7 +3,8 @@
 // package builds it and maps scenarios S1..S9 and R1 onto its modes and flags.
 //
 // While it runs it writes a line "mark NAME" on stderr at each phase boundary
-// (throughput: measure, end; backlog and stream: fill, full, drain, drained;
+// (throughput and delayed: measure, end; backlog and stream: fill, full, drain,
+// drained, or with -hold fill, full, held;
 // fill: fill, full; recover: listening, ready), so that the runner can read the broker's
 // CPU time and RSS, or the time, at that very moment.
 package main
@@ -25,7 +26,7 @@ import (
 // Config is one run's parameters; every field maps to a flag.
 type Config struct {
 	URL         string
-	Mode        string // throughput | backlog | stream | idle | fill | recover | delete
+	Mode        string // throughput | backlog | stream | delayed | idle | fill | recover | delete
 	Duration    time.Duration
 	Warmup      time.Duration
 	Timeout     time.Duration
@@ -41,6 +42,13 @@ type Config struct {
 	QueueType   string
 	Offset      string
 	Fanout      int
+	ExType      string
+	ExArgs      tableArgs
+	QueueArgs   tableArgs
+	DedupHeader bool
+	DelayMin    time.Duration
+	DelayMax    time.Duration
+	Hold        bool
 	Rate        int
 	Backlog     int
 	Conns       int
@@ -71,7 +79,12 @@ type Result struct {
 	PublishRate float64 `json:"publish_rate,omitempty"`
 	P50Ms       float64 `json:"p50_ms,omitempty"`
 	P99Ms       float64 `json:"p99_ms,omitempty"`
-	DrainRate   float64 `json:"drain_rate,omitempty"`
+	// delayed: the largest and smallest lateness (arrival - send time - x-delay).
+	MaxMs *float64 `json:"max_ms,omitempty"`
+	MinMs *float64 `json:"min_ms,omitempty"`
+	// delayed: the p99 lateness of the deliveries that arrived in each second of the run.
+	LatenessP99ByS []float64 `json:"lateness_p99_by_s,omitempty"`
+	DrainRate      float64   `json:"drain_rate,omitempty"`
 	// stream: each consumer's replay rate (its messages / its own time).
 	ConsumerRates   []float64 `json:"consumer_rates,omitempty"`
 	ConsumerRateMin float64   `json:"consumer_rate_min,omitempty"`
@@ -85,13 +98,14 @@ type Result struct {
 	BurstMs     float64  `json:"burst_ms,omitempty"`
 	Queue       string   `json:"queue,omitempty"`     // fill: the queue left full
 	Recovered   int64    `json:"recovered,omitempty"` // recover: messages the queue reported
+	Held        int64    `json:"held,omitempty"`      // backlog -hold: messages in and held
 	Error       string   `json:"error,omitempty"`
 }
 
 func parseFlags() Config {
 	var c Config
 	flag.StringVar(&c.URL, "url", "amqp://guest:guest@127.0.0.1:5672/", "broker URL")
-	flag.StringVar(&c.Mode, "mode", "throughput", "throughput | backlog | stream | idle | fill | recover | delete (the last three: restart scenario)")
+	flag.StringVar(&c.Mode, "mode", "throughput", "throughput | backlog | stream | delayed | idle | fill | recover | delete (the last three: restart scenario)")
 	flag.DurationVar(&c.Duration, "duration", 5*time.Second, "measured time (throughput), idle time (idle)")
 	flag.DurationVar(&c.Warmup, "warmup", time.Second, "load before measuring starts")
 	flag.DurationVar(&c.Timeout, "timeout", 120*time.Second, "hard bound on the whole run")
@@ -106,7 +120,14 @@ func parseFlags() Config {
 	flag.IntVar(&c.MaxPriority, "max-priority", 0, "x-max-priority; messages get random priorities")
 	flag.StringVar(&c.QueueType, "queue-type", "", "x-queue-type of the queues (quorum: needs -persistent; stream mode sets stream)")
 	flag.StringVar(&c.Offset, "stream-offset", "", "consume with x-stream-offset (first, last, next, or a number); stream mode: first unless given")
-	flag.IntVar(&c.Fanout, "fanout", 0, "publish to a fanout exchange bound to this many queues")
+	flag.IntVar(&c.Fanout, "fanout", 0, "publish to a fanout exchange (or one of -exchange-type) bound to this many queues")
+	flag.StringVar(&c.ExType, "exchange-type", "", "publish to an exchange of this type (e.g. x-message-deduplication, x-delayed-message) bound with key \"\" to the queue (to the -fanout queues); durable with -persistent")
+	flag.Var(&c.ExArgs, "exchange-arg", "an argument of that exchange, key=value (an integer value is sent as a long, true/false as a boolean); repeatable")
+	flag.Var(&c.QueueArgs, "queue-arg", "an argument of the queues, key=value as -exchange-arg; repeatable")
+	flag.BoolVar(&c.DedupHeader, "dedup-header", false, "each message carries a unique x-deduplication-header")
+	flag.DurationVar(&c.DelayMin, "delay-min", 0, "with -delay-max: each message gets an x-delay header, uniform in [delay-min, delay-max] (whole ms)")
+	flag.DurationVar(&c.DelayMax, "delay-max", 0, "see -delay-min (0: no x-delay); the delay also goes into body bytes 8..15, and consumers record lateness (latency minus the delay)")
+	flag.BoolVar(&c.Hold, "hold", false, "backlog mode: stop once every message is in (confirmed with -confirms), without draining: delayed messages held by the exchange")
 	flag.IntVar(&c.Rate, "rate", 0, "total publish rate in msg/s (0: as fast as possible)")
 	flag.IntVar(&c.Backlog, "backlog", 1000000, "messages in the backlog (backlog mode), in the stream (stream mode)")
 	flag.IntVar(&c.Conns, "conns", 1000, "idle consumer connections (idle mode)")
@@ -119,6 +140,9 @@ func parseFlags() Config {
 	flag.Parse()
 	if c.Size < 8 {
 		c.Size = 8
+	}
+	if c.DelayMax > 0 && c.Size < 16 {
+		c.Size = 16
 	}
 	return c
 }
@@ -154,6 +178,8 @@ func main() {
 		res, err = runBacklog(ctx, cfg)
 	case "stream":
 		res, err = runStream(ctx, cfg)
+	case "delayed":
+		res, err = runDelayed(ctx, cfg)
 	case "idle":
 		res, err = runIdle(ctx, cfg)
 	case "fill":

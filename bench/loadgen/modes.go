@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"time"
 )
@@ -201,7 +202,30 @@ func fillThenDrain(ctx context.Context, cfg Config) (Result, error) {
 	if err := fill(ctx, cfg, t, p, newStats(1, 0), &res); err != nil {
 		return res, err
 	}
+	if cfg.Hold {
+		return res, hold(ctx, t, &res)
+	}
 	return res, drain(ctx, cfg, t, &res)
+}
+
+// hold ends a backlog run with -hold: the messages stay where they are (in a
+// delayed exchange, waiting for their x-delay) for 1 s more, when mark held
+// lets the runner read the broker's RSS once it has settled. The queue's depth
+// then goes into the backlog: anything there was delivered before its time.
+func hold(ctx context.Context, t *topology, res *Result) error {
+	if !sleep(ctx, time.Second) {
+		return fmt.Errorf("interrupted while holding: %v", ctx.Err())
+	}
+	mark("held")
+	backlog, err := t.backlog(10 * time.Second)
+	res.Backlog = backlog
+	if err == nil {
+		res.Held = res.Accepted
+		if backlog != nil {
+			res.Held -= *backlog
+		}
+	}
+	return err
 }
 
 // drain opens the consumers (marks drain, drained) and waits until they have
@@ -310,6 +334,100 @@ func fill(ctx context.Context, cfg Config, t *topology, p *producer, st *stats, 
 	res.PublishRate = float64(res.Accepted) / time.Since(start).Seconds()
 	mark("full")
 	return nil
+}
+
+// runDelayed: producers publish at -rate (in total) for -duration, each message
+// with an x-delay between -delay-min and -delay-max, while consumers take them
+// as they come due; then it waits until every published message is delivered
+// (at most -delay-max + 30 s after the last publish). Every delivery's lateness
+// (arrival - send time - its x-delay) is recorded: p50, p99, max and min go
+// into the result. Marks: measure when publishing starts, end when the last
+// message arrived (or the wait gave up).
+func runDelayed(ctx context.Context, cfg Config) (Result, error) {
+	var res Result
+	t, err := declare(cfg)
+	if err != nil {
+		return res, err
+	}
+	defer t.cleanup()
+	consumers, conns, err := openConsumers(cfg, t.queues, cfg.Consumers)
+	defer func() { closeAll(conns) }()
+	if err != nil {
+		return res, err
+	}
+	producers := make([]*producer, cfg.Producers)
+	err = forEach(cfg.Producers, 50, func(i int) (err error) {
+		producers[i], err = openProducer(cfg)
+		return err
+	})
+	for _, p := range producers {
+		if p != nil {
+			conns = append(conns, p)
+		}
+	}
+	if err != nil {
+		return res, err
+	}
+	st := newStats(len(t.queues), 0)
+	st.measuring.Store(true)
+	cg := newGroup(ctx)
+	for _, c := range consumers {
+		c := c
+		cg.Go(func(ctx context.Context) error { return c.run(ctx, cfg, st) })
+	}
+	mark("measure")
+	start := time.Now()
+	pctx, stop := context.WithTimeout(cg.ctx, cfg.Duration)
+	pg := newGroup(pctx)
+	plan := publishPlan{rate: float64(cfg.Rate) / float64(cfg.Producers)}
+	for _, p := range producers {
+		p := p
+		pg.Go(func(ctx context.Context) error { return p.run(ctx, cfg, t, plan, st) })
+	}
+	<-pg.ctx.Done() // the duration is over, or a producer failed
+	perr := stopPublishers(pg, producers)
+	stop()
+	published := st.published.Load() * int64(len(t.queues))
+	res.Seconds = time.Since(start).Seconds()
+	deadline := time.Now().Add(cfg.DelayMax + 30*time.Second)
+	for st.consumed.Load() < published && time.Now().Before(deadline) && sleep(cg.ctx, 10*time.Millisecond) {
+	}
+	mark("end")
+	cerr := cg.Stop()
+	res.Published, res.Delivered = st.published.Load(), st.consumed.Load()
+	res.Accepted = res.Published
+	res.AcceptRate = float64(res.Published) / res.Seconds
+	var all []int64
+	var bySecond [][]int64
+	for _, c := range consumers {
+		all = append(all, c.latencies...)
+		for i, at := range c.arrivals {
+			sec := int(time.Duration(at - start.UnixNano()).Seconds())
+			for len(bySecond) <= sec {
+				bySecond = append(bySecond, nil)
+			}
+			bySecond[sec] = append(bySecond[sec], c.latencies[i])
+		}
+	}
+	for _, lat := range bySecond {
+		_, p99 := percentiles(lat)
+		res.LatenessP99ByS = append(res.LatenessP99ByS, math.Round(p99*10)/10)
+	}
+	p50, p99, max, min := spread(all)
+	res.P50Ms, res.P99Ms = p50, p99
+	if len(all) > 0 {
+		res.MaxMs, res.MinMs = &max, &min
+	}
+	switch {
+	case perr != nil:
+		return res, perr
+	case cerr != nil:
+		return res, cerr
+	case res.Delivered < published:
+		return res, fmt.Errorf("%d of %d published messages delivered %v after the last publish",
+			res.Delivered, published, cfg.DelayMax+30*time.Second)
+	}
+	return res, nil
 }
 
 // runIdle: Conns connections each with a consumer sit idle for Duration

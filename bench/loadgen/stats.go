@@ -48,14 +48,20 @@ func (s *stats) queued() int64 {
 
 // percentiles returns the p50 and p99 of nanosecond samples, in ms.
 func percentiles(samples []int64) (p50, p99 float64) {
+	p50, p99, _, _ = spread(samples)
+	return p50, p99
+}
+
+// spread returns the p50, p99, max and min of nanosecond samples, in ms.
+func spread(samples []int64) (p50, p99, max, min float64) {
 	if len(samples) == 0 {
-		return 0, 0
+		return 0, 0, 0, 0
 	}
 	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
 	at := func(q float64) float64 {
 		return float64(samples[int(q*float64(len(samples)-1))]) / 1e6
 	}
-	return at(0.50), at(0.99)
+	return at(0.50), at(0.99), at(1), at(0)
 }
 
 // settledRSS waits (up to 3 s) until the broker's RSS stops moving, so memory
