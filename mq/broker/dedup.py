@@ -24,8 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import time
-from collections import OrderedDict
 from typing import Any
 
 from mq._core.message import Message
@@ -34,7 +34,11 @@ from mq.store.segments import write_atomic
 
 HEADER = "x-deduplication-header"
 TTL_HEADER = "x-cache-ttl"
-_HEADER_BYTES, _TTL_BYTES = HEADER.encode(), TTL_HEADER.encode()  # quick look in the props
+# The header's name as a field-table key (length byte, then the name), and the TTL's name:
+# looked for in the property bytes before anything is decoded.
+_HEADER_KEY = bytes([len(HEADER)]) + HEADER.encode()
+_TTL_BYTES = TTL_HEADER.encode()
+_U32 = struct.Struct(">I")
 ARGUMENT = "x-message-deduplication"
 EXCHANGE_TYPE = "x-message-deduplication"
 DIRECTORY = "dedup"
@@ -42,9 +46,16 @@ SAVE_DELAY = 0.2  # seconds: changes within it are saved together
 
 
 def identity(msg: Message) -> str | None:
-    """The message's deduplication identity (None: it has none)."""
-    if _HEADER_BYTES not in msg.props:
+    """The message's deduplication identity (None: it has none). The common string value
+    is read straight from the property bytes; another type takes the full header decode."""
+    props = msg.props
+    at = props.find(_HEADER_KEY)
+    if at < 0:
         return None
+    at += len(_HEADER_KEY)
+    if props[at:at + 1] == b"S":
+        size = _U32.unpack_from(props, at + 1)[0]
+        return props[at + 5:at + 5 + size].decode(errors="replace")
     value = (msg.headers or {}).get(HEADER)
     if value is None:
         return None
@@ -86,7 +97,7 @@ class Cache:
     def __init__(self, size: int, ttl_ms: int | None) -> None:
         self.size = size
         self.ttl_ms = ttl_ms
-        self.entries: OrderedDict[str, int] = OrderedDict()
+        self.entries: dict[str, int] = {}  # in insertion order: the oldest first
         self.on_change: Any = None  # called after a change (the saver)
 
     def duplicate(self, msg: Message) -> bool:
@@ -99,10 +110,12 @@ class Cache:
         if expiry is not None and (expiry == 0 or expiry > now):
             return True
         ttl = _ttl_header(msg) or self.ttl_ms
-        self.entries.pop(key, None)
-        self.entries[key] = now + ttl if ttl else 0
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
+        entries = self.entries
+        if expiry is not None:
+            del entries[key]  # expired: it goes to the back as a new one
+        entries[key] = now + ttl if ttl else 0
+        if len(entries) > self.size:
+            del entries[next(iter(entries))]
         if self.on_change is not None:
             self.on_change()
         return False

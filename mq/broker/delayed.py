@@ -190,14 +190,12 @@ class DelayHold(Queue):
             enqueue(self.host.store, queues, msg, None, None)
 
     def drop_all(self) -> None:
-        """The exchange is gone: its held messages go too."""
+        """The exchange is gone: its held messages go too (the store forgets them with
+        the hold's queue, in one step: no record per message)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.store_qid:
-            for item in self._heap:
-                store_id = self._ids[item & 0xFFFFFFFF]
-                if store_id:
-                    self.store.ack(self.store_qid, store_id)
         self._heap.clear()
         self._memory.clear()
+        self._ids = array("Q")
+        self._free.clear()
