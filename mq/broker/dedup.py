@@ -26,6 +26,7 @@ import json
 import os
 import struct
 import time
+from collections import OrderedDict
 from typing import Any
 
 from mq._core.message import Message
@@ -97,7 +98,9 @@ class Cache:
     def __init__(self, size: int, ttl_ms: int | None) -> None:
         self.size = size
         self.ttl_ms = ttl_ms
-        self.entries: dict[str, int] = {}  # in insertion order: the oldest first
+        # In insertion order, the oldest first (an OrderedDict: a plain dict's first item is
+        # found by skipping what was deleted before it, slow under this churn).
+        self.entries: OrderedDict[str, int] = OrderedDict()
         self.on_change: Any = None  # called after a change (the saver)
 
     def duplicate(self, msg: Message) -> bool:
@@ -115,7 +118,7 @@ class Cache:
             del entries[key]  # expired: it goes to the back as a new one
         entries[key] = now + ttl if ttl else 0
         if len(entries) > self.size:
-            del entries[next(iter(entries))]
+            entries.popitem(last=False)
         if self.on_change is not None:
             self.on_change()
         return False
