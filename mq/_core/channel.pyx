@@ -42,21 +42,24 @@ cdef class ChannelCore:
         """A whole message (basic.publish + header + body): along a cached route it is
         enqueued here, anything else takes the full path."""
         self.current_method = PUBLISH_METHOD
-        cdef tuple queues = None
+        cdef tuple route = None
         cdef Message msg = None
         if not self.tx and len(body) <= self.max_message_size:
-            queues = self._routes.lookup(exchange_name, routing_key, self.conn)
-        if queues is not None:
+            route = self._routes.lookup(exchange_name, routing_key, self.conn)
+        if route is not None:
             try:
                 msg = Message(exchange_name, routing_key, props, body)
             except ValueError:
                 msg = None  # the full path says what is wrong
             # Only a message the broker has nothing to check in (user-id, expiration, CC,
             # BCC, direct reply-to) goes on here.
+            # A duplicate (the exchange deduplicates, B-DEDUP-1) takes the full path too,
+            # which finds it seen again and answers it as unroutable.
             if msg is not None and msg.user_id is None and msg.expiration is None \
-                    and msg.reply_to != REPLY_TO and (msg._hdr_start < 0 or b"CC" not in props):
+                    and msg.reply_to != REPLY_TO and (msg._hdr_start < 0 or b"CC" not in props) \
+                    and ((<tuple>route)[2] is None or not (<tuple>route)[2].duplicate(msg)):
                 self.published += 1
-                self.confirm_outcome(enqueue(self.store, queues, msg, self.conn,
+                self.confirm_outcome(enqueue(self.store, (<tuple>route)[0], msg, self.conn,
                                              self if self.confirm else None))
                 return
         self._publish_message(exchange_name, routing_key, mandatory, props, body)

@@ -70,9 +70,9 @@ cdef class RouteCache:
         self._version = topology.version
 
     cdef tuple lookup(self, str exchange_name, str routing_key, object conn):
-        """The cached queues, or None: not cached, the topology changed, or a topic exchange
-        on which the connection's user has topic permissions (checked per publish by the
-        full path)."""
+        """The cached route (queues, topic?, the exchange's deduplication cache or None),
+        or None: not cached, the topology changed, or a topic exchange on which the
+        connection's user has topic permissions (checked per publish by the full path)."""
         if not self._current():
             return None
         by_key = self._routes.get(exchange_name)
@@ -83,7 +83,7 @@ cdef class RouteCache:
             return None
         if (<tuple>route)[1] and conn.user.topic_permissions:
             return None
-        return (<tuple>route)[0]
+        return <tuple>route
 
     cdef bint _current(self):
         """Whether the cache is of the current topology; if not, it is emptied (and is)."""
@@ -99,4 +99,4 @@ cdef class RouteCache:
         by_key = self._routes.get(exchange.name)
         if by_key is None or len(by_key) >= CACHED_KEYS:
             by_key = self._routes[exchange.name] = {}
-        by_key[routing_key] = (tuple(queues), exchange.type == "topic")
+        by_key[routing_key] = (tuple(queues), exchange.type == "topic", exchange.dedup)

@@ -49,7 +49,7 @@ def server_named_queue() -> str:
 
 
 # Exchange types whose routing looks at the routing key only.
-KEY_ROUTED = frozenset(("direct", "fanout", "topic"))
+KEY_ROUTED = frozenset(("direct", "fanout", "topic", "x-message-deduplication"))
 
 
 def _by_one_exchange(exchange: Exchange, msg: Message) -> bool:
@@ -375,8 +375,7 @@ class VirtualHost:
         """Where the message goes depends on its exchange and routing key alone (not on its
         headers, CC/BCC keys or other exchanges), so the route may be cached until the
         version changes."""
-        return exchange.type in KEY_ROUTED and exchange.dedup is None \
-            and _by_one_exchange(exchange, msg)
+        return exchange.type in KEY_ROUTED and _by_one_exchange(exchange, msg)
 
     def route(self, exchange: Exchange, msg: Message) -> list[Queue]:
         """Every queue the message reaches, each once: by its routing key and CC/BCC keys,
