@@ -47,6 +47,14 @@ class Member:
     def pump(self) -> None:
         self.conn.process_data_events(0.01)
 
+    def close(self) -> None:
+        """pika rejects the deliveries it still buffers when it cancels a consumer, and a
+        stream refuses rejects (540, as RabbitMQ 3.10 does): the connection goes either way."""
+        try:
+            self.conn.close()
+        except pika.exceptions.AMQPError:
+            pass
+
 
 def _pump(members: list[Member], until: Any, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
@@ -94,7 +102,7 @@ def test_rebalance_when_members_leave_and_join_loses_nothing(mq_fresh_broker, ch
     for n in range(300):
         channel.basic_publish("orders", str(n % PARTITIONS), str(n).encode())
     _pump(members, lambda: len(got) >= 300)
-    members[0].conn.close()
+    members[0].close()
     members.pop(0)
     for n in range(300, 600):
         channel.basic_publish("orders", str(n % PARTITIONS), str(n).encode())
@@ -126,7 +134,7 @@ def test_two_groups_each_get_every_message_and_keep_their_offsets(mq_fresh_broke
     _pump(members, lambda: len(a) >= 50 and len(b) >= 50)
     assert sorted(int(x[2]) for x in a) == sorted(int(x[2]) for x in b) == list(range(50))
     for m in members:
-        m.conn.close()
+        m.close()
     time.sleep(1)  # tracked offsets are saved within half a second
     mq_fresh_broker.restart(kill=True)
     conn = pika.BlockingConnection(pika.URLParameters(mq_fresh_broker.url))

@@ -29,6 +29,26 @@ func closeAll(conns []closer) {
 
 // openConsumers opens n consumers spread round-robin over the queues; the
 // returned connections are to be closed even when err is set.
+// openClients opens the consumers of the topology's queues and the producers; conns
+// holds every connection opened, also on an error (for closeAll).
+func openClients(cfg Config, t *topology) ([]*consumer, []*producer, []closer, error) {
+	consumers, conns, err := openConsumers(cfg, t.queues, cfg.Consumers)
+	if err != nil {
+		return nil, nil, conns, err
+	}
+	producers := make([]*producer, cfg.Producers)
+	err = forEach(cfg.Producers, 50, func(i int) (err error) {
+		producers[i], err = openProducer(cfg)
+		return err
+	})
+	for _, p := range producers {
+		if p != nil {
+			conns = append(conns, p)
+		}
+	}
+	return consumers, producers, conns, err
+}
+
 func openConsumers(cfg Config, queues []string, n int) ([]*consumer, []closer, error) {
 	cs := make([]*consumer, n)
 	err := forEach(n, 50, func(i int) error {
@@ -70,21 +90,8 @@ func runThroughput(ctx context.Context, cfg Config) (Result, error) {
 		return res, err
 	}
 	defer t.cleanup()
-	consumers, conns, err := openConsumers(cfg, t.queues, cfg.Consumers)
+	consumers, producers, conns, err := openClients(cfg, t)
 	defer func() { closeAll(conns) }()
-	if err != nil {
-		return res, err
-	}
-	producers := make([]*producer, cfg.Producers)
-	err = forEach(cfg.Producers, 50, func(i int) (err error) {
-		producers[i], err = openProducer(cfg)
-		return err
-	})
-	for _, p := range producers {
-		if p != nil {
-			conns = append(conns, p)
-		}
-	}
 	if err != nil {
 		return res, err
 	}
@@ -350,21 +357,8 @@ func runDelayed(ctx context.Context, cfg Config) (Result, error) {
 		return res, err
 	}
 	defer t.cleanup()
-	consumers, conns, err := openConsumers(cfg, t.queues, cfg.Consumers)
+	consumers, producers, conns, err := openClients(cfg, t)
 	defer func() { closeAll(conns) }()
-	if err != nil {
-		return res, err
-	}
-	producers := make([]*producer, cfg.Producers)
-	err = forEach(cfg.Producers, 50, func(i int) (err error) {
-		producers[i], err = openProducer(cfg)
-		return err
-	})
-	for _, p := range producers {
-		if p != nil {
-			conns = append(conns, p)
-		}
-	}
 	if err != nil {
 		return res, err
 	}
