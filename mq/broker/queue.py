@@ -12,7 +12,7 @@ from mq._core.msgqueue import Entry, MessageQueue
 from mq.broker.dedup import ARGUMENT as DEDUP_ARGUMENT, QueueIdentities
 from mq.broker.policy import Policy, merge_queue_settings
 from mq.broker.queue_args import check_queue_properties, parse_queue_arguments
-from mq.broker.rawprops import long, with_header
+from mq.broker.rawprops import HeaderStamp
 from mq.broker.timers import Timer, Timers
 from mq.store.paging import PagedMessages, Pager, StoredEntries
 
@@ -76,9 +76,7 @@ class Queue(QueueCore):
         self.counts_deliveries = self.settings.queue_type == "quorum"
         if self.arguments.get(DEDUP_ARGUMENT) in (True, "true"):
             self.dedup = QueueIdentities()  # B-DEDUP-2
-        # The last properties given x-delivery-count: (as published, count, as delivered).
-        # A publisher's messages mostly share their properties, first deliveries their count.
-        self._counted: tuple[bytes, int, bytes] | None = None
+        self._stamp = HeaderStamp("x-delivery-count")
         self.ready = MessageQueue(self.settings.max_priority)
         self._set_limits()
         # Consumers by priority, highest first; each group rotates for round-robin (the
@@ -220,13 +218,7 @@ class Queue(QueueCore):
         quorum queue (as RabbitMQ adds it)."""
         if not self.counts_deliveries:
             return entry.msg.props
-        props, count = entry.msg.props, entry.delivery_count
-        last = self._counted
-        if last is not None and last[1] == count and last[0] == props:
-            return last[2]
-        counted = with_header(props, "x-delivery-count", long(count))
-        self._counted = (props, count, counted)
-        return counted
+        return self._stamp(entry.msg.props, entry.delivery_count)
 
     def set_policy(self, policy: Policy | None) -> None:
         """Another policy applies (None: none): the settings become the arguments merged

@@ -71,3 +71,28 @@ def with_header(raw: bytes, name: str, value: bytes) -> bytes:
     entries.append((name, value))
     fields["headers"] = fieldtable.join_table(entries)
     return join_properties(fields)
+
+
+_LONG = struct.Struct(">q")
+
+
+class HeaderStamp:
+    """Properties with one header set to a 64-bit value that changes per delivery
+    (x-delivery-count, x-stream-offset). A publisher's messages mostly share their
+    properties: those are split once around the value's 8 bytes, and each delivery joins
+    the two halves around its value."""
+
+    __slots__ = ("name", "_key", "_template")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._key = bytes([len(name)]) + name.encode() + b"l"  # the table key, type 'l'
+        self._template: tuple[bytes, bytes, bytes] | None = None
+
+    def __call__(self, props: bytes, value: int) -> bytes:
+        template = self._template
+        if template is None or template[0] != props:
+            marked = with_header(props, self.name, long(0))
+            at = marked.rindex(self._key) + len(self._key)
+            template = self._template = (props, marked[:at], marked[at + 8:])
+        return b"".join((template[1], _LONG.pack(value), template[2]))

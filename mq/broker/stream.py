@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import struct
 import time
 from typing import Any
 
@@ -23,16 +22,12 @@ from mq._core.msgqueue import Entry
 from mq.broker.errors import NotImplemented_, PreconditionFailed
 from mq.broker.queue import Queue
 from mq.broker.queue_args import interval_ms
-from mq.broker.rawprops import long, with_header
+from mq.broker.rawprops import HeaderStamp
 from mq.store.segments import write_atomic
 from mq.store.streams import OFFSETS_FILE, Cursor, StreamLog
 
 OFFSETS_SAVE_DELAY = 0.5        # seconds: acks within it are saved together
 AGE_CHECK = 10.0                # seconds between x-max-age checks at most
-# The x-stream-offset header in a field table: the name (short string) and the type 'l' (a
-# signed 64-bit value follows).
-OFFSET_KEY = b"\x0fx-stream-offsetl"
-OFFSET_VALUE = struct.Struct(">q")
 
 
 class StreamQueue(Queue):
@@ -49,7 +44,7 @@ class StreamQueue(Queue):
         self._save_timer: Any = None
         self._age_timer: Any = None
         self._offsets_path = ""
-        self._offset_template: tuple[bytes, bytes, bytes] | None = None
+        self._stamp = HeaderStamp("x-stream-offset")
 
     # ---- the log --------------------------------------------------------------------------
 
@@ -196,15 +191,7 @@ class StreamQueue(Queue):
                 self.delivered += 1
 
     def delivery_props(self, entry: Entry) -> bytes:
-        """The properties with the x-stream-offset header. A publisher's messages mostly
-        share their properties: those are split once around the header's 8-byte value."""
-        props = entry.msg.props
-        template = self._offset_template
-        if template is None or template[0] != props:
-            marked = with_header(props, "x-stream-offset", long(0))
-            at = marked.rindex(OFFSET_KEY) + len(OFFSET_KEY)
-            template = self._offset_template = (props, marked[:at], marked[at + 8:])
-        return b"".join((template[1], OFFSET_VALUE.pack(entry.seq), template[2]))
+        return self._stamp(entry.msg.props, entry.seq)
 
     def details(self) -> dict[str, Any]:
         """For the management API (LavinMQ's names where it has them): the log's extent and
