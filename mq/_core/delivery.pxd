@@ -83,4 +83,5 @@ cdef class QueueCore:
     cpdef Py_ssize_t _in_memory(self)
     cpdef bint _over_budget(self)
     cpdef void _unstore(self, entries) except *
+    cpdef void _left(self, entries) except *
     cpdef void _handed_out(self, Entry entry, bint no_ack) except *

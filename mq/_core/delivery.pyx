@@ -412,13 +412,17 @@ cdef class QueueCore:
 
     def settle(self, list entries) -> None:
         """Delivered messages acknowledged: they are gone."""
-        cdef Entry entry
         if not self.deleted:
             self.acked += len(entries)
             self._unstore(entries)
-            if self.dedup is not None:
-                for entry in entries:
-                    self.dedup.left(entry.msg)
+            self._left(entries)
+
+    cpdef void _left(self, entries) except *:
+        """Messages left the queue: their identities may come in again (B-DEDUP-2)."""
+        cdef Entry entry
+        if self.dedup is not None:
+            for entry in entries:
+                self.dedup.left(entry.msg)
 
     cpdef void _unstore(self, entries) except *:
         """Messages left the queue for good: their store entries go."""

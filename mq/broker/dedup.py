@@ -193,6 +193,9 @@ class QueueIdentities:
         self.keys.add(key)
         return True
 
+    def forget_all(self) -> None:
+        self.keys.clear()
+
     def left(self, msg: Message) -> None:
         key = identity(msg)
         if key is not None:

@@ -325,7 +325,7 @@ class Queue(QueueCore):
         paged = self.paged
         if paged is not None:
             if self.dedup is not None:  # their identities are not known here: forget all
-                self.dedup.keys.clear()
+                self.dedup.forget_all()
             count += paged.count
             if self.store_qid:
                 for store_id in paged.stored_ids():
@@ -405,12 +405,6 @@ class Queue(QueueCore):
         self.host.dead_letter(self, entries, reason)
         self._unstore(entries)
         self._left(entries)
-
-    def _left(self, entries: Iterable[Entry]) -> None:
-        """Messages left the queue: their identities may come in again (B-DEDUP-2)."""
-        if self.dedup is not None:
-            for entry in entries:
-                self.dedup.left(entry.msg)
 
     # ---- consumers --------------------------------------------------------------------
 
