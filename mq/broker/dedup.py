@@ -22,8 +22,6 @@ identities of the last SAVE_DELAY.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import struct
 import time
 from collections import OrderedDict
@@ -31,7 +29,7 @@ from typing import Any
 
 from mq._core.message import Message
 from mq.broker.errors import PreconditionFailed
-from mq.store.segments import write_atomic
+from mq.broker.keptfile import KeptFile
 
 HEADER = "x-deduplication-header"
 TTL_HEADER = "x-cache-ttl"
@@ -127,54 +125,17 @@ class Cache:
         return len(self.entries)
 
 
-class CacheFile:
-    """Where a durable exchange's cache is kept, and its saving (a timer of the vhost)."""
-
-    def __init__(self, store: Any, timers: Any, vhost: str, name: str, cache: Cache) -> None:
-        digest = hashlib.sha1(f"{vhost}\0{name}".encode()).hexdigest()
-        self.relpath = f"{DIRECTORY}/{digest}.json"
-        self.path = os.path.join(store.directory, self.relpath)
-        self.store = store
-        self.timers = timers
-        self.cache = cache
-        self._timer: Any = None
-        self.load()
-        cache.on_change = self._later
-
-    def load(self) -> None:
-        try:
-            with open(self.path, "rb") as fh:
-                data = json.loads(fh.read())
-        except (OSError, ValueError):
-            return
-        now = int(time.time() * 1000)
-        for key, expiry in data:
-            if expiry == 0 or expiry > now:
-                self.cache.entries[str(key)] = int(expiry)
-
-    def _later(self) -> None:
-        if self._timer is None:
-            self._timer = self.timers.call_at(time.time() + SAVE_DELAY, self.save)
-
-    def save(self) -> None:
-        self._timer = None
-        data = json.dumps(list(self.cache.entries.items())).encode()
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        write_atomic(self.path, data)
-        self.store.file_written(self.relpath, data, _nothing)
-
-    def remove(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
-def _nothing() -> None:
-    pass
+def cache_file(store: Any, timers: Any, vhost: str, name: str, cache: Cache) -> KeptFile:
+    """Where a durable exchange's cache is kept; what was kept is loaded into it."""
+    digest = hashlib.sha1(f"{vhost}\0{name}".encode()).hexdigest()
+    kept = KeptFile(store, timers, f"{DIRECTORY}/{digest}.json",
+                    lambda: list(cache.entries.items()), SAVE_DELAY)
+    now = int(time.time() * 1000)
+    for key, expiry in kept.load() or ():
+        if expiry == 0 or expiry > now:
+            cache.entries[str(key)] = int(expiry)
+    cache.on_change = kept.later
+    return kept
 
 
 class QueueIdentities:

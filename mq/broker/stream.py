@@ -12,7 +12,6 @@ reconnects and restarts. An absent `x-stream-offset` means "next", as in RabbitM
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import time
 from typing import Any
@@ -20,10 +19,10 @@ from typing import Any
 from mq._core.message import Message
 from mq._core.msgqueue import Entry
 from mq.broker.errors import NotImplemented_, PreconditionFailed
+from mq.broker.keptfile import KeptFile
 from mq.broker.queue import Queue
 from mq.broker.queue_args import interval_ms
 from mq.broker.rawprops import HeaderStamp
-from mq.store.segments import write_atomic
 from mq.store.streams import OFFSETS_FILE, Cursor, StreamLog
 
 OFFSETS_SAVE_DELAY = 0.5        # seconds: acks within it are saved together
@@ -41,9 +40,8 @@ class StreamQueue(Queue):
         self._inflight: dict[Entry, Any] = {}  # unacked deliveries of tracking consumers
         self._reached: dict[str, int] = {}     # tracking key -> the offset after the last
         #                                        delivered under it (since start)
-        self._save_timer: Any = None
         self._age_timer: Any = None
-        self._offsets_path = ""
+        self._offsets: KeptFile | None = None  # where tracked offsets are kept
         self._stamp = HeaderStamp("x-stream-offset")
 
     # ---- the log --------------------------------------------------------------------------
@@ -57,8 +55,12 @@ class StreamQueue(Queue):
         self.log.open()
         self.log.on_commit = self.dispatch
         store.watch(self.log)
-        self._offsets_path = os.path.join(directory, OFFSETS_FILE)
-        self.tracked = _load_offsets(self._offsets_path)
+        self._offsets = KeptFile(store, self.host.timers,
+                                 os.path.relpath(os.path.join(directory, OFFSETS_FILE),
+                                                 store.directory),
+                                 lambda: self.tracked, OFFSETS_SAVE_DELAY)
+        saved = self._offsets.load()
+        self.tracked = {str(k): v for k, v in (saved or {}).items() if isinstance(v, int)}
         if s.max_age_ms:
             self._arm_age_check()
 
@@ -132,9 +134,9 @@ class StreamQueue(Queue):
 
     def detach_reader(self, consumer: Any) -> None:
         self.readers.pop(consumer, None)
-        if self.tracking.pop(consumer, None) is not None and self._save_timer is not None:
-            self._save_timer.cancel()  # it goes: its offset is saved now, not in a moment
-            self._save_offsets()
+        if self.tracking.pop(consumer, None) is not None and self._offsets is not None \
+                and self._offsets.pending:
+            self._offsets.save()  # it goes: its offset is saved now, not in a moment
 
     def _reader(self, consumer: Any, key: str | None, spec: Any) -> None:
         """A cursor for consumer: after the last offset acked under key, if there is one,
@@ -226,7 +228,7 @@ class StreamQueue(Queue):
             tag = self.tracking.get(consumer) if consumer is not None else None
             if tag is not None and entry.seq + 1 > self.tracked.get(tag, 0):
                 self.tracked[tag] = entry.seq + 1
-                self._save_offsets_later()
+                self._offsets.later()
 
     def requeue(self, entries: Any) -> None:
         """A closed channel's unacked deliveries: the consumer is gone with its cursor."""
@@ -242,27 +244,10 @@ class StreamQueue(Queue):
     def purge(self) -> int:
         raise self._not_supported("queue.purge")
 
-    def _save_offsets_later(self) -> None:
-        if self._save_timer is None:
-            self._save_timer = self.host.timers.call_at(time.time() + OFFSETS_SAVE_DELAY,
-                                                        self._save_offsets)
-
-    def _save_offsets(self) -> None:
-        """Tracked offsets to the stream's directory (replicated in a cluster). Losing the
-        last second of them in a crash only redelivers: at least once."""
-        self._save_timer = None
-        if self.deleted or self.store is None:
-            return
-        data = json.dumps(self.tracked).encode()
-        write_atomic(self._offsets_path, data)
-        self.store.file_written(os.path.relpath(self._offsets_path, self.store.directory),
-                                data, _nothing)
-
     def delete(self) -> int:
         count = self.message_count
-        for timer in (self._save_timer, self._age_timer):
-            if timer is not None:
-                timer.cancel()
+        if self._age_timer is not None:
+            self._age_timer.cancel()
         self.readers.clear()
         self.tracking.clear()
         self._inflight.clear()
@@ -270,26 +255,6 @@ class StreamQueue(Queue):
             self.store.unwatch(self.log)
             self.log.delete()
             self.log = None
-            _remove(self._offsets_path)
+            self._offsets.remove()
         super().delete()
         return count
-
-
-def _nothing() -> None:
-    pass
-
-
-def _load_offsets(path: str) -> dict[str, int]:
-    try:
-        with open(path, "rb") as fh:
-            data = json.loads(fh.read())
-    except (OSError, ValueError):
-        return {}
-    return {str(k): int(v) for k, v in data.items() if isinstance(v, int)}
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -14,7 +14,7 @@ from mq.broker.args import (EXCHANGE_EQUIVALENCE_ARGS, QUEUE_EQUIVALENCE_ARGS,
 from mq.broker.durability import durable_binding
 from mq.broker.errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed, ResourceLocked
 from mq.broker.exchange import EXCHANGE_TYPES, Binding, DefaultExchange, Exchange
-from mq.broker.dedup import Cache, CacheFile, cache_settings, wants_cache
+from mq.broker.dedup import Cache, cache_file, cache_settings, wants_cache
 from mq.broker.delayed import DELAYED_TYPE, DelayedExchange, DelayHold
 from mq.broker.deadletter import dead_lettered, is_cycle, routing_keys
 from mq.broker.policy import Policy, select
@@ -133,8 +133,8 @@ class VirtualHost:
                 or self.store is None:
             return
         if cache_settings(exchange.arguments, self._where("exchange", exchange.name))[2]:
-            exchange.dedup_file = CacheFile(self.store, self.timers, self.name, exchange.name,
-                                            exchange.dedup)
+            exchange.dedup_file = cache_file(self.store, self.timers, self.name,
+                                             exchange.name, exchange.dedup)
 
     def open_hold(self, exchange: DelayedExchange, store_qid: int = 0) -> DelayHold:
         """A delayed exchange's hold; a durable one's is a queue of the store (store_qid
