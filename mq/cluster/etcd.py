@@ -66,10 +66,6 @@ def put(key: str, value: str, lease: int = 0) -> dict:
     return {"request_put": request}
 
 
-def get(key: str) -> dict:
-    return {"request_range": {"key": _b64(key)}}
-
-
 class Etcd:
     def __init__(self, endpoints: list[str], timeout: float = 2.0) -> None:
         self.endpoints = [e.rstrip("/") for e in endpoints]
@@ -133,8 +129,3 @@ class Etcd:
             await self._session.close()
             self._session = None
 
-
-def range_result(response: dict) -> KeyValue | None:
-    """The key a txn's request_range found (None: not there)."""
-    kvs = response.get("response_range", {}).get("kvs", [])
-    return _kv(kvs[0]) if kvs else None

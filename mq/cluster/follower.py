@@ -91,7 +91,7 @@ class Files:
                     self._delete(doomed)
                 self.doomed.clear()
                 done = True
-            elif kind != P.PING:
+            else:
                 raise P.ProtocolError(f"unexpected message {kind}")
         self._sync_touched()
         for path in self.dirs_changed:

@@ -42,7 +42,6 @@ OFFSET = struct.Struct("!Q")  # where in its file a WRITE's bytes go (the payloa
 HELLO, WELCOME, ACK = 1, 2, 3
 TRUNCATE, SYNC_DATA, SYNC_DONE, DOOMED = 10, 11, 12, 13
 WRITE, REPLACE, DELETE = 20, 21, 22
-PING = 30
 
 ACK_INTERVAL = 0.5     # a follower acks at least this often (it is alive)
 SYNC_CHUNK = 1 << 20   # full-sync transfers are read and sent this much at a time
