@@ -4,7 +4,7 @@ from setuptools import Extension, setup
 
 CORE_MODULES = ["frames", "message", "msgqueue", "topic", "headers", "hashring", "records",
                 "paged", "replay", "delivery", "publish", "channel", "connection", "idmap",
-                "storecore"]
+                "storecore", "dedup"]
 LIBRARIES = {"replay": ["z"]}  # zlib's crc32, called from C per record
 
 extensions = [

@@ -22,7 +22,7 @@ from queuetest import message_count
 ID = "x-deduplication-header"
 
 
-def _props(key: str | None = None, ttl: int | None = None, persistent: bool = True):
+def _props(key: str | int | None = None, ttl: int | None = None, persistent: bool = True):
     headers: dict[str, Any] = {}
     if key is not None:
         headers[ID] = key
@@ -126,6 +126,31 @@ def test_queue_level_deduplication(ch) -> None:
     ch.basic_ack(method.delivery_tag)
     ch.basic_publish("", "qd", b"m-after-ack", _props("m"))
     assert drain(ch, "qd") == [b"n", b"m-after-ack"]
+
+
+def test_a_refused_message_leaves_no_identity_behind(ch) -> None:
+    """B-DEDUP-2: a message the deduplicating queue refuses (x-overflow reject-publish: the
+    publish is nacked) is not in the queue, so its identity is not either: republished once
+    there is room, it comes in."""
+    ch.queue_declare("qr", arguments={"x-message-deduplication": True, "x-max-length": 1,
+                                      "x-overflow": "reject-publish"})
+    ch.basic_publish("", "qr", b"a", _props("a"))
+    with pytest.raises(pika.exceptions.NackError):
+        ch.basic_publish("", "qr", b"b", _props("b"))
+    assert drain(ch, "qr") == [b"a"]
+    ch.basic_publish("", "qr", b"b-again", _props("b"))
+    assert drain(ch, "qr") == [b"b-again"]
+
+
+def test_the_identity_is_the_top_level_header_of_any_type(ch) -> None:
+    """B-DEDUP-1: the identity is the message's own x-deduplication-header, a string or any
+    other type; the same name inside a nested table (or as a value) is no identity."""
+    _dedup_exchange(ch)
+    nested = pika.BasicProperties(headers={"outer": {ID: "k"}, "note": ID})
+    for body, props in ((b"int", _props(7)), (b"int-again", _props(7)),
+                        (b"nested", nested), (b"nested-again", nested)):
+        ch.basic_publish("dd", "", body, props)
+    assert drain(ch, "q") == [b"int", b"nested", b"nested-again"]
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["restart", "kill-9"])

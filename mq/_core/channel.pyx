@@ -5,6 +5,7 @@ basic.ack. Everything else, and whatever these paths do not take, is the Python 
 transaction, unknown tags), `resume_deliveries` (global prefetch room)."""
 from collections import deque
 
+from mq._core.dedup cimport Cache
 from mq._core.delivery cimport Deliveries
 from mq._core.message cimport Message
 from mq._core.publish cimport RouteCache, enqueue
@@ -13,6 +14,16 @@ from mq._core.publish import REFUSED, REPLY_TO
 cdef long long C_REFUSED = REFUSED
 PUBLISH_METHOD = (60, 40)
 ACK_METHOD = (60, 80)
+
+
+cdef inline bint _routing_headers(Message msg) noexcept:
+    """CC or BCC headers, or a table that cannot be walked: the full path checks them."""
+    return msg._hdr_start >= 0 and (msg.field(b"CC", 2) != -1 or msg.field(b"BCC", 3) != -1)
+
+
+cdef inline bint _seen(object cache, Message msg) except -1:
+    """The exchange deduplicates (B-DEDUP-1) and has seen the message."""
+    return cache is not None and (<Cache>cache).duplicate(msg)
 
 
 cdef class ChannelCore:
@@ -56,8 +67,8 @@ cdef class ChannelCore:
             # A duplicate (the exchange deduplicates, B-DEDUP-1) takes the full path too,
             # which finds it seen again and answers it as unroutable.
             if msg is not None and msg.user_id is None and msg.expiration is None \
-                    and msg.reply_to != REPLY_TO and (msg._hdr_start < 0 or b"CC" not in props) \
-                    and ((<tuple>route)[2] is None or not (<tuple>route)[2].duplicate(msg)):
+                    and msg.reply_to != REPLY_TO and not _routing_headers(msg) \
+                    and not _seen((<tuple>route)[2], msg):
                 self.published += 1
                 self.confirm_outcome(enqueue(self.store, (<tuple>route)[0], msg, self.conn,
                                              self if self.confirm else None))

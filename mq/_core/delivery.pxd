@@ -1,3 +1,4 @@
+from mq._core.dedup cimport QueueIdentities
 from mq._core.message cimport Message
 from mq._core.msgqueue cimport Entry, MessageQueue
 
@@ -73,9 +74,10 @@ cdef class QueueCore:
     cdef public int consumer_count
     cdef readonly Py_ssize_t unacked
     cdef public long long published, delivered, got, acked, redelivered
-    cdef public object dedup  # queue-level deduplication (mq.broker.dedup), or None
+    cdef public QueueIdentities dedup  # queue-level deduplication, or None
 
     cpdef bint publish(self, Message msg) except *
+    cdef bint _enqueue(self, Message msg) except -1
     cpdef void dispatch(self, double now=*) except *
     cdef ConsumerCore _pick_consumer(self)
     cpdef bint behind(self)

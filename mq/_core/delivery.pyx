@@ -15,6 +15,7 @@ are called from here by name; a persistent message's records are the store's cor
 from time import time as _now
 
 from mq._core.frames import encode_deliver
+from mq._core.dedup cimport QueueIdentities
 from mq._core.message cimport Message
 from mq._core.msgqueue cimport Entry, MessageQueue
 from mq._core.storecore cimport LogCore
@@ -323,7 +324,19 @@ cdef class QueueCore:
         return self.ready.bytes + (paged.bytes if paged is not None else 0)
 
     cpdef bint publish(self, Message msg) except *:
-        """Enqueue a routed message; False when x-overflow refused it."""
+        """Enqueue a routed message; False when x-overflow refused it. A message whose
+        identity is in a deduplicating queue is dropped (still confirmed, B-DEDUP-2)."""
+        cdef QueueIdentities dedup = self.dedup
+        if dedup is not None:
+            if not dedup.admit(msg):
+                return True
+            if not self._enqueue(msg):
+                dedup.left(msg)  # refused: its identity is not in the queue
+                return False
+            return True
+        return self._enqueue(msg)
+
+    cdef bint _enqueue(self, Message msg) except -1:
         if not self._plain or msg.expiration is not None or self.paged is not None \
                 or self._over_budget():
             return self._publish(msg)

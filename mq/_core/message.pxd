@@ -17,3 +17,4 @@ cdef class Message:
     cdef str _shortstr(self, const unsigned char *p, Py_ssize_t *off, Py_ssize_t end)
     cdef void _need(self, Py_ssize_t off, Py_ssize_t n, Py_ssize_t end) except *
     cdef void _scan(self) except *
+    cdef Py_ssize_t field(self, const char *key, Py_ssize_t key_size) noexcept

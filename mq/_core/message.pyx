@@ -7,6 +7,7 @@ located once, when the record is made.
 """
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING
+from libc.string cimport memcmp
 
 # Property flag bits, in wire order (AMQP 0-9-1 basic class).
 DEF F_CONTENT_TYPE = 0x8000
@@ -27,6 +28,32 @@ DEF F_CLUSTER_ID = 0x0004
 
 cdef inline unsigned long _u32(const unsigned char *p) noexcept:
     return (<unsigned long>p[0] << 24) | (<unsigned long>p[1] << 16) | (<unsigned long>p[2] << 8) | p[3]
+
+
+cdef inline Py_ssize_t _value_size(const unsigned char *p, Py_ssize_t off, Py_ssize_t end) noexcept:
+    """The size of the field value whose type byte is at p[off], type byte included; -1: an
+    unknown type or a value past end."""
+    cdef Py_ssize_t size
+    cdef unsigned char kind = p[off]
+    if kind == b'S' or kind == b'x' or kind == b'A' or kind == b'F':
+        if off + 5 > end:
+            return -1
+        size = 5 + <Py_ssize_t>_u32(p + off + 1)
+    elif kind == b't' or kind == b'b' or kind == b'B':
+        size = 2
+    elif kind == b's' or kind == b'u':
+        size = 3
+    elif kind == b'I' or kind == b'i' or kind == b'f':
+        size = 5
+    elif kind == b'l' or kind == b'L' or kind == b'd' or kind == b'T':
+        size = 9
+    elif kind == b'D':
+        size = 6
+    elif kind == b'V':
+        size = 1
+    else:
+        return -1
+    return size if off + size <= end else -1
 
 
 # Never part of a reference cycle (its fields are strings, bytes and decoded headers), so
@@ -111,6 +138,27 @@ cdef class Message:
             self._shortstr(p, &off, end)
         if off != end:
             raise ValueError("content header properties longer than their flags say")
+
+    cdef Py_ssize_t field(self, const char *key, Py_ssize_t key_size) noexcept:
+        """Where the header `key` (a top-level field of the headers table) is: the offset
+        of its type byte in props. -1: not there; -2: the table cannot be walked (malformed:
+        the full decode says what is wrong). Nothing is decoded."""
+        if self._hdr_start < 0:
+            return -1
+        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(self.props)
+        cdef Py_ssize_t off = self._hdr_start + 4, end = self._hdr_end, name, size
+        while off < end:
+            name = p[off]
+            if off + 2 + name > end:
+                return -2
+            off += 1 + name
+            size = _value_size(p, off, end)
+            if size < 0:
+                return -2
+            if name == key_size and memcmp(p + off - name, key, name) == 0:
+                return off
+            off += size
+        return -1 if off == end else -2
 
     @property
     def persistent(self) -> bool:

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Protocol
 from mq._core.delivery import QueueCore
 from mq._core.message import Message
 from mq._core.msgqueue import Entry, MessageQueue
-from mq.broker.dedup import ARGUMENT as DEDUP_ARGUMENT, QueueIdentities
+from mq._core.dedup import QueueIdentities
+from mq.broker.dedup import ARGUMENT as DEDUP_ARGUMENT
 from mq.broker.policy import Policy, merge_queue_settings
 from mq.broker.queue_args import check_queue_properties, parse_queue_arguments
 from mq.broker.rawprops import HeaderStamp
@@ -113,8 +114,7 @@ class Queue(QueueCore):
         message itself (no length limit, no TTL)."""
         settings = self.settings
         self._limited = settings.max_length is not None or settings.max_length_bytes is not None
-        self._plain = not self._limited and settings.message_ttl is None \
-            and self.dedup is None
+        self._plain = not self._limited and settings.message_ttl is None
 
     # ---- credit flow (B-FLOW-1; behind() is QueueCore's) -------------------------------
 
@@ -134,8 +134,6 @@ class Queue(QueueCore):
     def _publish(self, msg: Message) -> bool:
         """Enqueue a routed message that is not plain (QueueCore.publish takes those): with
         a length limit, a TTL, or when memory is full. False when x-overflow refused it."""
-        if self.dedup is not None and not self.dedup.admit(msg):
-            return True  # one with its identity is in the queue: dropped, still confirmed
         settings = self.settings
         if self._limited and settings.overflow != "drop-head" and self._would_overflow(msg):
             if settings.overflow == "reject-publish-dlx":

@@ -14,7 +14,8 @@ from mq.broker.args import (EXCHANGE_EQUIVALENCE_ARGS, QUEUE_EQUIVALENCE_ARGS,
 from mq.broker.durability import durable_binding
 from mq.broker.errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed, ResourceLocked
 from mq.broker.exchange import EXCHANGE_TYPES, Binding, DefaultExchange, Exchange
-from mq.broker.dedup import Cache, cache_file, cache_settings, wants_cache
+from mq._core.dedup import Cache
+from mq.broker.dedup import cache_file, cache_settings, wants_cache
 from mq.broker.delayed import DELAYED_TYPE, DelayedExchange, DelayHold
 from mq.broker.deadletter import dead_lettered, is_cycle, routing_keys
 from mq.broker.policy import Policy, select

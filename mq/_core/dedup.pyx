@@ -1,0 +1,123 @@
+# cython: language_level=3
+"""Deduplication's per-message work (B-DEDUP-1, B-DEDUP-2): a message's identity, read from
+its property bytes; an exchange's cache of the identities it has seen; a queue's set of the
+identities of the messages in it. What the settings mean and how a cache is kept are
+mq.broker.dedup's.
+
+An identity is bytes: a string header's own bytes (what the plugin compares), any other
+value's str() in UTF-8."""
+from collections import OrderedDict
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+
+from mq._core.message cimport Message
+
+HEADER = "x-deduplication-header"
+TTL_HEADER = "x-cache-ttl"
+cdef bytes C_HEADER = HEADER.encode()
+cdef bytes C_TTL_HEADER = TTL_HEADER.encode()
+
+
+cdef inline Py_ssize_t _u32(const unsigned char *p) noexcept:
+    return (<Py_ssize_t>p[0] << 24) | (<Py_ssize_t>p[1] << 16) | (<Py_ssize_t>p[2] << 8) | p[3]
+
+
+cdef long long _now_ms() noexcept:
+    """Wall-clock ms (expiries are kept across restarts)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <long long>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+
+
+cpdef bytes identity(Message msg):
+    """The message's identity, None: it has none."""
+    cdef Py_ssize_t at = msg.field(C_HEADER, len(C_HEADER))
+    if at == -1:
+        return None
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(msg.props)
+    if at >= 0 and (p[at] == b'S' or p[at] == b'x'):
+        return PyBytes_FromStringAndSize(<const char *>p + at + 5, _u32(p + at + 1))
+    value = (msg.headers or {}).get(HEADER)  # another type, or a table to decode in full
+    if value is None:
+        return None
+    return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+
+
+cdef long long _ttl_header(Message msg) except -1:
+    """The message's own x-cache-ttl in ms, 0: none (or not a positive integer)."""
+    if msg.field(C_TTL_HEADER, len(C_TTL_HEADER)) == -1:
+        return 0
+    value = (msg.headers or {}).get(TTL_HEADER)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
+        else 0
+
+
+cdef class Cache:
+    """An exchange's identities: identity -> expiry in wall-clock ms (0: never), oldest
+    first, at most `size` of them. ttl_ms 0: kept until pushed out."""
+
+    def __cinit__(self, Py_ssize_t size, ttl_ms=None):
+        self.size = size
+        self.ttl_ms = ttl_ms or 0
+        # In insertion order, the oldest first (an OrderedDict: a plain dict's first item is
+        # found by skipping what was deleted before it, slow under this churn).
+        self.entries = OrderedDict()
+        self.on_change = None  # called after a change (the saver)
+
+    cpdef bint duplicate(self, Message msg) except -1:
+        """Seen within its TTL: a duplicate. Else it is remembered now."""
+        key = identity(msg)
+        if key is None:
+            return False
+        entries = self.entries
+        cdef PyObject *found = PyDict_GetItem(entries, key)
+        cdef long long expiry, now = 0
+        if found is not NULL:
+            expiry = <object>found
+            if expiry == 0:
+                return True
+            now = _now_ms()
+            if expiry > now:
+                return True
+            del entries[key]  # expired: it goes to the back as a new one
+        cdef long long ttl = _ttl_header(msg) or self.ttl_ms
+        if ttl:
+            entries[key] = (now or _now_ms()) + ttl
+        else:
+            entries[key] = 0
+        if len(entries) > self.size:
+            entries.popitem(last=False)
+        if self.on_change is not None:
+            self.on_change()
+        return False
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+cdef class QueueIdentities:
+    """A queue's identities of the messages in it (queue-level deduplication)."""
+
+    def __cinit__(self):
+        self.keys = set()
+
+    cpdef bint admit(self, Message msg) except -1:
+        """False: a message with its identity is in the queue (drop this one)."""
+        key = identity(msg)
+        if key is None:
+            return True
+        if key in self.keys:
+            return False
+        self.keys.add(key)
+        return True
+
+    cpdef void left(self, Message msg) except *:
+        key = identity(msg)
+        if key is not None:
+            self.keys.discard(key)
+
+    cpdef void forget_all(self):
+        self.keys.clear()
