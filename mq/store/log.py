@@ -82,6 +82,8 @@ class Store(LogCore):
         # Objects told durable(seq) at every advance, for as long as they exist (streams'
         # logs: their readers see what is durable).
         self._watchers: list[Any] = []
+        # Called first by close(): small files with a save pending write it (KeptFile).
+        self.closing: set[Callable[[], None]] = set()
         self.topo_seq = 0      # sequence of the last topology record (declare, bind, delete)
         # The last write failed with this error (the flusher retries); None: writes work.
         self.failed: BaseException | None = None
@@ -361,6 +363,8 @@ class Store(LogCore):
 
     def close(self) -> None:
         """Flush everything, stop the flusher, release the directory."""
+        for save in list(self.closing):
+            save()
         self._compaction = None
         self._compact_queue.clear()
         if self._compaction_timer is not None:
