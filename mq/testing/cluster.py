@@ -20,6 +20,7 @@ import atexit
 import base64
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -52,15 +53,33 @@ def _cleanup_all() -> None:
             pass
 
 
+PORTS_FROM = 10000
+_handed_out: set[int] = set()  # this process's nodes' ports, free or not
+
+
 def etcd_available() -> bool:
     """Is etcd installed (Debian's etcd-server)? Tests skip when it is not."""
     return os.access(ETCD_BINARY, os.X_OK)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free now, chosen below the kernel's range of ports for outgoing connections: a
+    node keeps its ports across restarts and starts after others, and a port of that range
+    may meanwhile become the local end of any connection (another node's to etcd, say)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+        ephemeral_low = int(fh.read().split()[0])
+    for _ in range(1000):
+        port = random.randrange(PORTS_FROM, ephemeral_low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {PORTS_FROM}..{ephemeral_low}")
 
 
 def _b64(text: str) -> str:
