@@ -111,6 +111,20 @@ def test_the_cache_size_is_required_and_bounds_the_cache(ch) -> None:
     assert drain(ch, "sq") == [b"a", b"b", b"c", b"a"]
 
 
+def test_an_expired_identity_seen_again_keeps_its_place(ch) -> None:
+    """B-DEDUP-1, B-DEDUP-4: an identity seen again after its TTL is routed and remembered,
+    in its old place in the order (as LavinMQ does): it is still the oldest, the first
+    forgotten when the cache is full."""
+    _dedup_exchange(ch, "aged", "aq", **{"x-cache-size": 2})
+    ch.basic_publish("aged", "", b"a", _props("a", ttl=100))
+    ch.basic_publish("aged", "", b"b", _props("b"))
+    time.sleep(0.2)
+    for body, key in ((b"a-expired", "a"), (b"c", "c"), (b"a-forgotten", "a"),
+                      (b"c-again", "c")):
+        ch.basic_publish("aged", "", body, _props(key))
+    assert drain(ch, "aq") == [b"a", b"b", b"a-expired", b"c", b"a-forgotten"]
+
+
 def test_queue_level_deduplication(ch) -> None:
     """B-DEDUP-2: a queue with x-message-deduplication drops a message whose identity is
     that of one still in it (ready or unacked); once that one is acked, it may come in

@@ -4,13 +4,21 @@ from mq._core.message cimport Message
 cpdef bytes identity(Message msg)
 
 
+from cpython.object cimport PyObject
+
+
 cdef class Cache:
     cdef readonly Py_ssize_t size
     cdef readonly long long ttl_ms
-    cdef readonly object entries
+    cdef dict _expiry
+    cdef PyObject **_ring
+    cdef Py_ssize_t _capacity, _head, _count
     cdef public object on_change
 
     cpdef bint duplicate(self, Message msg) except -1
+    cdef void _add(self, bytes key, long long expiry) except *
+    cdef void _forget_oldest(self) except *
+    cdef void _grow(self) except *
 
 
 cdef class QueueIdentities:

@@ -6,11 +6,11 @@ mq.broker.dedup's.
 
 An identity is bytes: a string header's own bytes (what the plugin compares), any other
 value's str() in UTF-8."""
-from collections import OrderedDict
-
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from cpython.dict cimport PyDict_GetItem
+from cpython.dict cimport PyDict_DelItem, PyDict_GetItem
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 from mq._core.message cimport Message
@@ -56,24 +56,33 @@ cdef long long _ttl_header(Message msg) except -1:
 
 
 cdef class Cache:
-    """An exchange's identities: identity -> expiry in wall-clock ms (0: never), oldest
-    first, at most `size` of them. ttl_ms 0: kept until pushed out."""
+    """An exchange's identities: identity -> expiry in wall-clock ms (0: never), at most
+    `size` of them, the oldest forgotten first. ttl_ms 0: kept until pushed out.
+
+    A dict holds the expiries and a ring of references the order they came in (cheaper, and
+    lighter on the CPU's caches, than an OrderedDict). An identity seen again after it
+    expired keeps its place in the order, as in LavinMQ (the plugin's cache does not say)."""
 
     def __cinit__(self, Py_ssize_t size, ttl_ms=None):
         self.size = size
         self.ttl_ms = ttl_ms or 0
-        # In insertion order, the oldest first (an OrderedDict: a plain dict's first item is
-        # found by skipping what was deleted before it, slow under this churn).
-        self.entries = OrderedDict()
+        self._expiry = {}
+        self._ring = NULL
+        self._capacity = self._head = self._count = 0
         self.on_change = None  # called after a change (the saver)
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self._count):
+            Py_DECREF(<object>self._ring[(self._head + i) % self._capacity])
+        PyMem_Free(self._ring)
 
     cpdef bint duplicate(self, Message msg) except -1:
         """Seen within its TTL: a duplicate. Else it is remembered now."""
         key = identity(msg)
         if key is None:
             return False
-        entries = self.entries
-        cdef PyObject *found = PyDict_GetItem(entries, key)
+        cdef PyObject *found = PyDict_GetItem(self._expiry, key)
         cdef long long expiry, now = 0
         if found is not NULL:
             expiry = <object>found
@@ -82,20 +91,63 @@ cdef class Cache:
             now = _now_ms()
             if expiry > now:
                 return True
-            del entries[key]  # expired: it goes to the back as a new one
         cdef long long ttl = _ttl_header(msg) or self.ttl_ms
-        if ttl:
-            entries[key] = (now or _now_ms()) + ttl
+        expiry = ((now or _now_ms()) + ttl) if ttl else 0
+        if found is NULL:
+            self._add(key, expiry)
         else:
-            entries[key] = 0
-        if len(entries) > self.size:
-            entries.popitem(last=False)
+            self._expiry[key] = expiry
         if self.on_change is not None:
             self.on_change()
         return False
 
+    def restore(self, bytes key, long long expiry) -> None:
+        """Remember an identity (one kept in a file), as the newest if it is new."""
+        if key in self._expiry:
+            self._expiry[key] = expiry
+        else:
+            self._add(key, expiry)
+
+    cdef void _add(self, bytes key, long long expiry) except *:
+        """Remember an identity not in the cache, as the newest."""
+        if self._count >= self.size:
+            self._forget_oldest()
+        if self._count == self._capacity:
+            self._grow()
+        self._expiry[key] = expiry
+        cdef PyObject *ref = <PyObject *>key
+        Py_INCREF(key)
+        self._ring[(self._head + self._count) % self._capacity] = ref
+        self._count += 1
+
+    cdef void _forget_oldest(self) except *:
+        cdef PyObject *ref = self._ring[self._head]
+        self._head = (self._head + 1) % self._capacity
+        self._count -= 1
+        PyDict_DelItem(self._expiry, <object>ref)
+        Py_DECREF(<object>ref)
+
+    cdef void _grow(self) except *:
+        """Double the ring (up to size), its oldest first again."""
+        cdef Py_ssize_t capacity = min(self.size, max(16, self._capacity * 2)), i
+        cdef PyObject **ring = <PyObject **>PyMem_Malloc(capacity * sizeof(PyObject *))
+        if ring is NULL:
+            raise MemoryError()
+        for i in range(self._count):
+            ring[i] = self._ring[(self._head + i) % self._capacity]
+        PyMem_Free(self._ring)
+        self._ring = ring
+        self._capacity = capacity
+        self._head = 0
+
+    def items(self) -> list:
+        """[identity, expiry] pairs, the oldest first."""
+        keys = [<object>self._ring[(self._head + i) % self._capacity]
+                for i in range(self._count)]
+        return [[key, self._expiry[key]] for key in keys]
+
     def __len__(self) -> int:
-        return len(self.entries)
+        return self._count
 
 
 cdef class QueueIdentities:

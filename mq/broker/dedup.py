@@ -63,10 +63,10 @@ def cache_file(store: Any, timers: Any, vhost: str, name: str, cache: Cache) -> 
     digest = hashlib.sha1(f"{vhost}\0{name}".encode()).hexdigest()
     kept = KeptFile(store, timers, f"{DIRECTORY}/{digest}.json",
                     lambda: [[key.decode("utf-8", "surrogateescape"), expiry]
-                             for key, expiry in cache.entries.items()], SAVE_DELAY)
+                             for key, expiry in cache.items()], SAVE_DELAY)
     now = int(time.time() * 1000)
     for key, expiry in kept.load() or ():
         if expiry == 0 or expiry > now:
-            cache.entries[str(key).encode("utf-8", "surrogateescape")] = int(expiry)
+            cache.restore(str(key).encode("utf-8", "surrogateescape"), int(expiry))
     cache.on_change = kept.later
     return kept
