@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 from collections import OrderedDict
-from decimal import Decimal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
