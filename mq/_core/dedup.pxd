@@ -16,7 +16,7 @@ cdef class Cache:
     cdef public object on_change
 
     cpdef bint duplicate(self, Message msg) except -1
-    cdef void _add(self, bytes key, long long expiry) except *
+    cdef void _append(self, bytes key) except *
     cdef void _forget_oldest(self) except *
     cdef void _grow(self) except *
 

@@ -7,13 +7,19 @@ mq.broker.dedup's.
 An identity is bytes: a string header's own bytes (what the plugin compares), any other
 value's str() in UTF-8."""
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from cpython.dict cimport PyDict_DelItem, PyDict_GetItem
+from cpython.dict cimport PyDict_DelItem
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.set cimport PySet_GET_SIZE
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 from mq._core.message cimport Message
+
+
+cdef extern from "Python.h":
+    Py_ssize_t PyDict_GET_SIZE(object d)
+    PyObject *PyDict_SetDefault(object d, object key, object default_value) except NULL
 
 HEADER = "x-deduplication-header"
 TTL_HEADER = "x-cache-ttl"
@@ -33,16 +39,25 @@ cdef long long _now_ms() noexcept:
 
 
 cpdef bytes identity(Message msg):
-    """The message's identity, None: it has none."""
+    """The message's identity, None: it has none. Read once and kept on the message: a
+    queue finds it again when the message leaves, as the same object (a set's lookup then
+    matches it by address, without reading the key it holds)."""
+    if msg._identity is None:
+        msg._identity = _read_identity(msg)
+    return None if msg._identity is False else msg._identity
+
+
+cdef object _read_identity(Message msg):
+    """The identity, False: none."""
     cdef Py_ssize_t at = msg.field(C_HEADER, len(C_HEADER))
     if at == -1:
-        return None
+        return False
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(msg.props)
     if at >= 0 and (p[at] == b'S' or p[at] == b'x'):
         return PyBytes_FromStringAndSize(<const char *>p + at + 5, _u32(p + at + 1))
     value = (msg.headers or {}).get(HEADER)  # another type, or a table to decode in full
     if value is None:
-        return None
+        return False
     return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
 
 
@@ -82,39 +97,35 @@ cdef class Cache:
         key = identity(msg)
         if key is None:
             return False
-        cdef PyObject *found = PyDict_GetItem(self._expiry, key)
-        cdef long long expiry, now = 0
-        if found is not NULL:
-            expiry = <object>found
-            if expiry == 0:
-                return True
-            now = _now_ms()
-            if expiry > now:
-                return True
-        cdef long long ttl = _ttl_header(msg) or self.ttl_ms
-        expiry = ((now or _now_ms()) + ttl) if ttl else 0
-        if found is NULL:
-            self._add(key, expiry)
+        cdef long long now = _now_ms(), ttl = _ttl_header(msg) or self.ttl_ms
+        new_expiry = (now + ttl) if ttl else 0
+        # One lookup for the common new identity: it goes in unless one is there already.
+        cdef dict expiries = self._expiry
+        cdef Py_ssize_t before = PyDict_GET_SIZE(expiries)
+        cdef long long held = <object>PyDict_SetDefault(expiries, key, new_expiry)
+        if PyDict_GET_SIZE(expiries) != before:
+            self._append(key)
+        elif held == 0 or held > now:
+            return True
         else:
-            self._expiry[key] = expiry
+            expiries[key] = new_expiry  # expired: remembered again, in its place
         if self.on_change is not None:
             self.on_change()
         return False
 
     def restore(self, bytes key, long long expiry) -> None:
         """Remember an identity (one kept in a file), as the newest if it is new."""
-        if key in self._expiry:
-            self._expiry[key] = expiry
-        else:
-            self._add(key, expiry)
+        is_new = key not in self._expiry
+        self._expiry[key] = expiry
+        if is_new:
+            self._append(key)
 
-    cdef void _add(self, bytes key, long long expiry) except *:
-        """Remember an identity not in the cache, as the newest."""
+    cdef void _append(self, bytes key) except *:
+        """An identity just put in the dict is the newest (the oldest goes if it is full)."""
         if self._count >= self.size:
             self._forget_oldest()
         if self._count == self._capacity:
             self._grow()
-        self._expiry[key] = expiry
         cdef PyObject *ref = <PyObject *>key
         Py_INCREF(key)
         self._ring[(self._head + self._count) % self._capacity] = ref
@@ -161,10 +172,9 @@ cdef class QueueIdentities:
         key = identity(msg)
         if key is None:
             return True
-        if key in self.keys:
-            return False
-        self.keys.add(key)
-        return True
+        cdef Py_ssize_t before = PySet_GET_SIZE(self.keys)
+        self.keys.add(key)  # one lookup: in unless it is there already
+        return PySet_GET_SIZE(self.keys) != before
 
     cpdef void left(self, Message msg) except *:
         key = identity(msg)

@@ -11,6 +11,7 @@ cdef class Message:
     cdef Py_ssize_t _hdr_start
     cdef Py_ssize_t _hdr_end
     cdef object _headers
+    cdef object _identity  # deduplication's (mq._core.dedup): bytes, False: none, None: unread
     cdef public long long store_id
     cdef public tuple bcc  # BCC routing keys, kept after the header is removed
 
