@@ -125,6 +125,17 @@ def test_an_expired_identity_seen_again_keeps_its_place(ch) -> None:
     assert drain(ch, "aq") == [b"a", b"b", b"a-expired", b"c", b"a-forgotten"]
 
 
+def test_huge_sizes_and_ttls_are_taken_as_for_ever(ch) -> None:
+    """B-DEDUP-1, B-DEDUP-4: an x-cache-size or x-cache-ttl (argument or header) as large as
+    a long holds is a very long time, not an error: the identity is kept, nothing else is
+    harmed."""
+    _dedup_exchange(ch, "huge", "hq", **{"x-cache-size": 2**63 - 1, "x-cache-ttl": 2**63 - 1})
+    ch.basic_publish("huge", "", b"1", _props("k", ttl=2**63 - 1))
+    ch.basic_publish("huge", "", b"2", _props("k"))
+    ch.basic_publish("huge", "", b"3", _props("j"))
+    assert drain(ch, "hq") == [b"1", b"3"]
+
+
 def test_queue_level_deduplication(ch) -> None:
     """B-DEDUP-2: a queue with x-message-deduplication drops a message whose identity is
     that of one still in it (ready or unacked); once that one is acked, it may come in

@@ -25,6 +25,8 @@ HEADER = "x-deduplication-header"
 TTL_HEADER = "x-cache-ttl"
 cdef bytes C_HEADER = HEADER.encode()
 cdef bytes C_TTL_HEADER = TTL_HEADER.encode()
+# Sizes and TTLs past any real use are taken as this: now + TTL stays within 64 bits.
+cdef long long LIMIT = 1LL << 62
 
 
 cdef inline Py_ssize_t _u32(const unsigned char *p) noexcept:
@@ -63,11 +65,8 @@ cdef object _read_identity(Message msg):
 
 cdef long long _ttl_header(Message msg) except -1:
     """The message's own x-cache-ttl in ms, 0: none (or not a positive integer)."""
-    if msg.field(C_TTL_HEADER, len(C_TTL_HEADER)) == -1:
-        return 0
-    value = (msg.headers or {}).get(TTL_HEADER)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
-        else 0
+    value = msg.integer_header(C_TTL_HEADER)
+    return min(value, LIMIT) if value is not None and value > 0 else 0
 
 
 cdef class Cache:
@@ -78,9 +77,9 @@ cdef class Cache:
     lighter on the CPU's caches, than an OrderedDict). An identity seen again after it
     expired keeps its place in the order, as in LavinMQ (the plugin's cache does not say)."""
 
-    def __cinit__(self, Py_ssize_t size, ttl_ms=None):
-        self.size = size
-        self.ttl_ms = ttl_ms or 0
+    def __cinit__(self, size, ttl_ms=None):
+        self.size = min(size, LIMIT)
+        self.ttl_ms = min(ttl_ms or 0, LIMIT)
         self._expiry = {}
         self._ring = NULL
         self._capacity = self._head = self._count = 0

@@ -19,3 +19,4 @@ cdef class Message:
     cdef void _need(self, Py_ssize_t off, Py_ssize_t n, Py_ssize_t end) except *
     cdef void _scan(self) except *
     cdef Py_ssize_t field(self, const char *key, Py_ssize_t key_size) noexcept
+    cpdef object integer_header(self, bytes name)

@@ -160,6 +160,33 @@ cdef class Message:
             off += size
         return -1 if off == end else -2
 
+    cpdef object integer_header(self, bytes name):
+        """The header `name` when it is an integer of any width, read from the property
+        bytes without decoding the table; None when it is absent or of another type (the
+        decoded headers tell what it is)."""
+        cdef Py_ssize_t at = self.field(name, len(name))
+        if at < 0:
+            return None
+        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(self.props) + at
+        cdef unsigned char kind = p[0]
+        if kind == b'b':
+            return <signed char>p[1]
+        if kind == b'B':
+            return p[1]
+        if kind == b's':
+            return <short>((p[1] << 8) | p[2])
+        if kind == b'u':
+            return (p[1] << 8) | p[2]
+        if kind == b'I':
+            return <int>_u32(p + 1)
+        if kind == b'i':
+            return _u32(p + 1)
+        if kind == b'l':
+            return <long long>((<unsigned long long>_u32(p + 1) << 32) | _u32(p + 5))
+        if kind == b'L':
+            return (<unsigned long long>_u32(p + 1) << 32) | _u32(p + 5)
+        return None
+
     @property
     def persistent(self) -> bool:
         return self.delivery_mode == 2

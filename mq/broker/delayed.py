@@ -35,6 +35,9 @@ RELEASE_SLICE = 10_000  # due messages routed per timer call at most (the loop s
 
 def delay_of(msg: Message) -> int:
     """The message's x-delay header in ms (0: none, or not an integer)."""
+    value = msg.integer_header(b"x-delay")  # the common case, without decoding the headers
+    if value is not None:
+        return value
     if b"x-delay" not in msg.props:
         return 0
     value = (msg.headers or {}).get("x-delay")
