@@ -30,7 +30,8 @@ cdef inline unsigned long _u32(const unsigned char *p) noexcept:
     return (<unsigned long>p[0] << 24) | (<unsigned long>p[1] << 16) | (<unsigned long>p[2] << 8) | p[3]
 
 
-cdef inline Py_ssize_t _value_size(const unsigned char *p, Py_ssize_t off, Py_ssize_t end) noexcept:
+cdef inline Py_ssize_t _value_size(const unsigned char *p, Py_ssize_t off,
+                                   Py_ssize_t end) noexcept:
     """The size of the field value whose type byte is at p[off], type byte included; -1: an
     unknown type or a value past end."""
     cdef Py_ssize_t size

@@ -30,7 +30,8 @@ from mq.store.paging import StoredEntries
 DELAYED_TYPE = "x-delayed-message"
 HOLD_PREFIX = "amq.delayed.hold."
 ROUTABLE_TYPES = ("direct", "fanout", "topic", "headers")
-RELEASE_SLICE = 256  # due messages routed per loop turn at most: about 10 ms of work (the loop stays fair)
+# Due messages routed per loop turn at most: about 10 ms of work, so the loop stays fair.
+RELEASE_SLICE = 256
 
 
 def delay_of(msg: Message) -> int:
