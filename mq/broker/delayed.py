@@ -30,8 +30,10 @@ from mq.store.paging import StoredEntries
 DELAYED_TYPE = "x-delayed-message"
 HOLD_PREFIX = "amq.delayed.hold."
 ROUTABLE_TYPES = ("direct", "fanout", "topic", "headers")
-# Due messages routed per loop turn at most: about 10 ms of work, so the loop stays fair.
-RELEASE_SLICE = 256
+# Due messages routed per loop turn at most: about 2.5 ms of work. Each turn a connection
+# reads one slice (64 KB: some 60 messages of 1 KB), so a longer release holds publishers back
+# and their messages' due times start late (DL1: p99 lateness 210 ms with 256, 142 with 64).
+RELEASE_SLICE = 64
 
 
 def delay_of(msg: Message) -> int:
