@@ -6,7 +6,6 @@ mq.broker.dedup's.
 
 An identity is bytes: a string header's own bytes (what the plugin compares), any other
 value's str() in UTF-8."""
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_DelItem
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
@@ -27,10 +26,6 @@ cdef bytes C_HEADER = HEADER.encode()
 cdef bytes C_TTL_HEADER = TTL_HEADER.encode()
 # Sizes and TTLs past any real use are taken as this: now + TTL stays within 64 bits.
 cdef long long LIMIT = 1LL << 62
-
-
-cdef inline Py_ssize_t _u32(const unsigned char *p) noexcept:
-    return (<Py_ssize_t>p[0] << 24) | (<Py_ssize_t>p[1] << 16) | (<Py_ssize_t>p[2] << 8) | p[3]
 
 
 cdef long long _now_ms() noexcept:
@@ -54,10 +49,9 @@ cdef object _read_identity(Message msg):
     cdef Py_ssize_t at = msg.field(C_HEADER, len(C_HEADER))
     if at == -1:
         return False
-    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(msg.props)
-    if at >= 0 and (p[at] == b'S' or p[at] == b'x'):
-        return PyBytes_FromStringAndSize(<const char *>p + at + 5, _u32(p + at + 1))
-    value = (msg.headers or {}).get(HEADER)  # another type, or a table to decode in full
+    value = msg.scalar_at(at) if at >= 0 else None
+    if value is None:  # another type, or a table to decode in full
+        value = (msg.headers or {}).get(HEADER)
     if value is None:
         return False
     return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")

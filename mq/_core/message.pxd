@@ -20,3 +20,4 @@ cdef class Message:
     cdef void _scan(self) except *
     cdef Py_ssize_t field(self, const char *key, Py_ssize_t key_size) noexcept
     cpdef object integer_header(self, bytes name)
+    cdef object scalar_at(self, Py_ssize_t at)

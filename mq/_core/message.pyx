@@ -166,10 +166,16 @@ cdef class Message:
         bytes without decoding the table; None when it is absent or of another type (the
         decoded headers tell what it is)."""
         cdef Py_ssize_t at = self.field(name, len(name))
-        if at < 0:
-            return None
+        value = self.scalar_at(at) if at >= 0 else None
+        return value if type(value) is int else None
+
+    cdef object scalar_at(self, Py_ssize_t at):
+        """The value whose type byte is at props[at] (a place field() found): an int for
+        the integer types, bytes for a long string or byte array, None for any other type."""
         cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(self.props) + at
         cdef unsigned char kind = p[0]
+        if kind == b'S' or kind == b'x':
+            return (<const char *>p)[5:5 + _u32(p + 1)]
         if kind == b'b':
             return <signed char>p[1]
         if kind == b'B':
