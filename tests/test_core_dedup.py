@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from mq._core.dedup import HEADER, Cache, identity
 from mq._core.fieldtable import encode_table
 from mq._core.message import Message
+from test_core_message import headers_message
 
-HEADERS_FLAG = b"\x20\x00"  # property flags: headers only
 
 # One value of each field type the walk must step over (mq._core.fieldtable's encodings).
 VALUES = st.one_of(
@@ -26,7 +26,7 @@ NAMES = st.text(min_size=1, max_size=8).filter(lambda n: n != HEADER)
 
 
 def _message(headers: dict) -> Message:
-    return Message("x", "", HEADERS_FLAG + encode_table(headers), b"")
+    return headers_message(encode_table(headers))
 
 
 @settings(max_examples=300, deadline=None)

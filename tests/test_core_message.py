@@ -10,7 +10,8 @@ from mq._core.fieldtable import encode_table
 from mq._core.message import Message
 
 
-def _message(table: bytes) -> Message:
+def headers_message(table: bytes) -> Message:
+    """A message whose properties are this encoded headers table alone."""
     return Message("x", "", b"\x20\x00" + table, b"")  # property flags: headers only
 
 
@@ -23,7 +24,7 @@ def test_an_integer_header_of_any_width_is_read(kind: bytes, fmt: str, value: in
     headers."""
     other = encode_table({"first": "a", "nested": {"x-delay": 1}})[4:]
     field = bytes([7]) + b"x-delay" + kind + struct.pack(fmt, value)
-    msg = _message(struct.pack(">I", len(other) + len(field)) + other + field)
+    msg = headers_message(struct.pack(">I", len(other) + len(field)) + other + field)
     assert msg.integer_header(b"x-delay") == value
 
 
@@ -31,4 +32,4 @@ def test_a_header_of_another_type_or_absent_is_none() -> None:
     """B-DELAY-1: a string, a boolean or no such header is not read as an integer here (the
     decoded headers decide); a header inside a nested table is not the message's."""
     for headers in ({"x-delay": "5000"}, {"x-delay": True}, {}, {"t": {"x-delay": 5}}):
-        assert _message(encode_table(headers)).integer_header(b"x-delay") is None
+        assert headers_message(encode_table(headers)).integer_header(b"x-delay") is None
