@@ -73,6 +73,28 @@ def test_delayed_message_is_routed_after_its_delay(conn) -> None:
     assert ch.queue_declare("q", passive=True).method.message_count == 0
 
 
+def test_a_delayed_route_does_not_take_undelayed_messages(conn) -> None:
+    """B-DELAY-1: after delayed messages to a key (whose route, the hold, a channel may
+    reuse), a message to that key without a positive integer x-delay is routed at once by
+    the delayed type: returned when mandatory and unroutable, queued when it matches; one
+    whose x-delay is a string of digits is still delayed."""
+    ch = conn.channel()
+    _delayed(ch, "dx")
+    ch.confirm_delivery()
+    for _ in range(3):
+        _publish(ch, "dx", "other-key", b"held", 300)
+        _publish(ch, "dx", "k", b"held", 300)
+    with pytest.raises(pika.exceptions.UnroutableError) as returned:
+        ch.basic_publish("dx", "other-key", b"unroutable", pika.BasicProperties(
+            delivery_mode=2, headers={"x-delay": 0}), mandatory=True)
+    assert [m.body for m in returned.value.messages] == [b"unroutable"]
+    _publish(ch, "dx", "k", b"now", 0)
+    _publish(ch, "dx", "k", b"string", "200")
+    got = _collect(conn, "q", 5)
+    assert [b for b, _ in got] == [b"now", b"string", b"held", b"held", b"held"]
+    assert got[0][1] < 0.15 <= got[1][1]
+
+
 @pytest.mark.parametrize("kind,key,bind_args,headers", [
     ("topic", "a.b.c", None, None),
     ("fanout", "anything", None, None),

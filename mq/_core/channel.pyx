@@ -28,6 +28,15 @@ cdef inline bint _seen(object cache, Message msg) except -1:
     return cache is not None and (<Cache>cache).duplicate(msg)
 
 
+cdef inline bint _not_delayed(bint delayed_route, Message msg) except -1:
+    """The route is a delayed exchange's hold, and this message is not delayed (no positive
+    integer x-delay, B-DELAY-1): the full path routes it by the delayed type."""
+    if not delayed_route:
+        return False
+    delay = msg.integer_header(b"x-delay")
+    return delay is None or delay <= 0
+
+
 cdef class ChannelCore:
     """Deliveries (what went out and is unsettled), confirm mode with the unconfirmed
     publishes, the transaction flag, the publish being assembled, and the route cache."""
@@ -70,6 +79,7 @@ cdef class ChannelCore:
             # which finds it seen again and answers it as unroutable.
             if msg is not None and msg.user_id is None and msg.expiration is None \
                     and msg.reply_to != REPLY_TO and not _routing_headers(msg) \
+                    and not _not_delayed((<tuple>route)[3], msg) \
                     and not _seen((<tuple>route)[2], msg):
                 self.published += 1
                 self.confirm_outcome(enqueue(self.store, (<tuple>route)[0], msg, self.conn,

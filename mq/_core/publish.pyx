@@ -18,6 +18,7 @@ REFUSED = -1    # a queue refused it (x-overflow) or the store cannot write: nac
 cdef long long C_REFUSED = REFUSED
 cdef Py_ssize_t CACHED_KEYS = 1024  # routing keys cached per exchange (then it starts over)
 REPLY_TO = "amq.rabbitmq.reply-to"  # direct reply-to
+DELAYED_TYPE = "x-delayed-message"  # its cached route (the hold) is for delayed messages only
 
 
 cpdef long long enqueue(object store, object queues, Message msg, object flow_to,
@@ -70,8 +71,8 @@ cdef class RouteCache:
         self._version = topology.version
 
     cdef tuple lookup(self, str exchange_name, str routing_key, object conn):
-        """The cached route (queues, topic?, the exchange's deduplication cache or None),
-        or None: not cached, the topology changed, or a topic exchange on which the
+        """The cached route (queues, topic?, the exchange's deduplication cache or None,
+        delayed?: the route holds only for a message with a positive x-delay), or None: not cached, the topology changed, or a topic exchange on which the
         connection's user has topic permissions (checked per publish by the full path)."""
         if not self._current():
             return None
@@ -99,4 +100,5 @@ cdef class RouteCache:
         by_key = self._routes.get(exchange.name)
         if by_key is None or len(by_key) >= CACHED_KEYS:
             by_key = self._routes[exchange.name] = {}
-        by_key[routing_key] = (tuple(queues), exchange.type == "topic", exchange.dedup)
+        by_key[routing_key] = (tuple(queues), exchange.type == "topic", exchange.dedup,
+                               exchange.type == DELAYED_TYPE)

@@ -86,11 +86,13 @@ class DelayedExchange(Exchange):
     def _remove(self, binding: Binding) -> None:
         pass  # the inner exchange's table was changed by unbind
 
-    def route(self, msg: Message, key: str) -> Any:
+    def holds(self, msg: Message) -> bool:
+        """The message waits in the hold (it is delayed and not being released)."""
         hold = self.hold
-        if hold is None or msg is hold.releasing or delay_of(msg) <= 0:
-            return self.inner.route(msg, key)
-        return (hold,)
+        return hold is not None and msg is not hold.releasing and delay_of(msg) > 0
+
+    def route(self, msg: Message, key: str) -> Any:
+        return (self.hold,) if self.holds(msg) else self.inner.route(msg, key)
 
     @property
     def messages_delayed(self) -> int:

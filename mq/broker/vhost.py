@@ -375,8 +375,13 @@ class VirtualHost:
     def routes_by_key(self, exchange: Exchange, msg: Message) -> bool:
         """Where the message goes depends on its exchange and routing key alone (not on its
         headers, CC/BCC keys or other exchanges), so the route may be cached until the
-        version changes."""
-        return exchange.type in KEY_ROUTED and _by_one_exchange(exchange, msg)
+        version changes. A delayed exchange's hold is such a route for delayed messages
+        (the cache checks x-delay again: mq._core.publish)."""
+        if not _by_one_exchange(exchange, msg):
+            return False
+        if exchange.type in KEY_ROUTED:
+            return True
+        return isinstance(exchange, DelayedExchange) and exchange.holds(msg)
 
     def route(self, exchange: Exchange, msg: Message) -> list[Queue]:
         """Every queue the message reaches, each once: by its routing key and CC/BCC keys,
