@@ -19,6 +19,7 @@ class Timer:
         self.cancelled = True
         if self.handle is not None:
             self.handle.cancel()
+            self.handle = None
 
 
 class Timers:
@@ -49,5 +50,6 @@ class Timers:
 
     @staticmethod
     def _fire(timer: Timer) -> None:
+        timer.handle = None  # the handle holds the timer: no cycle left for the collector
         if not timer.cancelled:
             timer.callback()
