@@ -326,8 +326,7 @@ class Queue(QueueCore):
                 self.dedup.forget_all()
             count += paged.count
             if self.store_qid:
-                for store_id in paged.stored_ids():
-                    self.store.ack(self.store_qid, store_id)
+                self.store.ack_all(self.store_qid, paged.stored_ids())
             paged.close()
             self.paged = None
         if self.flow_publishers:

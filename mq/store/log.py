@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from mq._core import records as R
 from mq._core.idmap import IdMap
@@ -64,6 +64,9 @@ UNPIN_SLICE = 2_000
 # A deleted queue's messages are let go this many per loop turn (about 0.8 µs each: deleting
 # a queue or delayed exchange that held 1M held the loop for 0.8 s in one go).
 DROP_SLICE = 5_000
+# Acks of a purge are written this many per loop turn (about 2.7 µs each: a purge of 1M
+# persistent messages held the loop for 3 s in one go).
+ACK_SLICE = 2_000
 
 
 class Store(LogCore):
@@ -102,6 +105,7 @@ class Store(LogCore):
         self._compaction: _Compaction | None = None
         self._compaction_timer: Any = None  # COMPACT_DELAY before the queue is worked on
         self._dropping = 0  # deleted queues whose messages are still being let go
+        self._acking: deque[list] = deque()  # purges being acked: [qid, ids, next index]
         self._index = Index()
         self._flusher = Flusher()
         self._head: Segment | None = None
@@ -220,6 +224,31 @@ class Store(LogCore):
                 index.drop_entry(obj_id, mid, enq_loc)
             index.dlvs.pop(obj_id, None)
         self._topology_written()
+
+    def ack_all(self, qid: int, mids: Sequence[int]) -> None:
+        """Many messages left queue qid at once (a purge): their acks are written ACK_SLICE
+        per loop turn, and all that are left at close()."""
+        if self._loop is None or len(mids) <= ACK_SLICE:
+            for mid in mids:
+                self.ack(qid, mid)
+            return
+        self._acking.append([qid, mids, 0])
+        if len(self._acking) == 1:
+            self._ack_slice()
+
+    def _ack_slice(self, limit: int = ACK_SLICE) -> None:
+        while self._acking and limit > 0 and self._lock_fd is not None:
+            job = self._acking[0]
+            qid, mids, start = job
+            end = min(start + limit, len(mids))
+            for mid in mids[start:end]:
+                self.ack(qid, mid)
+            limit -= end - start
+            job[2] = end
+            if end == len(mids):
+                self._acking.popleft()
+        if self._acking and limit == 0:
+            self._loop.call_soon(self._ack_slice)
 
     def _drop_slice(self, qid: int, walk: Iterator[tuple[int, int]]) -> None:
         """Let go of DROP_SLICE of a deleted queue's messages (walk: its detached map), the
@@ -397,6 +426,8 @@ class Store(LogCore):
         """Flush everything, stop the flusher, release the directory."""
         for save in list(self.closing):
             save()
+        if self._acking and self._lock_fd is not None:
+            self._ack_slice(sum(len(job[1]) - job[2] for job in self._acking))
         self._compaction = None
         self._compact_queue.clear()
         if self._compaction_timer is not None:
