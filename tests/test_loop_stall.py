@@ -21,7 +21,7 @@ import struct
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from pamqp import commands as spec
@@ -93,7 +93,46 @@ def test_a_durable_declare_waits_for_the_disk_without_stopping_the_others(
         broker.cleanup()
 
 
-# ---- compaction in slices ----------------------------------------------------------------
+# ---- compaction, big deletes and purges in slices ---------------------------------------
+
+async def _lag_until(done: Callable[[], bool], what: str, lags: list[float]) -> None:
+    """Sleep 2 ms at a time until done() (failing with `what` after 30 s), recording how late
+    each wake-up is."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not done():
+        assert loop.time() - start < 30, what
+        before = loop.time()
+        await asyncio.sleep(0.002)
+        lags.append(loop.time() - before - 0.002)
+
+
+def _run_then_reopen(store: Store, main: Callable[[list[float]], Any]
+                     ) -> tuple[dict[str, list[bytes]], set[int]]:
+    """Start the store's flusher on a new loop and run main(lags) there; the loop must never
+    have been late by STALL_TARGET. The collector is frozen first, as the broker does after
+    recovery: the set-up is not the loop's work. Then the store is closed and reopened:
+    returns the bodies of each queue it finds, and its segment numbers."""
+    lags: list[float] = []
+
+    async def run() -> None:
+        store.start(asyncio.get_running_loop())
+        await main(lags)
+
+    gc.collect()
+    gc.freeze()
+    try:
+        asyncio.run(run())
+    finally:
+        gc.unfreeze()
+    assert len(lags) > 10 and max(lags) < STALL_TARGET, max(lags)
+    store.close()
+    again = Store(store.directory)
+    queues = {q.name: [m.body for m, _, _ in q.messages] for q in again.open().queues}
+    segments = set(again._index.segments)
+    again.close()
+    return queues, segments
+
 
 def test_compaction_runs_in_slices_off_a_busy_loop() -> None:
     """B-DUR-9: a full 32 MiB segment of small records, mostly acked, is compacted while a
@@ -114,13 +153,8 @@ def test_compaction_runs_in_slices_off_a_busy_loop() -> None:
         store.sync()
         keep = ids[::7]
         bodies = [b"m%d" % i * 10 for i in range(0, len(ids), 7)]
-        lags: list[float] = []
-        gc.collect()
-        gc.freeze()  # as the broker does after recovery: the set-up is not the loop's work
 
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            store.start(loop)
+        async def main(lags: list[float]) -> None:
             kept = set(keep)
             for i in range(0, len(ids), 5000):  # acks as consumers would send them
                 for mid in ids[i:i + 5000]:
@@ -128,29 +162,15 @@ def test_compaction_runs_in_slices_off_a_busy_loop() -> None:
                         store.ack(q, mid)
                 await asyncio.sleep(0)
             store.when_durable(lambda exc: None)
-            start = loop.time()
-            while 1 in store._index.segments and loop.time() - start < 30:
-                before = loop.time()
-                await asyncio.sleep(0.002)
-                lags.append(loop.time() - before - 0.002)
-            assert 1 not in store._index.segments, "segment 1 was never compacted"
+            await _lag_until(lambda: 1 not in store._index.segments,
+                             "segment 1 was never compacted", lags)
 
-        try:
-            asyncio.run(main())
-        finally:
-            gc.unfreeze()
-        assert len(lags) > 10 and max(lags) < STALL_TARGET, max(lags)
-        store.close()
-        again = Store(directory)
-        recovered = again.open()
-        assert [m.body for m, _, _ in recovered.queues[0].messages] == bodies
-        assert 1 not in again._index.segments
-        again.close()
+        queues, segments = _run_then_reopen(store, main)
+        assert queues == {"q": bodies}
+        assert 1 not in segments
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
-
-# ---- the worst stall under load ----------------------------------------------------------
 
 def test_deleting_a_big_durable_queue_runs_in_slices() -> None:
     """B-DUR-9: deleting a durable queue that holds 400,000 messages (some delivered and
@@ -175,32 +195,14 @@ def test_deleting_a_big_durable_queue_runs_in_slices() -> None:
                 store.delivered(big, msg.store_id)
         store.sync()
         assert len(store._index.segments) >= 2
-        lags: list[float] = []
-        gc.collect()
-        gc.freeze()
 
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            store.start(loop)
-            loop.call_later(0.02, store.delete_queue, "/", "big")
-            start = loop.time()
-            while 1 in store._index.segments and loop.time() - start < 30:
-                before = loop.time()
-                await asyncio.sleep(0.002)
-                lags.append(loop.time() - before - 0.002)
-            assert 1 not in store._index.segments, "segment 1 was never freed"
+        async def main(lags: list[float]) -> None:
+            asyncio.get_running_loop().call_later(0.02, store.delete_queue, "/", "big")
+            await _lag_until(lambda: 1 not in store._index.segments,
+                             "segment 1 was never freed", lags)
 
-        try:
-            asyncio.run(main())
-        finally:
-            gc.unfreeze()
-        assert len(lags) > 10 and max(lags) < STALL_TARGET, max(lags)
-        store.close()
-        again = Store(directory)
-        recovered = again.open()
-        assert [q.name for q in recovered.queues] == ["other"]
-        assert [m.body for m, _, _ in recovered.queues[0].messages] == kept
-        again.close()
+        queues, _ = _run_then_reopen(store, main)
+        assert queues == {"other": kept}
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -223,37 +225,24 @@ def test_a_big_purge_acks_in_slices_and_a_close_writes_the_rest() -> None:
                 store.enqueue(queues[name], msg)
                 ids[name].append(msg.store_id)
         store.sync()
-        lags: list[float] = []
-        gc.collect()
-        gc.freeze()
 
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            store.start(loop)
-            loop.call_later(0.02, store.ack_all, queues["big"], ids["big"])
-            start = loop.time()
-            while loop.time() - start < 0.1 or store._acking:
-                before = loop.time()
-                await asyncio.sleep(0.002)
-                lags.append(loop.time() - before - 0.002)
-                assert loop.time() - start < 30, "the acks were never all written"
+        async def main(lags: list[float]) -> None:
+            purged: list[bool] = []
+            asyncio.get_running_loop().call_later(
+                0.02, lambda: (store.ack_all(queues["big"], ids["big"]), purged.append(True)))
+            await _lag_until(lambda: purged and not store._acking,
+                             "the acks were never all written", lags)
             store.ack_all(queues["closed"], ids["closed"])
             assert store._acking  # the rest is close()'s
 
-        try:
-            asyncio.run(main())
-        finally:
-            gc.unfreeze()
-        assert len(lags) > 10 and max(lags) < STALL_TARGET, max(lags)
-        store.close()
-        again = Store(directory)
-        recovered = {q.name: [m.body for m, _, _ in q.messages] for q in again.open().queues}
-        assert recovered == {"big": [], "closed": [],
-                             "kept": [b"kept%d" % i for i in range(0, 200_000, 40)]}
-        again.close()
+        queues, _ = _run_then_reopen(store, main)
+        assert queues == {"big": [], "closed": [],
+                          "kept": [b"kept%d" % i for i in range(0, 200_000, 40)]}
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
+
+# ---- the worst stall under load ----------------------------------------------------------
 
 def _frames(routing_key: str, body: bytes, count: int, persistent: bool) -> bytes:
     one = pamqp_frame.marshal(spec.Basic.Publish(exchange="", routing_key=routing_key), 1)
