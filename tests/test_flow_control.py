@@ -242,6 +242,28 @@ def test_paged_out_queue_length_limit_purge_and_get(broker):
 
 
 @pytest.mark.broker_args("--queue-memory-budget", str(256 * 1024))
+def test_purged_paged_out_persistent_messages_stay_gone_after_a_restart(broker):
+    """B-FLOW-3 with B-DUR-4: a purge of a durable queue whose persistent messages are
+    mostly paged out counts them all, and after a restart right behind its purge-ok (the log
+    forgets them a slice at a time) none comes back; a message published after the purge
+    does."""
+    url, queue, total = broker.url, "paged-purged", 12_000
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    ch.queue_declare(queue, durable=True)
+    ch.confirm_delivery()
+    persistent = pika.BasicProperties(delivery_mode=2)
+    for i in range(total):
+        ch.basic_publish("", queue, struct.pack(">Q", i) + b"p" * 200, persistent)
+    assert ch.queue_purge(queue).method.message_count == total
+    ch.basic_publish("", queue, b"after the purge", persistent)
+    conn.close()
+    broker.restart()
+    assert message_count(broker.url, queue) == 1
+    assert drain(broker.url, queue, 1) == [b"after the purge"]
+
+
+@pytest.mark.broker_args("--queue-memory-budget", str(256 * 1024))
 def test_paged_out_persistent_messages_survive_a_restart(broker):
     """B-FLOW-3 with B-DUR: persistent messages of a durable queue past the budget wait in
     the log; after a restart every one comes back, in order, with its body."""

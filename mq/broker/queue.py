@@ -325,9 +325,10 @@ class Queue(QueueCore):
             if self.dedup is not None:  # their identities are not known here: forget all
                 self.dedup.forget_all()
             count += paged.count
-            if self.store_qid:
-                self.store.ack_all(self.store_qid, paged.stored_ids())
-            paged.close()
+            if self.store_qid:  # it closes paged once it has read their ids back
+                self.store.ack_all(self.store_qid, paged.drain_stored_ids())
+            else:
+                paged.close()
             self.paged = None
         if self.flow_publishers:
             self._caught_up()

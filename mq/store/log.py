@@ -13,10 +13,11 @@ import fcntl
 import heapq
 import itertools
 import logging
+import math
 import os
 import time
 from collections import deque
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from mq._core import records as R
 from mq._core.idmap import IdMap
@@ -225,29 +226,36 @@ class Store(LogCore):
             index.dlvs.pop(obj_id, None)
         self._topology_written()
 
-    def ack_all(self, qid: int, mids: Sequence[int]) -> None:
-        """Many messages left queue qid at once (a purge): their acks are written ACK_SLICE
-        per loop turn, and all that are left at close()."""
-        if self._loop is None or len(mids) <= ACK_SLICE:
-            for mid in mids:
-                self.ack(qid, mid)
-            return
-        self._acking.append([qid, mids, 0])
+    def ack_all(self, qid: int, chunks: Iterable[Sequence[int]]) -> None:
+        """Many messages left queue qid at once (a purge), their ids given in chunks: the
+        acks are written ACK_SLICE per loop turn (each chunk taken when it is reached), and
+        all that are left at close()."""
+        self._acking.append([qid, iter(chunks), (), 0])
         if len(self._acking) == 1:
-            self._ack_slice()
+            self._ack_slice(ACK_SLICE if self._loop is not None else math.inf)
 
-    def _ack_slice(self, limit: int = ACK_SLICE) -> None:
-        while self._acking and limit > 0 and self._lock_fd is not None:
-            job = self._acking[0]
-            qid, mids, start = job
-            end = min(start + limit, len(mids))
-            for mid in mids[start:end]:
+    def _ack_slice(self, limit: float = ACK_SLICE) -> None:
+        acking = self._acking
+        while acking and limit > 0 and self._lock_fd is not None:
+            job = acking[0]
+            qid, chunks, chunk, start = job
+            if start == len(chunk):
+                limit -= ACK_SLICE // 2  # reading a chunk back (1 MiB) costs about as much
+                try:
+                    job[2], job[3] = next(chunks), 0
+                except StopIteration:
+                    acking.popleft()
+                except OSError as exc:  # paged-out ids that cannot be read back
+                    log.warning("store: a purge of queue %d could not read all its messages "
+                                "back (%s); those come back after a restart", qid, exc)
+                    acking.popleft()
+                continue
+            end = min(start + int(min(limit, len(chunk))), len(chunk))
+            for mid in chunk[start:end]:
                 self.ack(qid, mid)
             limit -= end - start
-            job[2] = end
-            if end == len(mids):
-                self._acking.popleft()
-        if self._acking and limit == 0:
+            job[3] = end
+        if acking and limit <= 0 and self._loop is not None:
             self._loop.call_soon(self._ack_slice)
 
     def _drop_slice(self, qid: int, walk: Iterator[tuple[int, int]]) -> None:
@@ -427,7 +435,7 @@ class Store(LogCore):
         for save in list(self.closing):
             save()
         if self._acking and self._lock_fd is not None:
-            self._ack_slice(sum(len(job[1]) - job[2] for job in self._acking))
+            self._ack_slice(math.inf)
         self._compaction = None
         self._compact_queue.clear()
         if self._compaction_timer is not None:

@@ -16,7 +16,7 @@ import shutil
 import struct
 from array import array
 from collections import deque
-from typing import Callable
+from typing import Callable, Iterator
 
 from mq._core import paged
 from mq._core.message import Message
@@ -225,18 +225,21 @@ class PagedMessages:
             lvl.close()
         return out
 
-    def stored_ids(self) -> list[int]:
-        """Store ids of every paged message (to forget them in the log on a purge)."""
-        ids = []
-        for lvl in self.levels.values():
-            ids.extend(r[1] for r in lvl.decoded if r[1])
-            lvl.count -= len(lvl.decoded)
-            lvl.decoded.clear()
-            while lvl.count:
-                records = lvl.read()
-                ids.extend(r[1] for r in records if r[1])
-                lvl.count -= len(records)
-        return ids
+    def drain_stored_ids(self) -> Iterator[list[int]]:
+        """Store ids of every paged message, a chunk read back at a time, then everything is
+        forgotten (a purge: the log forgets them a slice at a time, mq.store.Store.ack_all;
+        the queue pages anything new out to a new set)."""
+        try:
+            for lvl in self.levels.values():
+                yield [r[1] for r in lvl.decoded if r[1]]
+                lvl.count -= len(lvl.decoded)
+                lvl.decoded.clear()
+                while lvl.count:
+                    records = lvl.read()
+                    lvl.count -= len(records)
+                    yield [r[1] for r in records if r[1]]
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Forget everything paged out and remove its files."""
