@@ -5,6 +5,7 @@ from mq._core.message cimport Message
 cdef class Tomb:
     cdef public object seg
     cdef public long long off
+    cdef public long long size
 
 
 cdef class FlusherCore:

@@ -4,6 +4,8 @@ to the head segment, handing them to the flusher's batch, and keeping the index'
 counts. The Python classes build on these (mq.store.log.Store on LogCore, Index on
 IndexCore, Flusher on FlusherCore) and keep the rest: opening, recovery, topology records,
 compaction, the flusher thread. Segments are mq.store.segments.Segment objects."""
+cimport cython
+
 from mq._core.idmap cimport IdMap
 from mq._core.message cimport Message
 from mq._core.records import (ACK as _ACK, DLV as _DLV, HEADER_SIZE as _HEADER_SIZE,
@@ -27,12 +29,17 @@ cdef inline long long _loc(object seg, long long off) except? -1:
     return (<long long>seg.number << 32) | off
 
 
+@cython.no_gc
 cdef class Tomb:
-    """A live tombstone (ACK or DELETE record) and where it currently is."""
+    """A live tombstone (ACK or DELETE record), where it currently is and its size. There may
+    be millions, so the cyclic collector does not track them (its full passes walked every
+    one): the one cycle they are in, through their segment's `tombs`, is broken when the
+    tombstone dies (Index.unpin) or the store closes (Store.close)."""
 
-    def __cinit__(self, seg, long long off):
+    def __cinit__(self, seg, long long off, long long size):
         self.seg = seg
         self.off = off
+        self.size = size
 
 
 cdef class FlusherCore:
@@ -78,8 +85,8 @@ cdef class IndexCore:
     cpdef void pin(self, object seg, long long off, long long size, object target) except *:
         """The tombstone at seg/off cancels a record in target: live while target exists."""
         if seg is not target:
-            tomb = Tomb(seg, off)
-            seg.tombs[off] = (size, tomb)
+            tomb = Tomb(seg, off, size)
+            seg.tombs[off] = tomb
             self.live(seg, size)
             target.pins.append(tomb)
 

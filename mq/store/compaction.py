@@ -67,12 +67,11 @@ def copy_live(seg: Segment, data: bytes, entries: list, index: Index, append: Ap
             if entries_of is not None and entries_of.get(f[2]) == location:
                 entries_of[f[2]] = copy(off, size)
         elif rtype == R.ACK or rtype == R.DELETE:
-            live = seg.tombs.pop(off, None)
-            if live is not None:
+            tomb = seg.tombs.pop(off, None)
+            if tomb is not None:
                 new = copy(off, size)
-                tomb = live[1]
                 tomb.seg, tomb.off = index.segments[new >> 32], new & 0xFFFFFFFF
-                tomb.seg.tombs[tomb.off] = live
+                tomb.seg.tombs[tomb.off] = tomb
         else:
             t = index.topo.get(f[1])
             if t is not None and t[0] == location:

@@ -41,6 +41,6 @@ class Index(IndexCore):
         for tomb in seg.pins:
             holder = tomb.seg
             if holder is not None and self.segments.get(holder.number) is holder:
-                self.dead_in(holder, holder.tombs.pop(tomb.off)[0])
+                self.dead_in(holder, holder.tombs.pop(tomb.off).size)
             tomb.seg = None
         seg.pins = []

@@ -446,6 +446,7 @@ class Store(LogCore):
             self.durable_seq = self.local_seq
         for seg in self._index.segments.values():
             seg.close()
+            seg.tombs.clear()  # (a tombstone holds its segment, untracked by the collector)
         self._index.segments.clear()
         if self._flusher.failed is None and self._lock_fd is not None:
             leave_clean_marker(self.directory)

@@ -129,8 +129,8 @@ def replay(directory: str, numbers: list[int], index: Index, read: Callable[[int
     for location, size, target in state.tombs:
         seg = segments[location >> 32]
         off = location & 0xFFFFFFFF
-        tomb = Tomb(seg, off)
-        seg.tombs[off] = (size, tomb)
+        tomb = Tomb(seg, off, size)
+        seg.tombs[off] = tomb
         index.live(seg, size)
         segments[target].pins.append(tomb)
     index.dirty.update(segments.values())

@@ -48,7 +48,7 @@ class Segment:
         self.flushed = size
         self.live_count = 0
         self.live_bytes = 0
-        self.tombs: dict[int, tuple[int, Tomb]] = {}  # its live tombstones: offset -> (size, tomb)
+        self.tombs: dict[int, Tomb] = {}  # its live tombstones, by offset
         self.pins: list[Tomb] = []  # tombstones elsewhere that cancel dead records here
         self.last_seq = 0           # the append sequence of its last record
         self.dir_synced = size > 0  # its directory entry is durable
