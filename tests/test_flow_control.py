@@ -9,7 +9,7 @@ import random
 import struct
 import time
 import urllib.request
-from typing import Iterator
+from typing import Any, Iterator
 
 import pika
 import pytest
@@ -241,13 +241,9 @@ def test_paged_out_queue_length_limit_purge_and_get(broker):
     assert os.listdir(os.path.join(broker.data_dir, "paging")) == []
 
 
-@pytest.mark.broker_args("--queue-memory-budget", str(256 * 1024))
-def test_purged_paged_out_persistent_messages_stay_gone_after_a_restart(broker):
-    """B-FLOW-3 with B-DUR-4: a purge of a durable queue whose persistent messages are
-    mostly paged out counts them all, and after a restart right behind its purge-ok (the log
-    forgets them a slice at a time) none comes back; a message published after the purge
-    does."""
-    url, queue, total = broker.url, "paged-purged", 12_000
+def _fill_durable(url: str, queue: str, total: int) -> tuple[pika.BlockingConnection, Any]:
+    """A durable queue with `total` persistent messages (8-byte number, then 200 bytes),
+    each confirmed; returns the connection and its channel (in confirm mode)."""
     conn = pika.BlockingConnection(pika.URLParameters(url))
     ch = conn.channel()
     ch.queue_declare(queue, durable=True)
@@ -255,8 +251,19 @@ def test_purged_paged_out_persistent_messages_stay_gone_after_a_restart(broker):
     persistent = pika.BasicProperties(delivery_mode=2)
     for i in range(total):
         ch.basic_publish("", queue, struct.pack(">Q", i) + b"p" * 200, persistent)
+    return conn, ch
+
+
+@pytest.mark.broker_args("--queue-memory-budget", str(256 * 1024))
+def test_purged_paged_out_persistent_messages_stay_gone_after_a_restart(broker):
+    """B-FLOW-3 with B-DUR-4: a purge of a durable queue whose persistent messages are
+    mostly paged out counts them all, and after a restart right behind its purge-ok (the log
+    forgets them a slice at a time) none comes back; a message published after the purge
+    does."""
+    queue, total = "paged-purged", 12_000
+    conn, ch = _fill_durable(broker.url, queue, total)
     assert ch.queue_purge(queue).method.message_count == total
-    ch.basic_publish("", queue, b"after the purge", persistent)
+    ch.basic_publish("", queue, b"after the purge", pika.BasicProperties(delivery_mode=2))
     conn.close()
     broker.restart()
     assert message_count(broker.url, queue) == 1
@@ -267,14 +274,8 @@ def test_purged_paged_out_persistent_messages_stay_gone_after_a_restart(broker):
 def test_paged_out_persistent_messages_survive_a_restart(broker):
     """B-FLOW-3 with B-DUR: persistent messages of a durable queue past the budget wait in
     the log; after a restart every one comes back, in order, with its body."""
-    url, queue, total = broker.url, "paged-durable", 20_000
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    ch = conn.channel()
-    ch.queue_declare(queue, durable=True)
-    ch.confirm_delivery()
-    persistent = pika.BasicProperties(delivery_mode=2)
-    for i in range(total):
-        ch.basic_publish("", queue, struct.pack(">Q", i) + b"p" * 200, persistent)
+    queue, total = "paged-durable", 20_000
+    conn, _ = _fill_durable(broker.url, queue, total)
     conn.close()
     broker.restart()
     assert message_count(broker.url, queue) == total
