@@ -106,7 +106,8 @@ class Store(LogCore):
         self._compaction: _Compaction | None = None
         self._compaction_timer: Any = None  # COMPACT_DELAY before the queue is worked on
         self._dropping = 0  # deleted queues whose messages are still being let go
-        self._acking: deque[list] = deque()  # purges being acked: [qid, ids, next index]
+        # Purges being acked, oldest first: [qid, chunks of ids, current chunk, next in it]
+        self._acking: deque[list] = deque()
         self._index = Index()
         self._flusher = Flusher()
         self._head: Segment | None = None
@@ -235,6 +236,8 @@ class Store(LogCore):
             self._ack_slice(ACK_SLICE if self._loop is not None else math.inf)
 
     def _ack_slice(self, limit: float = ACK_SLICE) -> None:
+        """Write up to `limit` acks of the purges waiting (a chunk read back counts as half a
+        slice); the next loop turn goes on if any are left."""
         acking = self._acking
         while acking and limit > 0 and self._lock_fd is not None:
             job = acking[0]
