@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mq._core.idmap import IdMap
 from mq._core.storecore import ENQ_SIZE, REF_SIZE, IndexCore
-from mq.store.segments import Segment, loc
+from mq.store.segments import Segment, Tomb, loc
 
 __all__ = ["ENQ_SIZE", "REF_SIZE", "Index"]
 
@@ -36,11 +36,9 @@ class Index(IndexCore):
         self.ids[key] = obj_id
         self.live(seg, size)
 
-    def unpin(self, seg: Segment) -> None:
-        """seg is gone: the tombstones it pinned are dead now."""
-        for tomb in seg.pins:
-            holder = tomb.seg
-            if holder is not None and self.segments.get(holder.number) is holder:
-                self.dead_in(holder, holder.tombs.pop(tomb.off).size)
-            tomb.seg = None
-        seg.pins = []
+    def unpin(self, tomb: Tomb) -> None:
+        """The segment tomb pinned is gone: the tombstone is dead now."""
+        holder = tomb.seg
+        if holder is not None and self.segments.get(holder.number) is holder:
+            self.dead_in(holder, holder.tombs.pop(tomb.off).size)
+        tomb.seg = None

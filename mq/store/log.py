@@ -13,7 +13,6 @@ import fcntl
 import heapq
 import itertools
 import logging
-import math
 import os
 import time
 from collections import deque
@@ -29,7 +28,7 @@ from mq.store.flusher import Flusher
 from mq.store.format import StoreError, check_format
 from mq.store.index import Index
 from mq.store.recovery import Recovered, replay
-from mq.store.segments import Segment, segment_path
+from mq.store.segments import Segment, Tomb, segment_path
 from mq.store.shutdown import leave_clean_marker, take_clean_marker
 
 log = logging.getLogger("mq.store")
@@ -59,15 +58,15 @@ COMPACT_DELAY = 1.0
 # skipping over at most READ_GAP bytes of other records between two of them.
 READ_RUN = 1024 * 1024
 READ_GAP = 64 * 1024
-# A removed segment's pins (the tombstones it kept live) are let go this many per loop turn
-# (about 1 µs each).
-UNPIN_SLICE = 2_000
-# A deleted queue's messages are let go this many per loop turn (about 0.8 µs each: deleting
-# a queue or delayed exchange that held 1M held the loop for 0.8 s in one go).
-DROP_SLICE = 5_000
-# Acks of a purge are written this many per loop turn (about 2.7 µs each: a purge of 1M
-# persistent messages held the loop for 3 s in one go).
-ACK_SLICE = 2_000
+# Work too big for one loop turn (letting a deleted queue's messages go, and the tombstones
+# a removed segment kept live; writing a purge's acks) runs this many µs of it a turn, by the
+# costs below (measured: deleting a queue or delayed exchange that held 1M held the loop for
+# 0.8 s in one go, a purge of 1M 3 s).
+SLICE_US = 5_000
+DROP_US = 1         # a deleted queue's message let go (about 0.8 µs)
+UNPIN_US = 1        # a tombstone a removed segment kept live, let go (about 1 µs)
+ACK_US = 3          # an ack written (about 2.7 µs)
+READ_BACK_US = 2_500  # a chunk (1 MiB) of a purged queue's paged-out ids read back
 
 
 class Store(LogCore):
@@ -106,8 +105,7 @@ class Store(LogCore):
         self._compaction: _Compaction | None = None
         self._compaction_timer: Any = None  # COMPACT_DELAY before the queue is worked on
         self._dropping = 0  # deleted queues whose messages are still being let go
-        # Purges being acked, oldest first: [qid, chunks of ids, current chunk, next in it]
-        self._acking: deque[list] = deque()
+        self._acking: list[Iterator[int]] = []  # purges' acks being written (close() ends them)
         self._index = Index()
         self._flusher = Flusher()
         self._head: Segment | None = None
@@ -217,68 +215,60 @@ class Store(LogCore):
         location, size, _ = index.topo.pop(obj_id)
         index.dead(location, size)
         self._tombstone(R.delete_record(obj_id), location)
-        entries = index.queues.pop(obj_id, None)
-        if entries and self._loop is not None and len(entries) > DROP_SLICE:
-            self._dropping += 1
-            self._drop_slice(obj_id, iter(entries.items()))
-        else:
-            for mid, enq_loc in (entries or {}).items():
-                index.drop_entry(obj_id, mid, enq_loc)
-            index.dlvs.pop(obj_id, None)
+        # Compaction waits meanwhile (_dropping): the records are not live, but still
+        # counted so until they are let go.
+        self._dropping += 1
+        self._in_slices(self._drops(obj_id, index.queues.pop(obj_id, None) or {}),
+                        lambda later: self._dropped(obj_id, later))
         self._topology_written()
 
-    def ack_all(self, qid: int, chunks: Iterable[Sequence[int]]) -> None:
-        """Many messages left queue qid at once (a purge), their ids given in chunks: the
-        acks are written ACK_SLICE per loop turn (each chunk taken when it is reached), and
-        all that are left at close()."""
-        self._acking.append([qid, iter(chunks), (), 0])
-        if len(self._acking) == 1:
-            self._ack_slice(ACK_SLICE if self._loop is not None else math.inf)
+    def _drops(self, qid: int, entries: Any) -> Iterator[int]:
+        for mid, enq_loc in entries.items():
+            self._index.drop_entry(qid, mid, enq_loc)
+            yield DROP_US
 
-    def _ack_slice(self, limit: float = ACK_SLICE) -> None:
-        """Write up to `limit` acks of the purges waiting (a chunk read back counts as half a
-        slice); the next loop turn goes on if any are left."""
-        acking = self._acking
-        while acking and limit > 0 and self._lock_fd is not None:
-            job = acking[0]
-            qid, chunks, chunk, start = job
-            if start == len(chunk):
-                limit -= ACK_SLICE // 2  # reading a chunk back (1 MiB) costs about as much
-                try:
-                    job[2], job[3] = next(chunks), 0
-                except StopIteration:
-                    acking.popleft()
-                except OSError as exc:  # paged-out ids that cannot be read back
-                    log.warning("store: a purge of queue %d could not read all its messages "
-                                "back (%s); those come back after a restart", qid, exc)
-                    acking.popleft()
-                continue
-            end = min(start + int(min(limit, len(chunk))), len(chunk))
-            for mid in chunk[start:end]:
-                self.ack(qid, mid)
-            limit -= end - start
-            job[3] = end
-        if acking and limit <= 0 and self._loop is not None:
-            self._loop.call_soon(self._ack_slice)
-
-    def _drop_slice(self, qid: int, walk: Iterator[tuple[int, int]]) -> None:
-        """Let go of DROP_SLICE of a deleted queue's messages (walk: its detached map), the
-        rest in later loop turns. The DELETE record is already written: this only brings the
-        live counts down. Compaction waits meanwhile (its records are not live, but still
-        counted so until dropped)."""
-        if self._lock_fd is None:
-            return  # closed: the log says the queue is gone
-        index = self._index
-        dropped = 0
-        for mid, enq_loc in itertools.islice(walk, DROP_SLICE):
-            index.drop_entry(qid, mid, enq_loc)
-            dropped += 1
-        if dropped == DROP_SLICE:
-            self._loop.call_soon(self._drop_slice, qid, walk)
-            return
-        index.dlvs.pop(qid, None)
+    def _dropped(self, qid: int, later: bool) -> None:
+        """A deleted queue's messages are all let go. If that took more than this turn,
+        what is all dead now goes (no flush may come to do it)."""
+        self._index.dlvs.pop(qid, None)
         self._dropping -= 1
-        self._maintain()  # what is all dead now goes (as after a flush)
+        if later:
+            self._maintain()
+
+    def ack_all(self, qid: int, chunks: Iterable[Sequence[int]]) -> None:
+        """Many messages left queue qid at once (a purge), their ids given in chunks (each
+        taken when it is reached): the acks are written a slice at a time, the rest at
+        close()."""
+        acks = self._acks(qid, chunks)
+        self._acking.append(acks)
+        self._in_slices(acks, lambda later: self._acking.remove(acks))
+
+    def _acks(self, qid: int, chunks: Iterable[Sequence[int]]) -> Iterator[int]:
+        try:
+            for chunk in chunks:
+                yield READ_BACK_US
+                for mid in chunk:
+                    self.ack(qid, mid)
+                    yield ACK_US
+        except OSError as exc:  # paged-out ids that cannot be read back
+            log.warning("store: a purge of queue %d could not read all its messages back "
+                        "(%s); those come back after a restart", qid, exc)
+
+    def _in_slices(self, work: Iterator[int], then: Callable[[bool], None] | None = None,
+                   later: bool = False) -> None:
+        """Run work too big for one loop turn (B-DUR-9): each step of the iterator does a
+        piece and yields what it cost in µs; SLICE_US of it runs a loop turn (all of it at
+        once without a loop), then then(later) is called (later: not in the first turn)."""
+        if self._lock_fd is None:
+            return  # closed: close() ended what had to be ended
+        spent = 0
+        for cost in work:
+            spent += cost
+            if spent >= SLICE_US and self._loop is not None:
+                self._loop.call_soon(self._in_slices, work, then, True)
+                return
+        if then is not None:
+            then(later)
 
     def _topology_written(self) -> None:
         """A topology record was appended. With the flusher thread the caller waits with
@@ -437,8 +427,10 @@ class Store(LogCore):
         """Flush everything, stop the flusher, release the directory."""
         for save in list(self.closing):
             save()
-        if self._acking and self._lock_fd is not None:
-            self._ack_slice(math.inf)
+        if self._lock_fd is not None:
+            for acks in self._acking:
+                for _ in acks:
+                    pass
         self._compaction = None
         self._compact_queue.clear()
         if self._compaction_timer is not None:
@@ -491,19 +483,14 @@ class Store(LogCore):
         del self._index.segments[seg.number]
         self._index.dirty.discard(seg)
         self._flusher.unlink(seg)
-        if self._loop is None or len(seg.pins) <= UNPIN_SLICE:
-            self._index.unpin(seg)
-        else:  # a drained segment may pin hundreds of thousands of acks: a slice per turn
-            self._unpin_slice(seg, seg.pins)
+        # A drained segment may pin hundreds of thousands of acks.
+        pins, seg.pins = seg.pins, []
+        self._in_slices(self._unpins(pins))
 
-    def _unpin_slice(self, seg: Segment, pins: list) -> None:
-        if self._lock_fd is None:
-            return  # closed
-        seg.pins = pins[-UNPIN_SLICE:]
-        del pins[-UNPIN_SLICE:]
-        self._index.unpin(seg)
-        if pins:
-            self._loop.call_soon(self._unpin_slice, seg, pins)
+    def _unpins(self, pins: list[Tomb]) -> Iterator[int]:
+        for tomb in pins:
+            self._index.unpin(tomb)
+            yield UNPIN_US
 
     # Compaction on the loop (B-DUR-9). One segment at a time; a segment queued or being
     # compacted is marked (Segment.compacting) so that it is neither removed nor compacted
