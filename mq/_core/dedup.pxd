@@ -1,10 +1,9 @@
+from cpython.object cimport PyObject
+
 from mq._core.message cimport Message
 
 
 cpdef bytes identity(Message msg)
-
-
-from cpython.object cimport PyObject
 
 
 cdef class Cache:

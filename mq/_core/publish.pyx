@@ -18,7 +18,6 @@ REFUSED = -1    # a queue refused it (x-overflow) or the store cannot write: nac
 cdef long long C_REFUSED = REFUSED
 cdef Py_ssize_t CACHED_KEYS = 1024  # routing keys cached per exchange (then it starts over)
 REPLY_TO = "amq.rabbitmq.reply-to"  # direct reply-to
-DELAYED_TYPE = "x-delayed-message"  # its cached route (the hold) is for delayed messages only
 
 
 cpdef long long enqueue(object store, object queues, Message msg, object flow_to,
@@ -72,8 +71,9 @@ cdef class RouteCache:
 
     cdef tuple lookup(self, str exchange_name, str routing_key, object conn):
         """The cached route (queues, topic?, the exchange's deduplication cache or None,
-        delayed?: the route holds only for a message with a positive x-delay), or None: not cached, the topology changed, or a topic exchange on which the
-        connection's user has topic permissions (checked per publish by the full path)."""
+        delays?: it holds only for a message with a positive x-delay), or None: not cached,
+        the topology changed, or a topic exchange on which the connection's user has topic
+        permissions (checked per publish by the full path)."""
         if not self._current():
             return None
         by_key = self._routes.get(exchange_name)
@@ -101,4 +101,4 @@ cdef class RouteCache:
         if by_key is None or len(by_key) >= CACHED_KEYS:
             by_key = self._routes[exchange.name] = {}
         by_key[routing_key] = (tuple(queues), exchange.type == "topic", exchange.dedup,
-                               exchange.type == DELAYED_TYPE)
+                               exchange.delays)

@@ -54,6 +54,7 @@ def delay_of(msg: Message) -> int:
 
 class DelayedExchange(Exchange):
     type = DELAYED_TYPE
+    delays = True
 
     def __init__(self, vhost: str, name: str, durable: bool = False, auto_delete: bool = False,
                  internal: bool = False, arguments: dict | None = None) -> None:

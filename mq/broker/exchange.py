@@ -30,6 +30,9 @@ class Exchange:
     """Common state and binding bookkeeping; subclasses keep a table fit for their type."""
 
     type = ""
+    # Holds delayed messages back (mq.broker.delayed): a route cached for a key holds only
+    # for messages with a positive x-delay.
+    delays = False
 
     def __init__(self, vhost: str, name: str, durable: bool = False, auto_delete: bool = False,
                  internal: bool = False, arguments: dict | None = None) -> None:

@@ -381,7 +381,7 @@ class VirtualHost:
             return False
         if exchange.type in KEY_ROUTED:
             return True
-        return isinstance(exchange, DelayedExchange) and exchange.holds(msg)
+        return exchange.delays and exchange.holds(msg)
 
     def route(self, exchange: Exchange, msg: Message) -> list[Queue]:
         """Every queue the message reaches, each once: by its routing key and CC/BCC keys,
